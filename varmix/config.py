@@ -1,0 +1,366 @@
+"""params.yaml: loaded and validated in one place.
+
+``load_params()`` reads params.yaml, picks the profile named by its ``profile`` key and returns one frozen
+``Params`` object. Every problem (unknown key, unknown dataset or method, value out of range) raises
+``ConfigError`` naming the key path, the bad value and what is allowed, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+# Names shared by the whole library (the modules that implement them check they agree).
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "tiny-imagenet")
+METHODS = ("erm", "mixup", "mixup_r", "manifold_mixup", "cutmix", "varmixup")
+ARCHS = ("small_cnn", "preact_resnet18", "resnet34")
+PROFILES = ("smoke", "default", "paper")
+# The 15 benchmark corruptions of CIFAR-10-C (Hendrycks & Dietterich), then the 4 extras.
+BENCHMARK_CORRUPTIONS = (
+    "gaussian_noise", "shot_noise", "impulse_noise",
+    "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+    "snow", "frost", "fog", "brightness",
+    "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+)
+EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "saturate", "spatter")
+CORRUPTIONS = BENCHMARK_CORRUPTIONS + EXTRA_CORRUPTIONS
+
+
+class ConfigError(ValueError):
+    """A params.yaml value is missing, unknown or out of range."""
+
+
+# ----------------------------------------------------------------------------------------------
+# small checkers: each names the key path, the value and what is allowed
+def _fail(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"params: {key} = {value!r} is invalid: expected {allowed}")
+
+
+def _int(key: str, v: Any, lo: int | None = None, hi: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _fail(key, v, "an integer" + _range(lo, hi))
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise _fail(key, v, "an integer" + _range(lo, hi))
+    return v
+
+
+def _num(key: str, v: Any, lo: float | None = None, hi: float | None = None,
+         lo_open: bool = False, hi_open: bool = False) -> float:
+    if isinstance(v, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            v = float(v)
+        except ValueError:
+            pass
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _fail(key, v, "a number" + _range(lo, hi, lo_open, hi_open))
+    v = float(v)
+    bad = (lo is not None and (v <= lo if lo_open else v < lo)) or (
+        hi is not None and (v >= hi if hi_open else v > hi))
+    if bad or v != v:
+        raise _fail(key, v, "a number" + _range(lo, hi, lo_open, hi_open))
+    return v
+
+
+def _range(lo, hi, lo_open=False, hi_open=False) -> str:
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo}")
+    if hi is not None:
+        parts.append(f"{'<' if hi_open else '<='} {hi}")
+    return (" " + " and ".join(parts)) if parts else ""
+
+
+def _bool(key: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _fail(key, v, "true or false")
+    return v
+
+
+def _choice(key: str, v: Any, allowed: tuple[str, ...]) -> str:
+    if v not in allowed:
+        raise _fail(key, v, "one of " + ", ".join(allowed))
+    return v
+
+
+def _opt_int(key: str, v: Any, lo: int = 1) -> int | None:
+    return None if v is None else _int(key, v, lo)
+
+
+def _list(key: str, v: Any, nonempty: bool = True) -> list:
+    if not isinstance(v, list) or (nonempty and not v):
+        raise _fail(key, v, "a non-empty list" if nonempty else "a list")
+    return v
+
+
+def _check_keys(key: str, section: Any, cls: type) -> Mapping[str, Any]:
+    if not isinstance(section, Mapping):
+        raise _fail(key, section, f"a mapping with keys {', '.join(_fields(cls))}")
+    known = set(_fields(cls))
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ConfigError(
+            f"params: unknown key {key}.{unknown[0]}; allowed keys in {key}: {', '.join(sorted(known))}")
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - set(section))
+    if missing:
+        raise ConfigError(f"params: missing key {key}.{missing[0]}")
+    return section
+
+
+def _fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _per_method(key: str, v: Any, check) -> dict[str, Any]:
+    """A value given per method: either one value for all, or a mapping method -> value."""
+    if isinstance(v, Mapping):
+        unknown = sorted(set(v) - set(METHODS))
+        if unknown:
+            raise _fail(f"{key}.{unknown[0]}", v[unknown[0]], "a key among methods " + ", ".join(METHODS))
+        missing = [m for m in METHODS if m not in v]
+        if missing:
+            raise ConfigError(f"params: missing key {key}.{missing[0]} (give a value for every method)")
+        return {m: check(f"{key}.{m}", v[m]) for m in METHODS}
+    return {m: check(key, v) for m in METHODS}
+
+
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VAEConfig:
+    """The MMD-VAE (InfoVAE). The paper leaves architecture, latent size and gamma open."""
+
+    latent_dim: int = 16
+    objective: str = "mmd"          # mmd (the paper's InfoVAE) | kl (beta-VAE ablation)
+    gamma: float = 10.0             # weight of MMD(q(z) || N(0, I))
+    beta: float = 1.0               # weight of KL for the kl ablation
+    likelihood: str = "bce"         # bce | mse reconstruction term
+    width: int = 32                 # base number of conv channels
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    train_subset: int | None = None  # first N training images (None: all)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], key: str) -> "VAEConfig":
+        d = _check_keys(key, d, cls)
+        g = lambda k: d.get(k, getattr(cls, k))  # noqa: E731
+        return cls(
+            latent_dim=_int(f"{key}.latent_dim", g("latent_dim"), 1),
+            objective=_choice(f"{key}.objective", g("objective"), ("mmd", "kl")),
+            gamma=_num(f"{key}.gamma", g("gamma"), 0),
+            beta=_num(f"{key}.beta", g("beta"), 0),
+            likelihood=_choice(f"{key}.likelihood", g("likelihood"), ("bce", "mse")),
+            width=_int(f"{key}.width", g("width"), 1),
+            epochs=_int(f"{key}.epochs", g("epochs"), 1),
+            batch_size=_int(f"{key}.batch_size", g("batch_size"), 2),
+            lr=_num(f"{key}.lr", g("lr"), 0, lo_open=True),
+            train_subset=_opt_int(f"{key}.train_subset", g("train_subset")),
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The classifier. Paper: ResNet-34, Adam lr 1e-3, ERM 100 epochs, mixers 150."""
+
+    arch: str = "small_cnn"
+    optimizer: str = "adam"          # adam (the paper) | sgd (the mixup literature's schedule)
+    lr: float = 1e-3
+    momentum: float = 0.9            # sgd only
+    weight_decay: float = 0.0
+    milestones: tuple[int, ...] = ()  # epochs at which lr is multiplied by lr_gamma
+    lr_gamma: float = 0.1
+    batch_size: int = 128
+    epochs: Mapping[str, int] = field(default_factory=lambda: {m: 1 for m in METHODS})
+    alpha: Mapping[str, float] = field(default_factory=lambda: {m: 1.0 for m in METHODS})
+    manifold_layers: tuple[int, ...] = (0, 1, 2)
+    augment: bool = True             # random crop (pad 4 / 2 for 28 px) + horizontal flip
+    channels_last: bool = True
+    amp: bool = True                 # bf16 autocast on CUDA (ignored on CPU)
+    train_subset: int | None = None
+    test_subset: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], key: str) -> "TrainConfig":
+        d = _check_keys(key, d, cls)
+        g = lambda k: d.get(k, getattr(cls, k) if k not in ("epochs", "alpha") else None)  # noqa: E731
+        if "epochs" not in d or "alpha" not in d:
+            raise ConfigError(f"params: missing key {key}.{'epochs' if 'epochs' not in d else 'alpha'}")
+        milestones = tuple(_int(f"{key}.milestones[{i}]", m, 1)
+                           for i, m in enumerate(_list(f"{key}.milestones", g("milestones") or [], False)))
+        layers = tuple(_int(f"{key}.manifold_layers[{i}]", m, 0)
+                       for i, m in enumerate(_list(f"{key}.manifold_layers", list(g("manifold_layers")))))
+        return cls(
+            arch=_choice(f"{key}.arch", g("arch"), ARCHS),
+            optimizer=_choice(f"{key}.optimizer", g("optimizer"), ("adam", "sgd")),
+            lr=_num(f"{key}.lr", g("lr"), 0, lo_open=True),
+            momentum=_num(f"{key}.momentum", g("momentum"), 0, 1, hi_open=True),
+            weight_decay=_num(f"{key}.weight_decay", g("weight_decay"), 0),
+            milestones=milestones,
+            lr_gamma=_num(f"{key}.lr_gamma", g("lr_gamma"), 0, 1, lo_open=True),
+            batch_size=_int(f"{key}.batch_size", g("batch_size"), 2),
+            epochs=_per_method(f"{key}.epochs", d["epochs"], lambda k, v: _int(k, v, 1)),
+            alpha=_per_method(f"{key}.alpha", d["alpha"], lambda k, v: _num(k, v, 0, lo_open=True)),
+            manifold_layers=layers,
+            augment=_bool(f"{key}.augment", g("augment")),
+            channels_last=_bool(f"{key}.channels_last", g("channels_last")),
+            amp=_bool(f"{key}.amp", g("amp")),
+            train_subset=_opt_int(f"{key}.train_subset", g("train_subset")),
+            test_subset=_opt_int(f"{key}.test_subset", g("test_subset")),
+        )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation of the paper's three claims: corruptions, calibration, local linearity."""
+
+    corruptions: tuple[str, ...] = BENCHMARK_CORRUPTIONS
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    test_subset: int | None = None      # first N test images for the corruption suite
+    batch_size: int = 500
+    ece_bins: int = 15
+    linearity_eps: tuple[float, ...] = (1, 2, 4, 8, 16)  # in units of 1/255
+    linearity_steps: int = 10           # projected gradient ascent steps (Qin et al.'s reference: 10)
+    linearity_images: int = 256         # fixed set: the first N test images
+    surface_points: int = 21            # grid points per axis of loss surfaces
+    surface_images: int = 64
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], key: str) -> "EvalConfig":
+        d = _check_keys(key, d, cls)
+        g = lambda k: d.get(k, getattr(cls, k))  # noqa: E731
+        corr = tuple(_choice(f"{key}.corruptions[{i}]", c, CORRUPTIONS)
+                     for i, c in enumerate(_list(f"{key}.corruptions", list(g("corruptions")))))
+        sev = tuple(_int(f"{key}.severities[{i}]", s, 1, 5)
+                    for i, s in enumerate(_list(f"{key}.severities", list(g("severities")))))
+        eps = tuple(_num(f"{key}.linearity_eps[{i}]", e, 0, 255, lo_open=True)
+                    for i, e in enumerate(_list(f"{key}.linearity_eps", list(g("linearity_eps")))))
+        return cls(
+            corruptions=corr,
+            severities=sev,
+            test_subset=_opt_int(f"{key}.test_subset", g("test_subset")),
+            batch_size=_int(f"{key}.batch_size", g("batch_size"), 1),
+            ece_bins=_int(f"{key}.ece_bins", g("ece_bins"), 2),
+            linearity_eps=eps,
+            linearity_steps=_int(f"{key}.linearity_steps", g("linearity_steps"), 1),
+            linearity_images=_int(f"{key}.linearity_images", g("linearity_images"), 1),
+            surface_points=_int(f"{key}.surface_points", g("surface_points"), 3),
+            surface_images=_int(f"{key}.surface_images", g("surface_images"), 1),
+        )
+
+
+@dataclass(frozen=True)
+class Profile:
+    vae: VAEConfig
+    train: TrainConfig
+    eval: EvalConfig
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], key: str) -> "Profile":
+        d = _check_keys(key, d, cls)
+        return cls(vae=VAEConfig.from_dict(d["vae"], f"{key}.vae"),
+                   train=TrainConfig.from_dict(d["train"], f"{key}.train"),
+                   eval=EvalConfig.from_dict(d["eval"], f"{key}.eval"))
+
+
+@dataclass(frozen=True)
+class Params:
+    """The validated params.yaml, with the selected profile resolved."""
+
+    profile: str
+    dataset: str
+    data_dir: str
+    raw_dir: str | None
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    profiles: Mapping[str, Profile]
+
+    @property
+    def selected(self) -> Profile:
+        return self.profiles[self.profile]
+
+    @property
+    def vae(self) -> VAEConfig:
+        return self.selected.vae
+
+    @property
+    def train(self) -> TrainConfig:
+        return self.selected.train
+
+    @property
+    def eval(self) -> EvalConfig:
+        return self.selected.eval
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Params":
+        top = ("profile", "dataset", "data_dir", "raw_dir", "methods", "seeds", "profiles")
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"params: expected a mapping at the top level, got {type(d).__name__}")
+        unknown = sorted(set(d) - set(top))
+        if unknown:
+            raise ConfigError(f"params: unknown key {unknown[0]}; allowed top-level keys: {', '.join(top)}")
+        for k in ("profile", "dataset", "methods", "seeds", "profiles"):
+            if k not in d:
+                raise ConfigError(f"params: missing key {k}")
+        profiles_raw = d["profiles"]
+        if not isinstance(profiles_raw, Mapping) or not profiles_raw:
+            raise _fail("profiles", profiles_raw, "a mapping of profile name -> settings")
+        bad = sorted(set(profiles_raw) - set(PROFILES))
+        if bad:
+            raise _fail(f"profiles.{bad[0]}", "...", "profile names among " + ", ".join(PROFILES))
+        profile = _choice("profile", d["profile"], tuple(profiles_raw))
+        methods = tuple(_choice(f"methods[{i}]", m, METHODS) for i, m in enumerate(_list("methods", d["methods"])))
+        if len(set(methods)) != len(methods):
+            raise _fail("methods", list(methods), "each method at most once")
+        seeds = tuple(_int(f"seeds[{i}]", s, 0) for i, s in enumerate(_list("seeds", d["seeds"])))
+        data_dir = d.get("data_dir", "data")
+        if not isinstance(data_dir, str) or not data_dir:
+            raise _fail("data_dir", data_dir, "a folder path")
+        raw_dir = d.get("raw_dir")
+        if raw_dir is not None and not isinstance(raw_dir, str):
+            raise _fail("raw_dir", raw_dir, "a folder path or null")
+        return cls(
+            profile=profile,
+            dataset=_choice("dataset", d["dataset"], DATASETS),
+            data_dir=data_dir,
+            raw_dir=raw_dir,
+            methods=methods,
+            seeds=seeds,
+            profiles={name: Profile.from_dict(p, f"profiles.{name}") for name, p in profiles_raw.items()},
+        )
+
+
+def load_params(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> Params:
+    """Read and validate params.yaml (default: the project's). ``overrides`` replace top-level keys,
+    e.g. ``{"profile": "smoke"}`` as a notebook's parameters cell passes them."""
+    if path is None:
+        from varmix.io import project_root
+
+        path = project_root() / "params.yaml"
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"params: {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params: {path} must hold a mapping at the top level")
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return Params.from_dict(raw)
+
+
+def to_dict(obj: Any) -> Any:
+    """A JSON-friendly copy of a config object (for saving next to results)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
