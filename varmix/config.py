@@ -313,7 +313,7 @@ class Params:
         bad = sorted(set(profiles_raw) - set(PROFILES))
         if bad:
             raise _fail(f"profiles.{bad[0]}", "...", "profile names among " + ", ".join(PROFILES))
-        profile = _choice("profile", d["profile"], tuple(profiles_raw))
+        profile = _choice("profile", d["profile"], tuple(p for p in PROFILES if p in profiles_raw))
         methods = tuple(_choice(f"methods[{i}]", m, METHODS) for i, m in enumerate(_list("methods", d["methods"])))
         if len(set(methods)) != len(methods):
             raise _fail("methods", list(methods), "each method at most once")

@@ -1,0 +1,24 @@
+# The README's two commands: `make repro` (the whole study) and `make test` (pytest + nbval).
+PYTHON ?= python3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export TQDM_DISABLE ?= 1
+export MPLBACKEND ?= Agg
+
+.PHONY: install data repro test test-lib test-notebooks
+
+install:  ## system data package + the project with its test extra + the python3 Jupyter kernel
+	@[ -d /usr/share/datasets/fashion-mnist ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+	$(PYTHON) -m pip install -q -e ".[test]"
+	$(PYTHON) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (varmix)" >/dev/null
+
+data: install  ## validate params.yaml, prepare the data and check it against the hash data.dvc pins
+	$(PYTHON) -m varmix check-params
+	$(PYTHON) -m varmix prepare-data
+	dvc commit -f -q data.dvc
+	@git diff --quiet data.dvc || { echo "error: the prepared data differs from the bytes data.dvc pins (git diff data.dvc)"; exit 1; }
+
+repro: data  ## regenerate every result
+	dvc repro
+
+test: install  ## library tests, then nbval over the notebooks
+	$(PYTHON) -m pytest tests -q

@@ -1,0 +1,360 @@
+"""The paper's generative model: an MMD-VAE (InfoVAE, Zhao et al.) trained first and then frozen.
+
+Objective (per batch): reconstruction + gamma * MMD(q(z), N(0, I)), where the reconstruction term is the
+negative log-likelihood of the image under the decoder, summed over pixels and averaged over the batch,
+and the MMD compares reparameterised posterior samples of the batch with as many prior samples. The
+``kl`` objective (reconstruction + beta * KL(q(z|x) || N(0, I))) is kept as an ablation.
+
+Choices the paper leaves open (documented here and in params.yaml):
+- Architecture: stride-2 4x4 convolutions halve the image until it is 7x7 (28 px) or 4x4 (32 and 64 px),
+  channels width, 2*width, 4*width, 8*width; one linear layer each for mu and logvar. The decoder
+  mirrors it with stride-2 transposed convolutions and a final 3x3 convolution to the image channels;
+  a sigmoid turns its logits into the decoder mean in [0, 1]. No batch norm: the encoding of an image
+  then never depends on the other images in its batch or on train/eval mode, so ``mu(x)`` is a plain
+  function of ``x``, which VarMixup's interpolation assumes.
+- Scale: the reconstruction is a per-image negative log-likelihood (nats summed over pixels, so BCE on
+  Fashion-MNIST is a few hundred) while the biased MMD^2 estimate with a Gaussian kernel lies in [0, 2].
+  ``gamma`` (params.yaml, default 10) is therefore a weight on a term that is small next to the
+  reconstruction; it is switchable and the notebooks report MMD(mu, prior) so its effect is visible.
+- Kernel: exp(-||a - b||^2 / dim), the bandwidth stated for InfoVAE's reference. (That TensorFlow code
+  divides the *mean* squared difference by dim, i.e. ||a - b||^2 / dim^2, which makes the kernel almost
+  flat for latent sizes above a few; with /dim, two N(0, I) samples are typically at kernel value
+  exp(-2), where the estimate is most sensitive.)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from varmix.config import VAEConfig, to_dict
+from varmix.data import to_float
+from varmix.io import load_torch, save_torch, write_json
+
+IMAGE_SIZES = (28, 32, 64)
+CHANNELS = (1, 3)
+# number of stride-2 stages: 28 -> 14 -> 7; 32 -> 16 -> 8 -> 4; 64 -> 32 -> 16 -> 8 -> 4
+_STAGES = {28: 2, 32: 3, 64: 4}
+_FORMAT = "varmix-vae-1"
+
+
+def _positive_int(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} = {v!r} is invalid: expected a positive integer")
+    return v
+
+
+class ConvVAE(nn.Module):
+    """Convolutional VAE for square 1- or 3-channel images of 28, 32 or 64 pixels in [0, 1]."""
+
+    def __init__(self, in_channels: int, image_size: int, latent_dim: int, width: int = 32):
+        super().__init__()
+        if type(in_channels) is not int or in_channels not in CHANNELS:
+            raise ValueError(f"in_channels = {in_channels!r} is invalid: expected one of {CHANNELS}")
+        if type(image_size) is not int or image_size not in IMAGE_SIZES:
+            raise ValueError(f"image_size = {image_size!r} is invalid: expected one of {IMAGE_SIZES}")
+        self.in_channels = in_channels
+        self.image_size = image_size
+        self.latent_dim = _positive_int("latent_dim", latent_dim)
+        self.width = _positive_int("width", width)
+
+        n = _STAGES[image_size]
+        chans = [width * 2 ** i for i in range(n)]
+        self.feat_size = image_size // 2 ** n
+        self.feat_shape = (chans[-1], self.feat_size, self.feat_size)
+        feat = chans[-1] * self.feat_size ** 2
+
+        enc: list[nn.Module] = []
+        c_in = in_channels
+        for c in chans:
+            enc += [nn.Conv2d(c_in, c, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            c_in = c
+        self.encoder = nn.Sequential(*enc, nn.Flatten())
+        self.fc_mu = nn.Linear(feat, latent_dim)
+        self.fc_logvar = nn.Linear(feat, latent_dim)
+
+        self.fc_dec = nn.Linear(latent_dim, feat)
+        dec: list[nn.Module] = []
+        for i in reversed(range(n)):
+            dec += [nn.ConvTranspose2d(chans[i], chans[max(i - 1, 0)], 4, stride=2, padding=1), nn.ReLU()]
+        self.decoder = nn.Sequential(*dec, nn.Conv2d(chans[0], in_channels, 3, padding=1))
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.image_size, self.image_size)
+
+    def _check_x(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != self.image_shape:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"images of shape {got} given to a VAE for images [N, {self.in_channels}, "
+                             f"{self.image_size}, {self.image_size}]")
+        if not x.is_floating_point():
+            raise ValueError(f"images of dtype {x.dtype} given to the VAE: expected float in [0, 1] "
+                             f"(convert uint8 with varmix.data.to_float)")
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior q(z|x) = N(mu, diag(exp(logvar)))."""
+        self._check_x(x)
+        h = self.encoder(x)
+        return self.fc_mu(h), self.fc_logvar(h)
+
+    def decode_logits(self, z: Tensor) -> Tensor:
+        """Decoder output before the sigmoid (used by the BCE loss for numerical stability)."""
+        if not isinstance(z, Tensor) or z.ndim != 2 or z.shape[1] != self.latent_dim:
+            got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+            raise ValueError(f"latent codes of shape {got}: expected [N, {self.latent_dim}]")
+        h = F.relu(self.fc_dec(z)).view(len(z), *self.feat_shape)
+        return self.decoder(h)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Decoder mean in [0, 1]."""
+        return torch.sigmoid(self.decode_logits(z))
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Decoder mean at the posterior mean: decode(mu(x))."""
+        return self.decode(self.encode(x)[0])
+
+    def forward(self, x: Tensor, gen: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        mu, logvar = self.encode(x)
+        z = _reparameterise(mu, logvar, gen)
+        return self.decode(z), mu, logvar, z
+
+
+def _reparameterise(mu: Tensor, logvar: Tensor, gen: torch.Generator | None) -> Tensor:
+    if gen is None:
+        eps = torch.randn_like(mu)
+    else:  # drawn on the CPU from the generator so CPU and GPU runs see the same noise
+        eps = torch.randn(mu.shape, generator=gen, dtype=mu.dtype).to(mu.device)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+# ----------------------------------------------------------------------------------------------
+# loss
+def mmd(a: Tensor, b: Tensor) -> Tensor:
+    """Biased estimate of MMD^2 between samples a [n, d] and b [m, d] with k(u, v) = exp(-||u - v||^2 / d)."""
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"mmd expects two 2-D tensors [n, dim], got shapes "
+                         f"{getattr(a, 'shape', type(a).__name__)} and {getattr(b, 'shape', type(b).__name__)}")
+    if a.shape[1] != b.shape[1] or len(a) == 0 or len(b) == 0:
+        raise ValueError(f"mmd: samples of shapes {tuple(a.shape)} and {tuple(b.shape)}: expected non-empty "
+                         f"samples of the same dimension")
+    dim = a.shape[1]
+
+    def k(u: Tensor, v: Tensor) -> Tensor:
+        return torch.exp(-(u[:, None, :] - v[None, :, :]).pow(2).sum(-1) / dim)
+
+    return k(a, a).mean() + k(b, b).mean() - 2 * k(a, b).mean()
+
+
+def _check_cfg(cfg: Any) -> VAEConfig:
+    if not isinstance(cfg, VAEConfig):
+        raise ValueError(f"cfg is a {type(cfg).__name__}: expected varmix.config.VAEConfig")
+    return cfg
+
+
+def _recon_per_image(logits: Tensor, x: Tensor, likelihood: str) -> Tensor:
+    """Reconstruction negative log-likelihood per image, summed over pixels: bce = Bernoulli NLL
+    (continuous targets in [0, 1]), mse = squared error of the decoder mean (a Gaussian NLL with
+    variance 1/2, constants dropped)."""
+    if likelihood == "bce":
+        per_pixel = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    else:
+        per_pixel = (torch.sigmoid(logits) - x).pow(2)
+    return per_pixel.flatten(1).sum(1)
+
+
+def vae_loss(vae: ConvVAE, x: Tensor, cfg: VAEConfig, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+    """Training loss for a batch of float images in [0, 1]; returns (loss, parts as floats).
+
+    mmd: recon + gamma * MMD(z, prior), z the reparameterised posterior samples of the batch and the
+    prior sample of the same size drawn from ``gen``. kl: recon + beta * KL(q(z|x) || N(0, I)), summed
+    over latent dimensions and averaged over the batch (the ELBO's scale when beta = 1)."""
+    cfg = _check_cfg(cfg)
+    mu, logvar = vae.encode(x)
+    z = _reparameterise(mu, logvar, gen)
+    recon = _recon_per_image(vae.decode_logits(z), x, cfg.likelihood).mean()
+    if cfg.objective == "mmd":
+        prior = torch.randn(z.shape, generator=gen, dtype=z.dtype).to(z.device)
+        reg = mmd(z, prior)
+        loss = recon + cfg.gamma * reg
+    else:
+        reg = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(1).mean()
+        loss = recon + cfg.beta * reg
+    parts = {"loss": float(loss.detach()), "recon": float(recon.detach()), cfg.objective: float(reg.detach())}
+    return loss, parts
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+@torch.no_grad()
+def reconstruction_metrics(vae: ConvVAE, x_float: Tensor, batch_size: int = 500) -> dict[str, float]:
+    """Quality of ``vae.reconstruct`` (decoder mean at the posterior mean), averaged over images:
+    mse per pixel, psnr in dB for [0, 1] images (computed per image, then averaged; per-image mse is
+    floored at 1e-10 so a perfect reconstruction gives 100 dB, not inf) and bce in nats per image
+    (summed over pixels, the training loss's scale). uint8 images are accepted and converted per batch."""
+    _positive_int("batch_size", batch_size)
+    if not isinstance(x_float, Tensor) or x_float.ndim != 4 or len(x_float) == 0:
+        raise ValueError(f"reconstruction_metrics: images of shape {getattr(x_float, 'shape', x_float)!r}: "
+                         f"expected a non-empty [N, C, H, W] tensor")
+    device = next(vae.parameters()).device
+    sums = {"mse": 0.0, "psnr": 0.0, "bce": 0.0}
+    for i in range(0, len(x_float), batch_size):
+        x = x_float[i:i + batch_size]
+        x = (to_float(x) if x.dtype == torch.uint8 else x.float()).to(device)
+        mu, _ = vae.encode(x)
+        logits = vae.decode_logits(mu)
+        mse = (torch.sigmoid(logits) - x).pow(2).flatten(1).mean(1)
+        sums["mse"] += float(mse.sum())
+        sums["psnr"] += float((-10 * torch.log10(mse.clamp_min(1e-10))).sum())
+        sums["bce"] += float(_recon_per_image(logits, x, "bce").sum())
+    return {k: v / len(x_float) for k, v in sums.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# save / load
+def _freeze(vae: ConvVAE) -> ConvVAE:
+    vae.eval()
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    return vae
+
+
+def save_vae(path: str | Path, vae: ConvVAE, cfg: VAEConfig | None = None) -> None:
+    """Write the VAE's constructor arguments, weights (on CPU) and, optionally, its config atomically."""
+    if not isinstance(vae, ConvVAE):
+        raise ValueError(f"save_vae: got a {type(vae).__name__}, expected a ConvVAE")
+    save_torch(path, {
+        "format": _FORMAT,
+        "args": {"in_channels": vae.in_channels, "image_size": vae.image_size,
+                 "latent_dim": vae.latent_dim, "width": vae.width},
+        "state_dict": {k: v.detach().cpu() for k, v in vae.state_dict().items()},
+        "config": None if cfg is None else to_dict(_check_cfg(cfg)),
+    })
+
+
+def load_vae(path: str | Path, device: str | torch.device | None = None) -> ConvVAE:
+    """Read a VAE written by ``save_vae``: frozen, in eval mode, on ``device`` (default CPU)."""
+    obj = load_torch(path, what="VAE")
+    if not isinstance(obj, dict) or obj.get("format") != _FORMAT:
+        raise ValueError(f"{path} is not a VAE written by varmix.vae.save_vae (format "
+                         f"{obj.get('format') if isinstance(obj, dict) else type(obj).__name__!r}, "
+                         f"expected {_FORMAT!r})")
+    vae = ConvVAE(**obj["args"])
+    try:
+        vae.load_state_dict(obj["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not match the VAE they describe ({exc})") from exc
+    return _freeze(vae.to(device or "cpu"))
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+def _check_images(name: str, x: Any) -> None:
+    if not isinstance(x, Tensor) or x.dtype != torch.uint8 or x.ndim != 4 or len(x) == 0:
+        desc = f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} is {desc}: expected non-empty uint8 images [N, C, H, W]")
+    c, h, w = x.shape[1:]
+    if c not in CHANNELS or h != w or h not in IMAGE_SIZES:
+        raise ValueError(f"{name} has images of shape {(c, h, w)}: expected C in {CHANNELS} and square "
+                         f"H = W in {IMAGE_SIZES}")
+
+
+def _resume_key(cfg: VAEConfig, seed: int, n_train: int, n_test: int, shape: tuple) -> dict:
+    """What must agree for a checkpoint to be continued (epochs may grow)."""
+    c = to_dict(cfg)
+    c.pop("epochs")
+    return {"config": c, "seed": seed, "n_train": n_train, "n_test": n_test, "image_shape": list(shape)}
+
+
+def train_vae(cfg: VAEConfig, train_x: Tensor, test_x: Tensor, out_dir: str | Path, seed: int,
+              device: str | torch.device | None = None, progress: bool | None = None) -> ConvVAE:
+    """Train the VAE on uint8 images and write ``checkpoint.pt`` (every epoch), ``history.json`` and
+    ``vae.pt`` into ``out_dir``. A ``checkpoint.pt`` already there from the same config, seed and data
+    is continued (the result on CPU is bit-identical to an uninterrupted run); one from a different run
+    is an error. Returns the trained VAE frozen in eval mode on ``device``."""
+    cfg = _check_cfg(cfg)
+    _check_images("train_x", train_x)
+    _check_images("test_x", test_x)
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise ValueError(f"train_x images {tuple(train_x.shape[1:])} and test_x images "
+                         f"{tuple(test_x.shape[1:])} differ in shape")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed = {seed!r} is invalid: expected a non-negative integer")
+    out_dir = Path(out_dir)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    train_x = train_x[:cfg.train_subset]
+    n = len(train_x)
+    c, s = train_x.shape[1], train_x.shape[2]
+    steps = math.ceil(n / cfg.batch_size)
+    key = _resume_key(cfg, seed, n, len(test_x), (c, s, s))
+
+    # weights initialised from the seed without touching the global RNG stream
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = ConvVAE(c, s, cfg.latent_dim, cfg.width)
+    vae.to(device)
+    opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(seed)
+    history: list[dict] = []
+    start = 0
+
+    ckpt_path = out_dir / "checkpoint.pt"
+    if ckpt_path.exists():
+        ckpt = load_torch(ckpt_path, what="VAE checkpoint")
+        if not isinstance(ckpt, dict) or ckpt.get("key") != key:
+            raise ValueError(
+                f"{ckpt_path} belongs to a different run (config, seed or data differ: saved "
+                f"{ckpt.get('key') if isinstance(ckpt, dict) else '?'}, now {key}); delete it to start over")
+        if ckpt["epoch"] > cfg.epochs:
+            raise ValueError(f"{ckpt_path} holds {ckpt['epoch']} epochs but cfg.epochs = {cfg.epochs}; "
+                             f"delete it to train a shorter run")
+        vae.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        gen.set_state(ckpt["generator"])
+        history, start = ckpt["history"], ckpt["epoch"]
+
+    bar = tqdm(total=cfg.epochs * steps, initial=start * steps, desc="VAE", unit="step",
+               disable=None if progress is None else not progress)
+    try:
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            vae.train()
+            sums: dict[str, float] = {}
+            order = torch.randperm(n, generator=gen)
+            for step in range(steps):
+                idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                x = to_float(train_x[idx]).to(device, non_blocking=True)
+                loss, parts = vae_loss(vae, x, cfg, gen)
+                if not math.isfinite(parts["loss"]):
+                    raise FloatingPointError(
+                        f"VAE loss is {parts['loss']} at epoch {epoch + 1} step {step + 1}/{steps} "
+                        f"(parts {parts}); lower vae.lr or check the data")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v * len(idx)
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{parts['loss']:.2f}")
+            vae.eval()
+            test = reconstruction_metrics(vae, test_x)
+            history.append({"epoch": epoch + 1, "train": {k: v / n for k, v in sums.items()},
+                            "test": test, "seconds": time.perf_counter() - t0})
+            save_torch(ckpt_path, {"key": key, "epoch": epoch + 1, "model": vae.state_dict(),
+                                   "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                                   "history": history})
+            write_json(out_dir / "history.json", history)
+    finally:
+        bar.close()
+
+    write_json(out_dir / "history.json", history)
+    save_vae(out_dir / "vae.pt", vae, cfg)
+    return _freeze(vae)
