@@ -137,7 +137,7 @@ class VAEConfig:
 
     latent_dim: int = 16
     objective: str = "mmd"          # mmd (the paper's InfoVAE) | kl (beta-VAE ablation)
-    gamma: float = 10.0             # weight of MMD(q(z) || N(0, I))
+    gamma: float = 100.0            # weight of MMD(q(z) || N(0, I))
     beta: float = 1.0               # weight of KL for the kl ablation
     likelihood: str = "bce"         # bce | mse reconstruction term
     width: int = 32                 # base number of conv channels

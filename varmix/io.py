@@ -74,6 +74,23 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         ) from exc
 
 
+def load_module_state(module: Any, path: str | os.PathLike, what: str, fmt: str,
+                      build: Any) -> Any:
+    """Read a file written as ``{"format": fmt, <build args>, "state_dict": ...}`` (trained models, the
+    VAE): check its format tag, build the module with ``build(obj)`` and load the weights into it, with
+    one clear error for each way the file can be wrong. ``module`` names the writer for the message."""
+    obj = load_torch(path, what)
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{path} is not a {what} written by {module} (format {found!r}, expected {fmt!r})")
+    net = build(obj)
+    try:
+        net.load_state_dict(obj["state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        raise ValueError(f"{path}: weights do not match the {what} they describe ({exc})") from exc
+    return net
+
+
 def file_md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:

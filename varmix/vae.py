@@ -14,8 +14,13 @@ Choices the paper leaves open (documented here and in params.yaml):
   function of ``x``, which VarMixup's interpolation assumes.
 - Scale: the reconstruction is a per-image negative log-likelihood (nats summed over pixels, so BCE on
   Fashion-MNIST is a few hundred) while the biased MMD^2 estimate with a Gaussian kernel lies in [0, 2].
-  ``gamma`` (params.yaml, default 10) is therefore a weight on a term that is small next to the
-  reconstruction; it is switchable and the notebooks report MMD(mu, prior) so its effect is visible.
+  ``gamma`` (params.yaml) therefore has to be large for the MMD to shape q(z). Measured on Fashion-MNIST
+  (10k images, 2 epochs, width 32, latent 16, BCE; test images): gamma = 10 leaves the posterior means
+  spread with std ~6 per dimension and posterior std ~0.015 (q(z) far from N(0, I)); gamma = 100 gives
+  mean std ~1.05, MMD(mu, prior) 0.05 at a PSNR of 16.3 dB (16.6 dB at gamma = 10); gamma = 1000 costs
+  reconstruction (14.7 dB, posterior std ~0.6). InfoVAE's reference code (ShengjiaZhao/
+  MMD-Variational-Autoencoder: deterministic encoder, per-pixel-mean MSE + 1 * MMD) corresponds to
+  likelihood mse with gamma = number of pixels here, up to its flatter kernel (next point).
 - Kernel: exp(-||a - b||^2 / dim), the bandwidth stated for InfoVAE's reference. (That TensorFlow code
   divides the *mean* squared difference by dim, i.e. ||a - b||^2 / dim^2, which makes the kernel almost
   flat for latent sizes above a few; with /dim, two N(0, I) samples are typically at kernel value
@@ -36,7 +41,7 @@ from tqdm.auto import tqdm
 
 from varmix.config import VAEConfig, to_dict
 from varmix.data import to_float
-from varmix.io import load_torch, save_torch, write_json
+from varmix.io import load_module_state, load_torch, save_torch, write_json
 
 IMAGE_SIZES = (28, 32, 64)
 CHANNELS = (1, 3)
@@ -241,16 +246,7 @@ def save_vae(path: str | Path, vae: ConvVAE, cfg: VAEConfig | None = None) -> No
 
 def load_vae(path: str | Path, device: str | torch.device | None = None) -> ConvVAE:
     """Read a VAE written by ``save_vae``: frozen, in eval mode, on ``device`` (default CPU)."""
-    obj = load_torch(path, what="VAE")
-    if not isinstance(obj, dict) or obj.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a VAE written by varmix.vae.save_vae (format "
-                         f"{obj.get('format') if isinstance(obj, dict) else type(obj).__name__!r}, "
-                         f"expected {_FORMAT!r})")
-    vae = ConvVAE(**obj["args"])
-    try:
-        vae.load_state_dict(obj["state_dict"])
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not match the VAE they describe ({exc})") from exc
+    vae = load_module_state("varmix.vae.save_vae", path, "VAE", _FORMAT, lambda obj: ConvVAE(**obj["args"]))
     return _freeze(vae.to(device or "cpu"))
 
 

@@ -1,0 +1,258 @@
+"""varmix.train on real Fashion-MNIST subsets with small_cnn: learning, resuming, outputs and errors."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from varmix import config, mixing, train
+from varmix.config import METHODS, TrainConfig
+from varmix.data import ImageData, load_raw
+from varmix.models import build_model
+from varmix.vae import ConvVAE
+
+N_TRAIN, N_TEST = 768, 256
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    d = load_raw("fashion-mnist")
+    return ImageData(d.name, d.train_x[:2000], d.train_y[:2000], d.test_x[:1000], d.test_y[:1000])
+
+
+def _cfg(epochs=3, **kw):
+    base = dict(arch="small_cnn", batch_size=128, epochs={m: epochs for m in METHODS},
+                alpha={m: 1.0 for m in METHODS}, train_subset=N_TRAIN, test_subset=N_TEST)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(out_dir):
+    return torch.load(out_dir / "model.pt", weights_only=False)["state_dict"]
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def reference(fmnist, tmp_path_factory):
+    """An uninterrupted 3-epoch mixup run (mixup + augmentation exercise the whole random stream)."""
+    out = tmp_path_factory.mktemp("reference")
+    summary = train.train_classifier("mixup", _cfg(3), fmnist, out, seed=1, device="cpu")
+    return out, summary
+
+
+# ----------------------------------------------------------------------------------------------
+def test_learns_and_writes_the_documented_files(reference, fmnist):
+    out, summary = reference
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert set(history[0]) >= {"train_loss", "test_loss", "test_acc", "lr", "seconds", "images_per_s"}
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["test_loss"] < history[0]["test_loss"]
+    assert summary["test_acc"] == history[-1]["test_acc"] > 0.4  # 10 classes: chance is 0.1
+    assert all(h["lr"] == 1e-3 for h in history)
+
+    params = json.loads((out / "params.json").read_text())
+    assert params["method"] == "mixup" and params["seed"] == 1 and params["arch"] == "small_cnn"
+    assert {k: params[k] for k in config.to_dict(_cfg(3))} == json.loads(json.dumps(config.to_dict(_cfg(3))))
+
+    logits = np.load(out / "test_logits.npy")
+    labels = np.load(out / "test_labels.npy")
+    assert logits.dtype == np.float32 and logits.shape == (N_TEST, 10)
+    assert labels.dtype == np.int64 and np.array_equal(labels, fmnist.test_y[:N_TEST].numpy())
+    assert (logits.argmax(1) == labels).mean() == pytest.approx(summary["test_acc"])
+
+    model = train.load_classifier(out)
+    assert not model.training
+    again = train.predict_logits(model, fmnist.test_x[:N_TEST], batch_size=100)
+    assert again.dtype == torch.float32 and again.shape == (N_TEST, 10)
+    torch.testing.assert_close(again, torch.from_numpy(logits))
+    floats = train.predict_logits(model, fmnist.test_x[:5].float() / 255)  # float input in [0, 1]
+    torch.testing.assert_close(floats, again[:5])
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 3 and len(ckpt["history"]) == 3
+
+
+def test_resume_after_interruption_is_bit_identical(reference, fmnist, tmp_path, monkeypatch):
+    ref_out, _ = reference
+    out = tmp_path / "run"
+    real_save = train._save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt("simulated kill after epoch 1")
+
+    monkeypatch.setattr(train, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_classifier("mixup", _cfg(3), fmnist, out, seed=1, device="cpu")
+    monkeypatch.setattr(train, "_save_checkpoint", real_save)
+    assert not (out / "model.pt").exists()
+
+    # continue with more epochs in two goes: 1 -> 2 (only epochs may change), then 2 -> 3
+    s2 = train.train_classifier("mixup", _cfg(2), fmnist, out, seed=1, device="cpu")
+    assert s2["resumed_from_epoch"] == 1 and s2["epochs"] == 2
+    s3 = train.train_classifier("mixup", _cfg(3), fmnist, out, seed=1, device="cpu")
+    assert s3["resumed_from_epoch"] == 2
+
+    _assert_same_weights(_weights(out), _weights(ref_out))
+    ref_hist = json.loads((ref_out / "history.json").read_text())
+    hist = json.loads((out / "history.json").read_text())
+    for key in ("train_loss", "test_loss", "test_acc"):
+        assert [h[key] for h in hist] == [h[key] for h in ref_hist]
+    assert np.array_equal(np.load(out / "test_logits.npy"), np.load(ref_out / "test_logits.npy"))
+
+    # a finished run is not trained again
+    s = train.train_classifier("mixup", _cfg(3), fmnist, out, seed=1, device="cpu")
+    assert s["resumed_from_epoch"] == 3 and s["test_acc"] == s3["test_acc"]
+    with pytest.raises(ValueError, match=r"already trained 3 epochs.*= 2"):
+        train.train_classifier("mixup", _cfg(2), fmnist, out, seed=1, device="cpu")
+
+
+def test_checkpoint_of_another_run_or_corrupt_is_refused(reference, fmnist, tmp_path):
+    ref_out, _ = reference
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes((ref_out / "checkpoint.pt").read_bytes())
+    with pytest.raises(ValueError, match=r"different run: lr = 0.001 there, 0.01 now"):
+        train.train_classifier("mixup", _cfg(3, lr=1e-2), fmnist, out, seed=1, device="cpu")
+    with pytest.raises(ValueError, match=r"different run: seed = 1 there, 2 now"):
+        train.train_classifier("mixup", _cfg(3), fmnist, out, seed=2, device="cpu")
+    with pytest.raises(ValueError, match=r"different run: method = 'mixup' there, 'cutmix' now"):
+        train.train_classifier("cutmix", _cfg(3), fmnist, out, seed=1, device="cpu")
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"checkpoint .*checkpoint.pt is corrupt"):
+        train.train_classifier("mixup", _cfg(3), fmnist, out, seed=1, device="cpu")
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]  # nothing else written
+
+
+def test_sgd_schedule_and_determinism(fmnist, tmp_path):
+    cfg = _cfg(2, optimizer="sgd", lr=0.05, milestones=(1,), lr_gamma=0.1, weight_decay=1e-4,
+               train_subset=256, test_subset=64, augment=False, channels_last=False)
+    a = train.train_classifier("erm", cfg, fmnist, tmp_path / "a", seed=3, device="cpu")
+    b = train.train_classifier("erm", cfg, fmnist, tmp_path / "b", seed=3, device="cpu")
+    hist = json.loads((tmp_path / "a" / "history.json").read_text())
+    assert [h["lr"] for h in hist] == pytest.approx([0.05, 0.005])
+    assert a["test_acc"] == b["test_acc"]
+    _assert_same_weights(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+    c = train.train_classifier("erm", cfg, fmnist, tmp_path / "c", seed=4, device="cpu")
+    assert not torch.equal(_weights(tmp_path / "a")["head.weight"], _weights(tmp_path / "c")["head.weight"])
+    assert c["seed"] == 4
+
+
+def test_non_finite_loss_names_method_epoch_and_step(fmnist, tmp_path, monkeypatch):
+    real = mixing.soft_cross_entropy
+    calls = []
+
+    def nan_on_third_step(logits, target):
+        calls.append(1)
+        loss = real(logits, target)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(mixing, "soft_cross_entropy", nan_on_third_step)
+    with pytest.raises(FloatingPointError, match=r"cutmix: training loss is nan at epoch 1, step 3 of 4"):
+        train.train_classifier("cutmix", _cfg(1, train_subset=512, batch_size=128), fmnist, tmp_path, seed=0,
+                               device="cpu")
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_end_to_end(method, fmnist, tmp_path):
+    vae = None
+    if method in train.VAE_METHODS:  # a tiny untrained VAE: enough to exercise the path
+        torch.manual_seed(0)
+        vae = ConvVAE(1, 28, latent_dim=4, width=4).eval()
+    cfg = _cfg(1, train_subset=193, test_subset=64, batch_size=64, alpha={m: 2.0 for m in METHODS})
+    s = train.train_classifier(method, cfg, fmnist, tmp_path, seed=0, vae=vae, device="cpu", progress=False)
+    hist = json.loads((tmp_path / "history.json").read_text())
+    assert len(hist) == 1 and np.isfinite(hist[0]["train_loss"]) and s["method"] == method
+    assert np.load(tmp_path / "test_logits.npy").shape == (64, 10)
+    # 193 = 3 * 64 + 1: the last one-image batch is dropped (mixing needs a partner)
+    assert hist[0]["images_per_s"] * hist[0]["seconds"] == pytest.approx(192)
+
+
+# ----------------------------------------------------------------------------------------------
+def test_augment_batch_is_a_vectorised_crop_and_flip():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 256, (16, 2, 6, 5), dtype=torch.uint8)
+    pad = 2
+    expected_gen = torch.Generator().manual_seed(5)
+    oy = torch.randint(0, 2 * pad + 1, (16,), generator=expected_gen)
+    ox = torch.randint(0, 2 * pad + 1, (16,), generator=expected_gen)
+    flip = torch.rand(16, generator=expected_gen) < 0.5
+    out = train.augment_batch(x, gen, pad)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    padded = torch.nn.functional.pad(x, (pad,) * 4)
+    for i in range(16):  # the slow per-sample definition
+        crop = padded[i, :, oy[i]:oy[i] + 6, ox[i]:ox[i] + 5]
+        assert torch.equal(out[i], crop.flip(-1) if flip[i] else crop), i
+    assert flip.any() and (~flip).any() and (oy != pad).any()
+    no_pad = train.augment_batch(x, gen, 0)  # flips only
+    assert all(torch.equal(no_pad[i], x[i]) or torch.equal(no_pad[i], x[i].flip(-1)) for i in range(16))
+    assert train.crop_padding(28) == 2 and train.crop_padding(32) == 4 and train.crop_padding(64) == 4
+
+
+def test_bad_inputs_fail_before_training(fmnist, tmp_path):
+    out = tmp_path / "never"
+
+    def run(method="erm", cfg=None, data=fmnist, vae=None, seed=0):
+        train.train_classifier(method, cfg or _cfg(1), data, out, seed=seed, vae=vae, device="cpu")
+
+    with pytest.raises(ValueError, match=r"unknown method 'mixupp': expected one of erm, mixup, .*varmixup"):
+        run("mixupp")
+    with pytest.raises(ValueError, match=r"cfg.alpha\['mixup'\] = 0.0 is invalid: expected a finite number > 0"):
+        run("mixup", _cfg(1, alpha={m: 0.0 for m in METHODS}))
+    with pytest.raises(ValueError, match=r"cfg.alpha\['cutmix'\] = -1.0"):
+        run("cutmix", _cfg(1, alpha={m: -1.0 for m in METHODS}))
+    shifted = ImageData(fmnist.name, fmnist.train_x, fmnist.train_y + 1, fmnist.test_x, fmnist.test_y)
+    with pytest.raises(ValueError, match=r"wrong number of classes: fashion-mnist train labels range over "
+                                         r"1..10, but the dataset has 10 classes"):
+        run(data=shifted)
+    with pytest.raises(ValueError, match=r"method 'varmixup' needs a trained VAE"):
+        run("varmixup")
+    with pytest.raises(ValueError, match=r"method 'mixup_r' needs a trained VAE"):
+        run("mixup_r")
+    with pytest.raises(ValueError, match=r"VAE is for 3-channel 32 px images, but fashion-mnist has 1-channel 28"):
+        run("varmixup", vae=ConvVAE(3, 32, latent_dim=4, width=4))
+    with pytest.raises(ValueError, match=r"manifold_layers = \[0, 4\] is invalid for small_cnn: .*0..3"):
+        run("manifold_mixup", _cfg(1, manifold_layers=(0, 4)))
+    with pytest.raises(ValueError, match=r"seed = -1"):
+        run(seed=-1)
+    with pytest.raises(ValueError, match=r"cfg.epochs\['erm'\] = 0"):
+        run(cfg=dataclasses.replace(_cfg(1), epochs={m: 0 for m in METHODS}))
+    with pytest.raises(ValueError, match=r"device = 'tpu'"):
+        train.train_classifier("erm", _cfg(1), fmnist, out, seed=0, device="tpu")
+    floats = ImageData(fmnist.name, fmnist.train_x.float(), fmnist.train_y, fmnist.test_x, fmnist.test_y)
+    with pytest.raises(ValueError, match=r"train images: torch.float32 .*expected uint8"):
+        run(data=floats)
+    assert not out.exists()
+
+
+def test_load_and_predict_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.pt"):
+        train.load_classifier(tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        train.load_classifier(tmp_path)
+    model = build_model("small_cnn", 1, 10, 28, [0.5], [0.5])
+    with pytest.raises(ValueError, match=r"x is a torch.int64 tensor"):
+        train.predict_logits(model, torch.zeros(2, 1, 28, 28, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"batch_size = 0"):
+        train.predict_logits(model, torch.zeros(2, 1, 28, 28), batch_size=0)
+    model.train()
+    train.predict_logits(model, torch.zeros(2, 1, 28, 28))
+    assert model.training  # mode restored
+
+
+def test_progress_bars_follow_tqdm_disable(monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert train._tqdm_disable(None) is None
+    assert train._tqdm_disable(True) is False and train._tqdm_disable(False) is True
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert train._tqdm_disable(None) is True

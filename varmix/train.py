@@ -1,0 +1,406 @@
+"""One trainer for every method: ``train_classifier(method, cfg, data, out_dir, seed, vae=None)``.
+
+The loop follows torchvision's references/classification/train.py, with the data kept on the device:
+
+- The (subset of the) dataset lives on the device as one uint8 tensor; each epoch draws a permutation
+  from a CPU ``torch.Generator`` seeded from ``seed``; each batch is augmented on the device (random crop
+  with zero padding + horizontal flip, one vectorised gather, offsets drawn from the same generator),
+  converted to float [0, 1], mixed by ``varmix.mixing`` and fed to the model; the loss is the soft-target
+  cross-entropy. Random numbers are drawn on the CPU in a fixed order (permutation; per batch: crop
+  offsets, flips, then whatever the mixer draws), so CPU and GPU runs see the same stream.
+- Init: ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng`` (the caller's global RNG state is left
+  alone). The data generator is seeded with a value derived from ``seed`` (numpy SeedSequence), so that
+  weight init and data order are not the same Mersenne-Twister stream.
+- CUDA: bf16 autocast (``cfg.amp``), channels_last (``cfg.channels_last``), fused optimisers, the training
+  loss accumulated on the device and read once per epoch. CPU: the same code in fp32. Evaluation is
+  always fp32 (no autocast), so reported test numbers do not depend on ``cfg.amp``.
+- Each epoch writes ``checkpoint.pt`` (model, optimiser, scheduler, generator state, history) and
+  ``history.json`` atomically. A run finding a checkpoint of the same run in ``out_dir`` resumes from it;
+  on CPU the resumed run ends with bit-identical weights to an uninterrupted one. A checkpoint may also
+  be continued with more epochs (``cfg.epochs[method]`` is the only setting allowed to differ), which
+  equals training that many epochs in one go as long as the lr schedule (milestones) agrees.
+
+Choices the paper leaves open (see also params.yaml):
+- Augmentation: random crop with 4 px zero padding for 32 and 64 px images (the mixup literature's
+  CIFAR recipe; Tiny-ImageNet uses the same 4 px) and 2 px for 28 px Fashion-MNIST (a smaller image whose
+  objects fill the frame), plus horizontal flips (Fashion-MNIST's clothes are left-right symmetric
+  classes). Mixing comes after augmentation, as in mixup-cifar10.
+- Batches: a shuffled pass over the data per epoch; a last partial batch is kept when it holds at least
+  2 images (mixing needs a partner, batch norm more than one value) and dropped otherwise.
+- Optimiser: ``adam`` (the paper: Adam, lr 1e-3, no schedule unless ``milestones`` are set) or ``sgd``
+  (momentum, weight decay, MultiStepLR at ``milestones`` x ``lr_gamma``: mixup-cifar10's recipe). Both use
+  one MultiStepLR, stepped once per epoch, which is constant when ``milestones`` is empty.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from varmix import config, io, mixing
+from varmix.data import ImageData, to_float
+from varmix.models import NUM_MIX_LAYERS, build_model
+
+CHECKPOINT_FORMAT = "varmix-classifier-checkpoint-1"
+MODEL_FORMAT = "varmix-classifier-1"
+VAE_METHODS = ("mixup_r", "varmixup")
+EVAL_BATCH_SIZE = 500
+
+
+# ----------------------------------------------------------------------------------------------
+# small pieces, shared with benchmarks/train_throughput.py
+def crop_padding(image_size: int) -> int:
+    """Zero padding of the random crop: 2 px for 28 px images, 4 px for 32 and 64 px (module docstring)."""
+    return 2 if image_size < 32 else 4
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tensor:
+    """Random crop (``pad`` px of zeros around the image, then a crop of the original size at a uniform
+    offset) and horizontal flip with probability 1/2, per sample, for a batch ``[B, C, H, W]`` of any
+    dtype on any device. Vectorised: the offsets and flips become row/column indices of one gather.
+    Draws from ``gen`` on the CPU: B row offsets, B column offsets, B flip coins (in that order)."""
+    n, c, h, w = x.shape
+    dev = x.device
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    flip = torch.rand(n, generator=gen) < 0.5
+    oy, ox, flip = oy.to(dev), ox.to(dev), flip.to(dev)
+    padded = F.pad(x, (pad, pad, pad, pad)) if pad else x
+    ar_h, ar_w = torch.arange(h, device=dev), torch.arange(w, device=dev)
+    rows = oy[:, None] + ar_h                                            # [B, H] rows of the padded image
+    cols = ox[:, None] + torch.where(flip[:, None], w - 1 - ar_w, ar_w)  # [B, W] flipped crop columns
+    out = padded.gather(2, rows[:, None, :, None].expand(n, c, h, padded.shape[3]))
+    return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, mixer, x: torch.Tensor, y: torch.Tensor,
+               gen: torch.Generator, *, pad: int | None, amp: bool, channels_last: bool) -> torch.Tensor:
+    """One optimisation step on a uint8 batch already on the model's device; returns the (detached)
+    loss as a device tensor (no host sync). ``pad=None`` switches augmentation off."""
+    if pad is not None:
+        x = augment_batch(x, gen, pad)
+    x = to_float(x)
+    with torch.no_grad():  # the mixed batch is an input: no gradient into the (frozen) VAE
+        mb = mixer(x, y, gen)
+    xm = mb.x.contiguous(memory_format=torch.channels_last) if channels_last else mb.x
+    with torch.autocast(device_type=xm.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(xm, mix_layer=mb.mix_layer, lam=mb.lam, perm=mb.perm)
+    loss = mixing.soft_cross_entropy(logits.float(), mb.target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def make_optimizer(cfg: config.TrainConfig, model: nn.Module, device: torch.device):
+    """Adam or SGD (cfg.optimizer) and a MultiStepLR at cfg.milestones (constant when there are none)."""
+    fused = device.type == "cuda"  # fused kernels on CUDA; the plain loop on CPU (deterministic)
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                               fused=fused or None)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                              weight_decay=cfg.weight_decay, fused=fused or None)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.lr_gamma)
+    return opt, sched
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device = {device!r} is invalid: expected 'cpu', 'cuda' or 'cuda:N'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device = {device!r}: CUDA is not available on this machine (use 'cpu')")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device = {device!r} is unsupported: expected 'cpu' or 'cuda'")
+    return dev
+
+
+def _tqdm_disable(progress: bool | None) -> bool | None:
+    """tqdm's ``disable``: None (quiet off a TTY) unless ``progress`` says otherwise. An explicit
+    ``disable`` overrides tqdm's own TQDM_DISABLE handling, so that variable is honoured here."""
+    if progress is not None:
+        return not progress
+    if os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no", "off"):
+        return True
+    return None
+
+
+def _data_seed(seed: int) -> int:
+    """The data generator's seed: derived from ``seed`` so it is not the init's stream."""
+    return int(np.random.SeedSequence([seed, 0x6461_7461]).generate_state(1)[0])
+
+
+def _state_md5(module: nn.Module) -> str:
+    h = hashlib.md5()
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    io.save_torch(path, state)
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+def _check_inputs(method, cfg, data, seed, vae) -> tuple[ImageData, int, int]:
+    if method not in config.METHODS:
+        raise ValueError(f"unknown method {method!r}: expected one of {', '.join(config.METHODS)}")
+    if not isinstance(cfg, config.TrainConfig):
+        raise ValueError(f"cfg is a {type(cfg).__name__}: expected a varmix.config.TrainConfig")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed = {seed!r} is invalid: expected an integer >= 0")
+    alpha = cfg.alpha.get(method) if isinstance(cfg.alpha, Mapping) else None
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
+        raise ValueError(f"cfg.alpha[{method!r}] = {alpha!r} is invalid: expected a finite number > 0")
+    epochs = cfg.epochs.get(method) if isinstance(cfg.epochs, Mapping) else None
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"cfg.epochs[{method!r}] = {epochs!r} is invalid: expected an integer >= 1")
+    if cfg.arch not in NUM_MIX_LAYERS:
+        raise ValueError(f"cfg.arch = {cfg.arch!r} is unknown: expected one of {', '.join(config.ARCHS)}")
+    if cfg.optimizer not in ("adam", "sgd"):
+        raise ValueError(f"cfg.optimizer = {cfg.optimizer!r} is invalid: expected 'adam' or 'sgd'")
+    if isinstance(cfg.batch_size, bool) or not isinstance(cfg.batch_size, int) or cfg.batch_size < 2:
+        raise ValueError(f"cfg.batch_size = {cfg.batch_size!r} is invalid: expected an integer >= 2")
+    n_mix = NUM_MIX_LAYERS[cfg.arch]
+    bad = [k for k in cfg.manifold_layers if not 0 <= k < n_mix]
+    if not cfg.manifold_layers or bad:
+        raise ValueError(f"cfg.manifold_layers = {list(cfg.manifold_layers)} is invalid for {cfg.arch}: "
+                         f"expected layer indices in 0..{n_mix - 1}")
+    if not isinstance(data, ImageData):
+        raise ValueError(f"data is a {type(data).__name__}: expected a varmix.data.ImageData")
+
+    d = data.subset(cfg.train_subset, cfg.test_subset)
+    k = data.num_classes
+    shape = None
+    for split, x, y in (("train", d.train_x, d.train_y), ("test", d.test_x, d.test_y)):
+        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[2] != x.shape[3]:
+            raise ValueError(f"{data.name} {split} images: {x.dtype} tensor of shape {tuple(x.shape)}, "
+                             f"expected uint8 [N, C, S, S]")
+        if shape is not None and tuple(x.shape[1:]) != shape:
+            raise ValueError(f"{data.name} test images of shape {tuple(x.shape[1:])} differ from the "
+                             f"training images' {shape}")
+        shape = tuple(x.shape[1:])
+        if y.dtype != torch.int64 or y.shape != (len(x),):
+            raise ValueError(f"{data.name} {split} labels: {y.dtype} tensor of shape {tuple(y.shape)}, "
+                             f"expected int64 of shape ({len(x)},)")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+            raise ValueError(f"wrong number of classes: {data.name} {split} labels range over "
+                             f"{int(y.min())}..{int(y.max())}, but the dataset has {k} classes "
+                             f"(labels 0..{k - 1})")
+    if len(d.train_x) < 2:
+        raise ValueError(f"{len(d.train_x)} training image(s) (cfg.train_subset = {cfg.train_subset!r}): "
+                         f"expected at least 2")
+    if len(d.test_x) < 1:
+        raise ValueError(f"no test images (cfg.test_subset = {cfg.test_subset!r}): expected at least 1")
+    c, s = shape[0], shape[1]
+    if method in VAE_METHODS:
+        if vae is None:
+            raise ValueError(f"method {method!r} needs a trained VAE (vae=...), got None")
+        if not isinstance(vae, nn.Module):
+            raise ValueError(f"vae is a {type(vae).__name__}: expected a varmix.vae.ConvVAE")
+        vae_shape = (getattr(vae, "in_channels", None), getattr(vae, "image_size", None))
+        if vae_shape != (c, s):
+            raise ValueError(f"the VAE is for {vae_shape[0]}-channel {vae_shape[1]} px images, but "
+                             f"{data.name} has {c}-channel {s} px images")
+    return d, epochs, float(alpha)
+
+
+def _check_resume(state: Any, params: dict, epochs: int, path: Path) -> None:
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path} is not a varmix classifier checkpoint (format {found!r}, expected "
+                         f"{CHECKPOINT_FORMAT!r}); delete it or choose another out_dir")
+    old = state["params"]
+    for key in sorted(set(old) | set(params)):
+        if key == "epochs":  # more (or the same) epochs may continue a run
+            continue
+        if old.get(key) != params.get(key):
+            raise ValueError(
+                f"{path} belongs to a different run: {key} = {old.get(key)!r} there, {params.get(key)!r} "
+                f"now. Delete the checkpoint (or the folder) to start afresh, or choose another out_dir")
+    if state["epoch"] > epochs:
+        raise ValueError(f"{path} has already trained {state['epoch']} epochs, more than the "
+                         f"cfg.epochs[{params['method']!r}] = {epochs} asked for")
+
+
+# ----------------------------------------------------------------------------------------------
+def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_dir: str | os.PathLike,
+                     seed: int, vae: nn.Module | None = None, device: str | torch.device | None = None,
+                     progress: bool | None = None) -> dict:
+    """Train ``cfg.arch`` on ``data`` with ``method`` for ``cfg.epochs[method]`` epochs; write the
+    trained-model folder (docs/ARCHITECTURE.md) into ``out_dir`` and return a summary dict.
+
+    ``vae`` (a frozen ``varmix.vae.ConvVAE``) is required by mixup_r and varmixup and is moved to
+    ``device``. ``progress``: None shows tqdm bars on a TTY only, True/False forces them on/off."""
+    d, epochs, alpha = _check_inputs(method, cfg, data, seed, vae)
+    dev = resolve_device(device)
+    out = Path(out_dir)
+    c, s = int(d.train_x.shape[1]), int(d.train_x.shape[2])
+    k = data.num_classes
+    build = {"arch": cfg.arch, "in_channels": c, "num_classes": k, "image_size": s,
+             "mean": list(data.spec.mean), "std": list(data.spec.std)}
+    if len(build["mean"]) != c:  # a dataset whose spec does not match its images
+        raise ValueError(f"{data.name}: spec mean {data.spec.mean} has {len(build['mean'])} channel(s), "
+                         f"the images have {c}")
+    use_vae = method in VAE_METHODS
+    params = {**config.to_dict(cfg), "method": method, "seed": seed, "arch": cfg.arch, "dataset": data.name,
+              "n_train": len(d.train_x), "n_test": len(d.test_x), "image_shape": [c, s, s],
+              "vae_md5": _state_md5(vae) if use_vae else None}
+
+    ckpt_path = out / "checkpoint.pt"
+    state = None
+    if ckpt_path.exists():
+        state = io.load_torch(ckpt_path, "checkpoint")  # a corrupt file -> ValueError naming it
+        _check_resume(state, params, epochs, ckpt_path)
+
+    # ---- set up (everything above was checking)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(**build)
+    channels_last = cfg.channels_last
+    model.to(dev, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    optimizer, scheduler = make_optimizer(cfg, model, dev)
+    gen = torch.Generator().manual_seed(_data_seed(seed))
+    history: list[dict] = []
+    start_epoch = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"])
+    io.write_json(out / "params.json", params)
+
+    if use_vae:
+        vae = vae.to(dev).eval()
+    mixer = mixing.make_mixer(method, num_classes=k, alpha=alpha, vae=vae if use_vae else None,
+                              layers=cfg.manifold_layers)
+    amp = cfg.amp and dev.type == "cuda"
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+    pad = crop_padding(s) if cfg.augment else None
+    train_x, train_y = d.train_x.to(dev), d.train_y.to(dev)
+    test_x, test_y = d.test_x.to(dev), d.test_y
+    n = len(train_x)
+    bs = min(cfg.batch_size, n)
+    starts = [i for i in range(0, n, bs) if n - i >= 2]  # drop a last batch of one image
+    n_seen = sum(min(bs, n - i) for i in starts)
+    check_each_step = dev.type == "cpu"  # a host sync is free on the CPU; on CUDA check once per epoch
+
+    disable = _tqdm_disable(progress)
+    logits = None
+    epoch_bar = tqdm(range(start_epoch + 1, epochs + 1), desc=f"{method} seed {seed}", unit="epoch",
+                     initial=start_epoch, total=epochs, disable=disable)
+    for epoch in epoch_bar:
+        model.train()
+        lr = optimizer.param_groups[0]["lr"]
+        perm = torch.randperm(n, generator=gen).to(dev)
+        loss_sum = torch.zeros((), device=dev)
+        first_bad = torch.full((), -1, device=dev, dtype=torch.long)
+        t0 = time.perf_counter()
+        for step, i in enumerate(tqdm(starts, desc=f"epoch {epoch}", unit="batch", leave=False,
+                                      disable=disable), start=1):
+            idx = perm[i:i + bs]
+            loss = train_step(model, optimizer, mixer, train_x[idx], train_y[idx], gen, pad=pad, amp=amp,
+                              channels_last=channels_last)
+            if check_each_step:
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{method}: training loss is {loss.item()} at epoch {epoch}, "
+                                             f"step {step} of {len(starts)} (lr {lr:g})")
+            else:
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss),
+                                        torch.full_like(first_bad, step), first_bad)
+            loss_sum += loss * len(idx)
+        train_loss = loss_sum.item() / n_seen  # one host sync per epoch
+        seconds = time.perf_counter() - t0
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"{method}: training loss is {train_loss} at epoch {epoch}, first at "
+                                     f"step {int(first_bad)} of {len(starts)} (lr {lr:g})")
+        scheduler.step()
+        logits, test_loss, test_acc = _evaluate(model, test_x, test_y, dev)
+        history.append({"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss,
+                        "test_acc": test_acc, "lr": lr, "seconds": seconds, "images_per_s": n_seen / seconds})
+        _save_checkpoint(ckpt_path, {
+            "format": CHECKPOINT_FORMAT, "params": params, "epoch": epoch,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "generator": gen.get_state(), "history": history})
+        io.write_json(out / "history.json", history)
+        epoch_bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{test_acc:.3f}")
+    epoch_bar.close()
+
+    if logits is None:  # nothing left to train: the checkpoint was already at the last epoch
+        logits, test_loss, test_acc = _evaluate(model, test_x, test_y, dev)
+        io.write_json(out / "history.json", history)
+    io.save_torch(out / "model.pt", {
+        "format": MODEL_FORMAT, "build": build, "method": method, "seed": seed, "dataset": data.name,
+        "epochs": epochs, "state_dict": {k_: v.detach().cpu().contiguous() for k_, v in model.state_dict().items()}})
+    io.write_npy(out / "test_logits.npy", logits.numpy().astype(np.float32))
+    io.write_npy(out / "test_labels.npy", test_y.numpy().astype(np.int64))
+    last = history[-1]
+    return {"method": method, "seed": seed, "arch": cfg.arch, "dataset": data.name, "epochs": epochs,
+            "resumed_from_epoch": start_epoch, "train_loss": last["train_loss"], "test_loss": test_loss,
+            "test_acc": test_acc, "seconds": sum(h["seconds"] for h in history),
+            "images_per_s": last["images_per_s"], "device": str(dev), "out_dir": str(out)}
+
+
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: torch.device):
+    logits = predict_logits(model, x, EVAL_BATCH_SIZE, dev)
+    loss = F.cross_entropy(logits, y).item()
+    acc = (logits.argmax(1) == y).float().mean().item()
+    return logits, loss, acc
+
+
+# ----------------------------------------------------------------------------------------------
+def load_classifier(out_dir: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """The trained model of a ``train_classifier`` folder, in eval mode on ``device``."""
+    model = io.load_module_state("varmix.train", Path(out_dir) / "model.pt", "trained model",
+                                 MODEL_FORMAT, lambda obj: build_model(**obj["build"]))
+    return model.to(resolve_device(device)).eval()
+
+
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE,
+                   device: str | torch.device | None = None) -> torch.Tensor:
+    """Logits (float32 [N, K] on the CPU) of ``model`` in eval mode for images ``x``: uint8 [N, C, H, W]
+    or float in [0, 1]. Batches go to ``device`` (default: the model's device; a given device moves the
+    model there). Runs in fp32 without grad; the model's train/eval mode is restored afterwards."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not (x.dtype == torch.uint8 or x.is_floating_point()):
+        desc = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x is a {desc}: expected images [N, C, H, W], uint8 or float in [0, 1]")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size = {batch_size!r} is invalid: expected an integer >= 1")
+    if device is None:
+        dev = next(model.parameters()).device
+    else:
+        dev = resolve_device(device)
+        model.to(dev)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                xb = x[i:i + batch_size].to(dev)
+                xb = to_float(xb) if xb.dtype == torch.uint8 else xb.float()
+                out.append(model(xb).float().cpu())
+    finally:
+        model.train(was_training)
+    if not out:
+        return torch.zeros(0, getattr(model, "num_classes", 0), dtype=torch.float32)
+    return torch.cat(out)
