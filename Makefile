@@ -3,8 +3,9 @@ PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export TQDM_DISABLE ?= 1
 export MPLBACKEND ?= Agg
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 
-.PHONY: install data repro test test-lib test-notebooks
+.PHONY: install data repro test notebooks
 
 install:  ## system data package + the project with its test extra + the python3 Jupyter kernel
 	@[ -d /usr/share/datasets/fashion-mnist ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
@@ -20,5 +21,9 @@ data: install  ## validate params.yaml, prepare the data and check it against th
 repro: data  ## regenerate every result
 	dvc repro
 
-test: install  ## library tests, then nbval over the notebooks
-	$(PYTHON) -m pytest tests -q
+test: install  ## library tests, then nbval: re-execute notebooks/ (smoke) and compare with their stored outputs
+	$(PYTHON) -m varmix prepare-data
+	VARMIX_WORKDIR=$$(mktemp -d) $(PYTHON) -m pytest -q -p no:cacheprovider tests notebooks $(NBVAL)
+
+notebooks:  ## after a change that alters results: re-execute notebooks/ in place (nbval's reference outputs)
+	$(PYTHON) -m varmix refresh-notebooks

@@ -68,6 +68,10 @@ def edit(raw, path, value):
      "profiles.smoke.eval.corruptions[1] = 'rain' is invalid: expected one of gaussian_noise"),
     (("profiles", "smoke", "vae", "objective"), "elbo", "profiles.smoke.vae.objective = 'elbo' is invalid"),
     (("profiles", "smoke", "vae", "latent_dim"), 0, "profiles.smoke.vae.latent_dim = 0 is invalid"),
+    (("profiles", "smoke", "train", "mix_prob", "varmixup"), 0,
+     "profiles.smoke.train.mix_prob.varmixup = 0.0 is invalid: expected a number > 0 and <= 1"),
+    (("profiles", "smoke", "train", "mix_prob", "mixup"), 1.5,
+     "profiles.smoke.train.mix_prob.mixup = 1.5 is invalid: expected a number > 0 and <= 1"),
     (("profiles", "smoke", "train", "augment"), "false",
      "profiles.smoke.train.augment = 'false' is invalid: expected true or false"),
 ])

@@ -268,3 +268,31 @@ def test_make_mixer_errors(vae):
         make_mixer("mixup", num_classes=K, alpha=0)
     with pytest.raises(ValueError, match="layers"):
         make_mixer("manifold_mixup", num_classes=K, alpha=1.0, layers=())
+
+
+# ----------------------------------------------------------------------------------------------
+# mix probability (clean batches mixed in)
+def test_mix_prob_mixes_that_fraction_of_batches_reproducibly(batch, vae):
+    x, y = batch
+    mixer = make_mixer("varmixup", num_classes=K, alpha=1.0, vae=vae, prob=0.5)
+    g = gen(7)
+    clean = [mixer(x, y, g).perm is None for _ in range(400)]
+    assert 0.4 < sum(clean) / len(clean) < 0.6
+    g2 = gen(7)
+    assert [mixer(x, y, g2).perm is None for _ in range(400)] == clean
+    plain = make_mixer("mixup", num_classes=K, alpha=1.0, prob=1.0)
+    # prob 1 draws nothing extra: the stream is exactly the reference mixer's
+    assert torch.equal(plain(x, y, gen(3)).x, mixup(x, y, gen(3), num_classes=K).x)
+
+
+def test_mix_prob_clean_batch_is_erm(batch, vae):
+    x, y = batch
+    mixer = make_mixer("mixup", num_classes=K, alpha=1.0, prob=1e-9)
+    out = mixer(x, y, gen(0))
+    assert torch.equal(out.x, x) and torch.equal(out.target, one_hot(y, K)) and out.lam == 1.0
+
+
+@pytest.mark.parametrize("prob", [0, 1.5, True, "half"])
+def test_mix_prob_rejects_non_probabilities(prob):
+    with pytest.raises(ValueError, match=f"prob = {prob!r} is invalid: expected a probability in \\(0, 1\\]"):
+        make_mixer("mixup", num_classes=K, alpha=1.0, prob=prob)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m varmix prepare-data`` and ``python -m varmix check-params``."""
+"""Command line: ``python -m varmix prepare-data | check-params | notebook | refresh-notebooks``."""
 
 from __future__ import annotations
 
@@ -19,7 +19,35 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--download", action="store_true", help="download with torchvision when missing")
     chk = sub.add_parser("check-params", help="validate params.yaml and print the selected profile")
     chk.add_argument("--params", default=None)
+    nb = sub.add_parser("notebook", help="execute one notebook with papermill into results/ (a dvc stage)")
+    nb.add_argument("name", help="notebook name, e.g. 01_vae")
+    nb.add_argument("--profile", default=None)
+    nb.add_argument("--dataset", default=None)
+    nb.add_argument("--method", default=None, help="02_train only: the method to train")
+    nb.add_argument("--seed", type=int, default=None, help="02_train only: the seed")
+    ref = sub.add_parser("refresh-notebooks", help="re-execute notebooks/ in place (smoke): nbval's reference outputs")
+    ref.add_argument("names", nargs="*", help="notebook names (default: all, in order)")
     args = parser.parse_args(argv)
+
+    if args.command in ("notebook", "refresh-notebooks"):
+        from papermill.exceptions import PapermillExecutionError
+
+        from varmix import pipeline
+
+        try:
+            if args.command == "notebook":
+                out = pipeline.run_notebook(args.name, args.profile, args.dataset, args.method, args.seed)
+                print(f"wrote {out}")
+            else:
+                pipeline.refresh_notebooks(tuple(args.names) or pipeline.NOTEBOOKS)
+            return 0
+        except PapermillExecutionError as exc:
+            print(f"error: a cell of notebook {args.name if args.command == 'notebook' else ''} raised:\n{exc}",
+                  file=sys.stderr)
+            return 1
+        except (config.ConfigError, data.DataError, FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
 
     try:
         params = config.load_params(args.params)

@@ -178,6 +178,10 @@ class TrainConfig:
     batch_size: int = 128
     epochs: Mapping[str, int] = field(default_factory=lambda: {m: 1 for m in METHODS})
     alpha: Mapping[str, float] = field(default_factory=lambda: {m: 1.0 for m in METHODS})
+    # probability that a batch is mixed (else it is used clean, an ERM step); 1 = always, as the mixup
+    # references. CutMix's reference has cutmix_prob; for VarMixup the paper leaves open whether clean
+    # images are also seen (varmix.mixing.sometimes).
+    mix_prob: Mapping[str, float] = field(default_factory=lambda: {m: 1.0 for m in METHODS})
     manifold_layers: tuple[int, ...] = (0, 1, 2)
     augment: bool = True             # random crop (pad 4 / 2 for 28 px) + horizontal flip
     channels_last: bool = True
@@ -206,6 +210,8 @@ class TrainConfig:
             batch_size=_int(f"{key}.batch_size", g("batch_size"), 2),
             epochs=_per_method(f"{key}.epochs", d["epochs"], lambda k, v: _int(k, v, 1)),
             alpha=_per_method(f"{key}.alpha", d["alpha"], lambda k, v: _num(k, v, 0, lo_open=True)),
+            mix_prob=_per_method(f"{key}.mix_prob", d.get("mix_prob", 1.0),
+                                 lambda k, v: _num(k, v, 0, 1, lo_open=True)),
             manifold_layers=layers,
             augment=_bool(f"{key}.augment", g("augment")),
             channels_last=_bool(f"{key}.channels_last", g("channels_last")),

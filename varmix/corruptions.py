@@ -52,7 +52,7 @@ shuffles smooths them), elastic_transform (the affine jitter shrinks from 0.08 t
 3 vs 4 (the larger radius only adds taps beyond 3 sigma), frost 3 vs 4, saturate 2 vs 3, spatter 3 vs 4.
 
 Speed: the 15 x 5 suite on 10,000 3x32x32 images takes ~50 s on 2 CPU cores (benchmarks/
-corruption_throughput.py).
+throughput.py --only corrupt).
 
 ``load_official`` reads the official releases (CIFAR-10-C / CIFAR-100-C ``.npy`` files, Tiny-ImageNet-C
 JPEG folders).

@@ -226,7 +226,7 @@ def linearity_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     summarise it.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     if isinstance(eps_list_255, (str, bytes)) or not isinstance(eps_list_255, Sequence) or not eps_list_255:
         raise ValueError(f"eps_list_255 = {eps_list_255!r} is invalid: expected a non-empty list of numbers in (0, 255]")
@@ -360,7 +360,7 @@ def weight_surface(model: nn.Module, x: torch.Tensor, y: torch.Tensor, points: i
     if not params:
         raise ValueError("model has no parameters: a weight-space surface needs at least one")
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     device = _model_device(model, x)
     d = filter_normalized_direction(model, gen)

@@ -161,11 +161,31 @@ def erm(x: Tensor, y: Tensor, gen: torch.Generator, *, num_classes: int, alpha: 
     return MixedBatch(x, one_hot(y, num_classes), 1.0, None)
 
 
+def mix_images(method: str, a: Tensor, b: Tensor, lam: float, vae: Any = None) -> Tensor:
+    """The image that ``method`` trains on when it mixes ``a`` with partner ``b`` at ``lam`` (pairwise,
+    [N, C, H, W] floats in [0, 1]): the training mixers below and the method figures both call it.
+    mixup: lam * a + (1 - lam) * b; mixup_r: the same on the VAE reconstructions; varmixup: the decoder
+    mean at lam * mu(a) + (1 - lam) * mu(b)."""
+    if method not in ("mixup", "mixup_r", "varmixup"):
+        raise ValueError(f"method = {method!r}: mix_images pairs images for mixup, mixup_r or varmixup")
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.shape != b.shape:
+        raise ValueError(f"images a {tuple(getattr(a, 'shape', ()))} and b {tuple(getattr(b, 'shape', ()))}: "
+                         f"expected two tensors of the same shape")
+    lam = _check_lam(lam)
+    if method == "mixup":
+        return lam * a + (1 - lam) * b
+    _check_vae(vae, a)
+    with torch.no_grad():
+        if method == "mixup_r":
+            return lam * vae.reconstruct(a) + (1 - lam) * vae.reconstruct(b)
+        return vae.decode(lam * vae.encode(a)[0] + (1 - lam) * vae.encode(b)[0])
+
+
 def mixup(x: Tensor, y: Tensor, gen: torch.Generator, *, num_classes: int, alpha: float = 1.0,
           lam: float | None = None) -> MixedBatch:
     """Input mixup (Zhang et al.): lam * x + (1 - lam) * x[perm]."""
     lam, perm = _setup(x, y, gen, num_classes, alpha, lam)
-    return MixedBatch(lam * x + (1 - lam) * x[perm], _mix_targets(y, perm, lam, num_classes), lam, perm)
+    return MixedBatch(mix_images("mixup", x, x[perm], lam), _mix_targets(y, perm, lam, num_classes), lam, perm)
 
 
 def cutmix(x: Tensor, y: Tensor, gen: torch.Generator, *, num_classes: int, alpha: float = 1.0,
@@ -210,8 +230,9 @@ def mixup_r(x: Tensor, y: Tensor, gen: torch.Generator, *, num_classes: int, alp
     classifier sees VAE images but mixes them in pixel space."""
     lam, perm = _setup(x, y, gen, num_classes, alpha, lam, vae=vae, needs_vae=True)
     with torch.no_grad():
-        xr = vae.reconstruct(x)
-    return MixedBatch(lam * xr + (1 - lam) * xr[perm], _mix_targets(y, perm, lam, num_classes), lam, perm)
+        xr = vae.reconstruct(x)  # once per image, then paired (not twice as mix_images(a, b) would)
+    return MixedBatch(mix_images("mixup", xr, xr[perm], lam), _mix_targets(y, perm, lam, num_classes),
+                      lam, perm)
 
 
 def varmixup(x: Tensor, y: Tensor, gen: torch.Generator, *, num_classes: int, alpha: float = 1.0,
@@ -221,7 +242,7 @@ def varmixup(x: Tensor, y: Tensor, gen: torch.Generator, *, num_classes: int, al
     lam * y_i + (1 - lam) * y_perm(i). With lam = 1 the image is vae.reconstruct(x)."""
     lam, perm = _setup(x, y, gen, num_classes, alpha, lam, vae=vae, needs_vae=True)
     with torch.no_grad():
-        mu, _ = vae.encode(x)
+        mu, _ = vae.encode(x)  # encode the batch once; mix_images(a, b) is the same for one pair
         mixed = vae.decode(lam * mu + (1 - lam) * mu[perm])
     return MixedBatch(mixed, _mix_targets(y, perm, lam, num_classes), lam, perm)
 
@@ -234,8 +255,19 @@ assert set(MIXERS) == set(METHODS), f"mixing.MIXERS {sorted(MIXERS)} != config.M
 _NEEDS_VAE = ("mixup_r", "varmixup")
 
 
+def sometimes(x: Tensor, y: Tensor, gen: torch.Generator, *, mixer: Callable[..., MixedBatch], prob: float,
+              num_classes: int) -> MixedBatch:
+    """``mixer``'s batch with probability ``prob`` (one uniform draw from ``gen`` per batch), else the
+    clean batch with one-hot targets (an ERM step), as CutMix's reference ``cutmix_prob``. For VarMixup
+    it settles the paper's open point "whether clean images are also seen": with prob 1 the classifier
+    sees decoded images only."""
+    if float(torch.rand((), generator=gen, dtype=torch.float64)) < prob:
+        return mixer(x, y, gen)
+    return erm(x, y, gen, num_classes=num_classes)
+
+
 def make_mixer(method: str, *, num_classes: int, alpha: float, vae: Any = None,
-               layers: Sequence[int] = (0, 1, 2)) -> Callable[[Tensor, Tensor, torch.Generator], MixedBatch]:
+               layers: Sequence[int] = (0, 1, 2), prob: float = 1.0) -> Callable[[Tensor, Tensor, torch.Generator], MixedBatch]:
     """The mixer for ``method`` as a callable (x, y, gen) -> MixedBatch, its settings checked now."""
     if method not in MIXERS:
         raise ValueError(f"method = {method!r} is unknown: expected one of {', '.join(METHODS)}")
@@ -249,4 +281,9 @@ def make_mixer(method: str, *, num_classes: int, alpha: float, vae: Any = None,
         extra["vae"] = vae
     if method == "manifold_mixup":
         extra["layers"] = _check_layers(layers)
-    return functools.partial(MIXERS[method], num_classes=num_classes, alpha=alpha, **extra)
+    if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 < prob <= 1:
+        raise ValueError(f"prob = {prob!r} is invalid: expected a probability in (0, 1]")
+    mixer = functools.partial(MIXERS[method], num_classes=num_classes, alpha=alpha, **extra)
+    if prob == 1 or method == "erm":  # no draw: the random stream stays that of the references
+        return mixer
+    return functools.partial(sometimes, mixer=mixer, prob=float(prob), num_classes=num_classes)

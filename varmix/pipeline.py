@@ -1,25 +1,36 @@
 """Where the pipeline's files live, and the common start of every notebook.
 
-The same layout is spelled out in dvc.yaml (``runs/${dataset}/${profile}/...`` and
-``results/${dataset}/${profile}/...``); ``tests/test_pipeline.py`` checks the two agree.
+Every notebook begins with ``s = pipeline.start(profile, dataset)``: params.yaml is validated (with the
+notebook's parameters) before any work, the device is chosen, and ``s.layout`` names every file. The same
+layout is spelled out in dvc.yaml (``runs/${dataset}/${profile}/...`` and ``results/${dataset}/${profile}/
+...``); ``tests/test_pipeline.py`` checks that the two agree.
+
+``VARMIX_WORKDIR`` moves ``runs/`` and ``results/`` elsewhere (nbval uses a temporary folder so that
+testing never touches the committed results); the data is always read from the project's ``data_dir``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import torch
 
-from varmix import config, data
+from varmix import config, data, io
 from varmix.io import project_root
+
+WORKDIR_ENV = "VARMIX_WORKDIR"
 
 
 @dataclass(frozen=True)
 class Layout:
-    root: Path
+    root: Path          # where runs/ and results/ live
     dataset: str
     profile: str
 
@@ -36,7 +47,10 @@ class Layout:
         return self.runs / "vae"
 
     def model_dir(self, method: str, seed: int) -> Path:
-        return self.runs / "models" / f"{method}-s{seed}"
+        return self.runs / "models" / run_name(method, seed)
+
+    def notebook(self, name: str) -> Path:
+        return self.results / "notebooks" / f"{name}.ipynb"
 
     def metrics(self, name: str) -> Path:
         return self.results / "metrics" / f"{name}.json"
@@ -44,35 +58,190 @@ class Layout:
     def plot_data(self, name: str) -> Path:
         return self.results / "plots" / f"{name}.csv"
 
-    def figure(self, name: str) -> Path:
-        return self.results / "figures" / f"{name}.png"
+
+def run_name(method: str, seed: int) -> str:
+    """The name of one trained model: ``<method>-s<seed>`` (model folder, metrics, plot data)."""
+    return f"{method}-s{seed}"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Session:
-    """What a notebook needs: validated params, the layout, the data and the device."""
+    """What a notebook needs: validated params, the layout, the device, and writers for its outputs."""
 
     params: config.Params
     layout: Layout
     device: torch.device
+    started: float = field(default_factory=time.perf_counter)
 
+    # ---- inputs
     def load_data(self) -> data.ImageData:
-        return data.load(self.params.dataset, self.layout.root / self.params.data_dir)
+        return data.load(self.params.dataset, project_root() / self.params.data_dir)
+
+    def runs(self, method: str = "all", seed: int | str = "all") -> list[tuple[str, int]]:
+        """The (method, seed) pairs a notebook works on: ``"all"`` expands to params.yaml's lists;
+        a named method or seed must be one of them."""
+        methods = self.params.methods if method == "all" else (method,)
+        seeds = self.params.seeds if seed == "all" else (seed,)
+        for m in methods:
+            if m not in self.params.methods:
+                raise ValueError(f"method = {m!r} is not in params.yaml's methods "
+                                 f"({', '.join(self.params.methods)})")
+        for sd in seeds:
+            if sd not in self.params.seeds:
+                raise ValueError(f"seed = {sd!r} is not in params.yaml's seeds {list(self.params.seeds)}")
+        return [(m, sd) for m in methods for sd in seeds]
+
+    def load_models(self, seed: int) -> dict[str, torch.nn.Module]:
+        """Every method's trained classifier for ``seed``, in params.yaml's order, on the device."""
+        from varmix.train import load_classifier
+
+        return {m: load_classifier(self.layout.model_dir(m, seed), self.device) for m in self.params.methods}
+
+    def eval_set(self, d: data.ImageData) -> tuple[torch.Tensor, torch.Tensor]:
+        """The test images (uint8) and labels the evaluation chapters use: the first ``eval.test_subset``."""
+        n = self.params.eval.test_subset
+        return d.test_x[:n], d.test_y[:n]
+
+    def load_metrics(self, name: str) -> dict:
+        path = self.layout.metrics(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"metrics {path} not found: run the stage that writes it first "
+                                    f"(dvc repro, or the notebook that saves {name!r})")
+        return io.read_json(path)
+
+    def load_plot_data(self, name: str) -> pd.DataFrame:
+        path = self.layout.plot_data(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"plot data {path} not found: run the stage that writes it first")
+        return pd.read_csv(path)
+
+    # ---- outputs (atomic)
+    def save_metrics(self, name: str, metrics: dict[str, Any]) -> Path:
+        """Write ``metrics`` (JSON-able) with the notebook's wall time so far as ``wall_seconds``."""
+        path = self.layout.metrics(name)
+        io.write_json(path, {**_plain(metrics), "wall_seconds": round(time.perf_counter() - self.started, 1)})
+        return path
+
+    def save_plot_data(self, name: str, frame: pd.DataFrame) -> Path:
+        path = self.layout.plot_data(name)
+        with io.atomic_path(path) as tmp:
+            frame.to_csv(tmp, index=False, float_format="%.6g")
+        return path
+
+
+def _plain(obj: Any) -> Any:
+    """numpy/pandas scalars and containers -> JSON types (NaN becomes null)."""
+    return json.loads(pd.Series([obj]).to_json(orient="values", double_precision=10))[0]
 
 
 def start(profile: str | None = None, dataset: str | None = None, device: str | None = None) -> Session:
     """Validate params.yaml (with the notebook's ``profile``/``dataset`` parameters) before any work,
-    pick the device (CUDA when available) and fix torch's CPU threading for bit-for-bit repeatable runs."""
+    pick the device (CUDA when available), make CPU runs deterministic and set the tables' display."""
     root = project_root()
     params = config.load_params(root / "params.yaml", overrides={"profile": profile, "dataset": dataset})
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.use_deterministic_algorithms(dev.type == "cpu", warn_only=True)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    return Session(params, Layout(root, params.dataset, params.profile), dev)
+    pd.set_option("display.precision", 4)
+    pd.set_option("display.max_columns", 30)
+    pd.set_option("display.width", 140)
+    out_root = Path(os.environ[WORKDIR_ENV]).resolve() if os.environ.get(WORKDIR_ENV) else root
+    return Session(params, Layout(out_root, params.dataset, params.profile), dev)
+
+
+# ----------------------------------------------------------------------------------------------
+# running the notebooks (dvc.yaml's stages and the nbval reference outputs)
+NOTEBOOKS = ("01_vae", "02_train", "03_corruptions", "04_calibration", "05_landscape", "06_report")
+KERNEL = "python3"  # registered by `make install` (ipykernel install --sys-prefix --name python3)
+_VOLATILE_NB = ("start_time", "end_time", "duration", "input_path", "output_path", "exception")
+_VOLATILE_CELL = ("papermill", "execution")
+
+
+def clean_notebook(path: str | os.PathLike) -> None:
+    """Drop what changes on every execution from an executed notebook (papermill's timestamps and
+    paths, per-cell execution times), keeping the outputs and the parameters, so a re-run that gives
+    the same results gives the same file."""
+    import nbformat
+
+    path = Path(path)
+    book = nbformat.read(path, as_version=4)
+    meta = book.metadata.get("papermill", {})
+    for key in _VOLATILE_NB:
+        meta.pop(key, None)
+    for cell in book.cells:
+        for key in _VOLATILE_CELL:
+            cell.metadata.pop(key, None)
+    nbformat.write(book, path)
+
+
+def _execute(src: Path, out: Path, parameters: dict[str, Any] | None) -> None:
+    import papermill as pm
+
+    with io.atomic_path(out, suffix=".ipynb") as tmp:
+        pm.execute_notebook(str(src), str(tmp), parameters=parameters or None, kernel_name=KERNEL,
+                            cwd=str(src.parent), progress_bar=False, language="python")
+        clean_notebook(tmp)
+
+
+def run_notebook(name: str, profile: str | None = None, dataset: str | None = None,
+                 method: str | None = None, seed: int | None = None) -> Path:
+    """Execute ``notebooks/<name>.ipynb`` with papermill (a dvc.yaml stage) and write it, cleaned, to
+    ``results/<dataset>/<profile>/notebooks/<name>[-<method>-s<seed>].ipynb``. Parameters are checked
+    before the kernel starts; a cell that raises fails the run and nothing is written."""
+    if name not in NOTEBOOKS:
+        raise ValueError(f"notebook {name!r} is unknown: expected one of {', '.join(NOTEBOOKS)}")
+    if (method is None) != (seed is None) or (method is not None and name != "02_train"):
+        raise ValueError(f"method and seed go together and only with 02_train (got method={method!r}, "
+                         f"seed={seed!r} for {name})")
+    s = start(profile, dataset)  # validates params.yaml with these overrides
+    if method is not None:
+        s.runs(method, seed)  # names must be among params.yaml's methods and seeds
+    parameters: dict[str, Any] = {"profile": s.params.profile, "dataset": s.params.dataset}
+    out_name = name
+    if method is not None:
+        parameters.update(method=method, seed=seed)
+        out_name = f"{name}-{run_name(method, seed)}"
+    out = s.layout.notebook(out_name)
+    _execute(project_root() / "notebooks" / f"{name}.ipynb", out, parameters)
+    return out
+
+
+def refresh_notebooks(names: tuple[str, ...] = NOTEBOOKS) -> None:
+    """Re-execute ``notebooks/*.ipynb`` in place with their own defaults (the smoke profile), writing
+    runs/results into a temporary folder: the stored outputs nbval compares against."""
+    import tempfile
+
+    root = project_root()
+    old = os.environ.get(WORKDIR_ENV)
+    with tempfile.TemporaryDirectory(prefix="varmix-nbval-") as tmp:
+        os.environ[WORKDIR_ENV] = tmp
+        try:
+            for name in names:
+                path = root / "notebooks" / f"{name}.ipynb"
+                print(f"executing {path.relative_to(root)}", flush=True)
+                _execute(path, path, None)
+        finally:
+            if old is None:
+                os.environ.pop(WORKDIR_ENV, None)
+            else:
+                os.environ[WORKDIR_ENV] = old
 
 
 def environment() -> dict[str, str]:
     """The machine a result came from, for the report."""
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or platform.machine())
+    if torch.cuda.is_available():
+        dev = torch.cuda.get_device_name(0)
+    else:
+        dev = _cpu_name() or platform.machine()
     return {"torch": torch.__version__, "python": platform.python_version(), "device": dev,
             "threads": str(torch.get_num_threads())}
+
+
+def _cpu_name() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None

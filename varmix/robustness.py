@@ -174,7 +174,7 @@ def quantize_uint8(x: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # the grid
 def _progress_bar(total: int, progress: bool | None, desc: str):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="batch", disable=None if progress is None else not progress)
 

@@ -58,7 +58,7 @@ EVAL_BATCH_SIZE = 500
 
 
 # ----------------------------------------------------------------------------------------------
-# small pieces, shared with benchmarks/train_throughput.py
+# small pieces, shared with benchmarks/throughput.py
 def crop_padding(image_size: int) -> int:
     """Zero padding of the random crop: 2 px for 28 px images, 4 px for 32 and 64 px (module docstring)."""
     return 2 if image_size < 32 else 4
@@ -171,6 +171,9 @@ def _check_inputs(method, cfg, data, seed, vae) -> tuple[ImageData, int, int]:
     epochs = cfg.epochs.get(method) if isinstance(cfg.epochs, Mapping) else None
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"cfg.epochs[{method!r}] = {epochs!r} is invalid: expected an integer >= 1")
+    prob = cfg.mix_prob.get(method) if isinstance(cfg.mix_prob, Mapping) else None
+    if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 < prob <= 1:
+        raise ValueError(f"cfg.mix_prob[{method!r}] = {prob!r} is invalid: expected a probability in (0, 1]")
     if cfg.arch not in NUM_MIX_LAYERS:
         raise ValueError(f"cfg.arch = {cfg.arch!r} is unknown: expected one of {', '.join(config.ARCHS)}")
     if cfg.optimizer not in ("adam", "sgd"):
@@ -291,7 +294,7 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
     if use_vae:
         vae = vae.to(dev).eval()
     mixer = mixing.make_mixer(method, num_classes=k, alpha=alpha, vae=vae if use_vae else None,
-                              layers=cfg.manifold_layers)
+                              layers=cfg.manifold_layers, prob=cfg.mix_prob[method])
     amp = cfg.amp and dev.type == "cuda"
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels

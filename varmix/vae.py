@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from varmix.config import VAEConfig, to_dict
 from varmix.data import to_float
@@ -224,6 +224,33 @@ def reconstruction_metrics(vae: ConvVAE, x_float: Tensor, batch_size: int = 500)
 
 # ----------------------------------------------------------------------------------------------
 # save / load
+def latent_metrics(vae: ConvVAE, x: Tensor, gen: torch.Generator, n: int = 2000,
+                   batch_size: int = 500) -> dict[str, float]:
+    """How close the aggregate posterior is to the N(0, I) prior that VarMixup's mixing assumes, on the
+    first ``n`` images of ``x``: ``mu_std`` (std of the posterior means, averaged over dimensions; 1 for
+    the prior), ``mu_mean_abs`` (|mean| per dimension, averaged; 0 for the prior), ``posterior_std``
+    (mean exp(logvar / 2)) and ``mmd_prior`` (:func:`mmd` between the posterior means and as many prior
+    samples drawn from ``gen``)."""
+    _positive_int("n", n)
+    _positive_int("batch_size", batch_size)
+    x = x[:n]
+    if len(x) < 2:
+        raise ValueError(f"latent_metrics needs at least 2 images, got {len(x)}")
+    device = next(vae.parameters()).device
+    mus, stds = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size]
+            xb = (to_float(xb) if xb.dtype == torch.uint8 else xb.float()).to(device)
+            mu, logvar = vae.encode(xb)
+            mus.append(mu.double().cpu())
+            stds.append(logvar.double().mul(0.5).exp().cpu())
+        mu, std = torch.cat(mus), torch.cat(stds)
+        prior = torch.randn(mu.shape, generator=gen, dtype=torch.float64)
+        return {"mu_std": float(mu.std(0).mean()), "mu_mean_abs": float(mu.mean(0).abs().mean()),
+                "posterior_std": float(std.mean()), "mmd_prior": float(mmd(mu, prior))}
+
+
 def _freeze(vae: ConvVAE) -> ConvVAE:
     vae.eval()
     for p in vae.parameters():

@@ -1,0 +1,607 @@
+"""Throughput of varmix against reference-style baselines, measured in the same run: one markdown table.
+
+Training (rows "train"): for every architecture x image shape x method, images/s of
+
+- varmix: the trainer's own step, ``varmix.train.train_step`` (batched augmentation on the device, the
+  mixer of ``varmix.mixing.make_mixer``, forward, soft-target loss, backward, optimiser step from
+  ``make_optimizer``), with the uint8 images resident on the device, channels_last (the trainer's default,
+  ``--no-channels-last`` to switch off) and, on CUDA only, bf16 autocast and fused optimisers. These are
+  the numbers of ``train_classifier`` minus evaluation and checkpointing.
+- baseline: the loop of facebookresearch/mixup-cifar10's train.py: a ``torch.utils.data.DataLoader``
+  (shuffle, ``--workers``, default 0 = batches are loaded in the main process) over a ``Dataset`` of uint8
+  images served as PIL images through per-sample torchvision transforms (RandomCrop with padding,
+  RandomHorizontalFlip, ToTensor, Normalize); the batch is copied to the device; one lambda from
+  ``np.random.beta`` and a ``torch.randperm`` partner per batch; loss ``lam * CE(y_a) + (1 - lam) *
+  CE(y_b)``; the reference's per-step ``loss.item()`` and accuracy read-back; fp32 (PyTorch's defaults,
+  under which cuDNN convolutions may use TF32), contiguous memory, plain (non-fused) optimiser. CutMix
+  follows clovaai/CutMix-PyTorch (numpy box centre), Manifold Mixup Verma et al. (numpy layer draw).
+  mixup_r / varmixup run the VAE with autograd on, as a script that loads a VAE and calls it inline
+  would: the graph is recorded and backward also runs through the VAE.
+
+Both paths use the same architecture (``varmix.models.build_model``), batch size, optimiser settings and
+synthetic data (random uint8 images and labels, fixed seed), so no dataset is needed. ``speedup`` is
+varmix img/s / baseline img/s; ``cost vs ERM`` is a method's time per image over ERM's, on the same path
+(ERM is therefore always measured). mixup_r and varmixup use an untrained ``ConvVAE`` (its speed does not
+depend on its weights); manifold_mixup uses alpha 2, the others alpha 1 (the value does not change the
+cost). Warm-up steps are excluded from the clock; on CUDA the device is synchronised before every clock
+read, and ``cudnn.benchmark`` is on for both paths (both the trainer and mixup-cifar10 set it).
+
+Corruptions (rows "corrupt"): images/s of ``varmix.corruptions.corrupt`` (batched torch ops on float
+images on the device) per corruption over severities 1-5, the 15 x 5 benchmark suite as a whole, and,
+for a representative few corruptions, a reference-style baseline: the per-image Python loop of
+hendrycks/robustness make_cifar_c.py (uint8 image -> PIL -> numpy / scipy / PIL -> uint8), always on the
+CPU in one process. The baseline follows that loop style and the libraries' algorithms, not the script's
+exact code (see ``REFERENCE_CORRUPTIONS``).
+
+    python benchmarks/throughput.py --quick                   # smoke check, ~80 s on a 2-core CPU
+    python benchmarks/throughput.py                           # full table; 2-core CPU ~16 min (2 timed steps)
+    python benchmarks/throughput.py --steps 1                 # full table; 2-core CPU ~11 min
+    python benchmarks/throughput.py --device cuda             # full table on a GPU (30 timed steps)
+    python benchmarks/throughput.py --archs small_cnn --shapes 1x28x28 --only train --steps 10
+    python benchmarks/throughput.py --only corrupt --shapes 3x32x32 --corruption-images 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torchvision import transforms
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from varmix import config, mixing  # noqa: E402
+from varmix.config import BENCHMARK_CORRUPTIONS, CORRUPTIONS  # noqa: E402
+from varmix.corruptions import CONSTANTS, corrupt  # noqa: E402
+from varmix.models import build_model  # noqa: E402
+from varmix.train import crop_padding, make_optimizer, resolve_device, train_step  # noqa: E402
+from varmix.vae import CHANNELS, IMAGE_SIZES, ConvVAE  # noqa: E402
+
+try:  # skimage.filters.gaussian, which make_cifar_c calls, is scipy.ndimage.gaussian_filter underneath
+    from scipy.ndimage import gaussian_filter
+except ImportError:  # pragma: no cover - scipy is a varmix dependency
+    gaussian_filter = None
+
+DEFAULT_ARCHS = ("resnet34", "preact_resnet18")
+DEFAULT_SHAPES = ((3, 32, 32), (1, 28, 28))
+# Timed steps / warm-up steps per measurement. A 128-image ResNet-34 step takes ~9 s on 2 CPU cores
+# (3x32x32; PreAct ResNet-18 about half that), so the 48 CPU measurements of the full table take ~16 min.
+DEVICE_DEFAULTS = {"cpu": {"steps": 2, "warmup": 1}, "cuda": {"steps": 30, "warmup": 5}}
+QUICK = {"batch_size": 16, "steps": 1, "warmup": 1, "corruption_images": 32, "corruption_batch": 32}
+SUITE_IMAGES = 10_000  # the CIFAR-10-C test set, for the suite's time estimate
+MANIFOLD_ALPHA = 2.0   # Verma et al.'s recommendation; every other method uses alpha 1
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def timed(step, warmup: int, steps: int, dev: torch.device) -> float:
+    """Seconds for ``steps`` calls of ``step()`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        step()
+    sync(dev)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(dev)
+    return time.perf_counter() - start
+
+
+def make_vae(c: int, s: int, args, dev: torch.device) -> ConvVAE:
+    return ConvVAE(c, s, latent_dim=args.latent_dim, width=args.vae_width).to(dev).eval()
+
+
+def alpha_of(method: str) -> float:
+    return MANIFOLD_ALPHA if method == "manifold_mixup" else 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# varmix: the trainer's step on device-resident data
+def varmix_train_seconds(method: str, arch: str, shape, args, dev: torch.device) -> float:
+    c, s, _ = shape
+    cfg = config.TrainConfig(arch=arch, optimizer=args.optimizer, batch_size=args.batch_size,
+                             amp=args.amp, channels_last=args.channels_last)
+    torch.manual_seed(0)
+    model = build_model(arch, c, args.num_classes, s, [0.5] * c, [0.25] * c)
+    model.to(dev, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+    optimizer, _ = make_optimizer(cfg, model, dev)
+    vae = None
+    if method in ("mixup_r", "varmixup"):
+        vae = make_vae(c, s, args, dev)
+        for p in vae.parameters():  # the trainer's VAE is frozen
+            p.requires_grad_(False)
+    mixer = mixing.make_mixer(method, num_classes=args.num_classes, alpha=alpha_of(method), vae=vae,
+                              layers=cfg.manifold_layers)
+    gen = torch.Generator().manual_seed(0)
+    n = args.batch_size * 4  # a small on-device "dataset", indexed like the trainer does
+    x_all = torch.randint(0, 256, (n, c, s, s), generator=gen, dtype=torch.uint8).to(dev)
+    y_all = torch.randint(0, args.num_classes, (n,), generator=gen).to(dev)
+    amp = cfg.amp and dev.type == "cuda"
+    pad = crop_padding(s)
+    losses = []
+
+    def step():
+        idx = torch.randint(0, n, (args.batch_size,), generator=gen).to(dev)
+        losses.append(train_step(model, optimizer, mixer, x_all[idx], y_all[idx], gen, pad=pad, amp=amp,
+                                 channels_last=cfg.channels_last))
+
+    model.train()
+    seconds = timed(step, args.warmup, args.steps, dev)
+    _check_finite(losses[-1].item(), "varmix", method, arch)
+    return seconds
+
+
+# ----------------------------------------------------------------------------------------------
+# baseline: facebookresearch/mixup-cifar10's loop (DataLoader + per-sample PIL transforms, fp32)
+class SyntheticImages(torch.utils.data.Dataset):
+    """Random uint8 images served like torchvision's CIFAR10 / FashionMNIST: the image is kept as a numpy
+    HWC (or HW) array, ``__getitem__`` makes a PIL image and applies the transform."""
+
+    def __init__(self, n: int, shape, num_classes: int, transform, seed: int = 0):
+        c, s, _ = shape
+        rng = np.random.default_rng(seed)
+        self.data = rng.integers(0, 256, (n, s, s, c) if c == 3 else (n, s, s), dtype=np.uint8)
+        self.targets = rng.integers(0, num_classes, n).tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+
+def rand_bbox(size, lam: float):
+    """clovaai/CutMix-PyTorch's box: side sqrt(1 - lam), centre from np.random, clipped."""
+    w, h = size[2], size[3]
+    cut_rat = np.sqrt(1.0 - lam)
+    cut_w, cut_h = int(w * cut_rat), int(h * cut_rat)
+    cx, cy = np.random.randint(w), np.random.randint(h)
+    bbx1, bby1 = np.clip(cx - cut_w // 2, 0, w), np.clip(cy - cut_h // 2, 0, h)
+    bbx2, bby2 = np.clip(cx + cut_w // 2, 0, w), np.clip(cy + cut_h // 2, 0, h)
+    return bbx1, bby1, bbx2, bby2
+
+
+def baseline_train_seconds(method: str, arch: str, shape, args, dev: torch.device) -> float:
+    c, s, _ = shape
+    mean, std = [0.5] * c, [0.25] * c
+    transform = transforms.Compose([
+        transforms.RandomCrop(s, padding=crop_padding(s)),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(mean, std),
+    ])
+    torch.manual_seed(0)
+    np.random.seed(0)
+    n_batches = args.warmup + args.steps
+    loader = torch.utils.data.DataLoader(
+        SyntheticImages(args.batch_size * n_batches, shape, args.num_classes, transform),
+        batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers)
+    # The transform normalises, so the model's own input normalisation is the identity here.
+    model = build_model(arch, c, args.num_classes, s, [0.0] * c, [1.0] * c).to(dev)
+    cfg = config.TrainConfig()  # optimiser hyper-parameters and mixing layers, as the varmix path uses
+    if args.optimizer == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
+    criterion = nn.CrossEntropyLoss()
+    vae = make_vae(c, s, args, dev) if method in ("mixup_r", "varmixup") else None  # requires_grad as loaded
+    mean_t = torch.tensor(mean, device=dev).view(1, c, 1, 1)
+    std_t = torch.tensor(std, device=dev).view(1, c, 1, 1)
+    alpha = alpha_of(method)
+    batches = iter(loader)
+    stats = {"loss": 0.0, "correct": 0.0, "total": 0}
+
+    def step():
+        inputs, targets = next(batches)
+        inputs, targets = inputs.to(dev), targets.to(dev)
+        lam, index, mix_layer = 1.0, None, None
+        if method != "erm":
+            lam = np.random.beta(alpha, alpha)
+            index = torch.randperm(inputs.size(0)).to(dev)
+        if method == "mixup":
+            inputs = lam * inputs + (1 - lam) * inputs[index, :]
+        elif method == "cutmix":
+            bbx1, bby1, bbx2, bby2 = rand_bbox(inputs.size(), lam)
+            inputs[:, :, bbx1:bbx2, bby1:bby2] = inputs[index, :, bbx1:bbx2, bby1:bby2]
+            lam = 1 - ((bbx2 - bbx1) * (bby2 - bby1) / (inputs.size(-1) * inputs.size(-2)))
+        elif method == "manifold_mixup":
+            mix_layer = int(np.random.choice(cfg.manifold_layers))  # Verma et al.: a layer per batch
+        elif method in ("mixup_r", "varmixup"):  # the VAE works on [0, 1] images: undo Normalize, redo it
+            pixels = inputs * std_t + mean_t
+            mu, _ = vae.encode(pixels)
+            if method == "mixup_r":
+                recon = vae.decode(mu)
+                pixels = lam * recon + (1 - lam) * recon[index, :]
+            else:
+                pixels = vae.decode(lam * mu + (1 - lam) * mu[index, :])
+            inputs = (pixels - mean_t) / std_t
+        targets_a, targets_b = targets, (None if index is None else targets[index])
+        outputs = model(inputs, mix_layer=mix_layer, lam=lam if mix_layer is not None else None,
+                        perm=index if mix_layer is not None else None)
+        _, predicted = torch.max(outputs.data, 1)
+        if index is None:  # erm: the plain loop
+            loss = criterion(outputs, targets)
+            correct = predicted.eq(targets).cpu().sum().float()
+        else:
+            loss = lam * criterion(outputs, targets_a) + (1 - lam) * criterion(outputs, targets_b)
+            correct = (lam * predicted.eq(targets_a).cpu().sum().float()
+                       + (1 - lam) * predicted.eq(targets_b).cpu().sum().float())
+        stats["loss"] += loss.item()  # the reference's per-step read-backs (host syncs on CUDA)
+        stats["correct"] += float(correct)
+        stats["total"] += targets.size(0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    seconds = timed(step, args.warmup, args.steps, dev)
+    _check_finite(stats["loss"], "baseline", method, arch)
+    return seconds
+
+
+def _check_finite(loss: float, path: str, method: str, arch: str) -> None:
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"{path} {method} on {arch}: the training loss is {loss}")
+
+
+# ----------------------------------------------------------------------------------------------
+# corruptions
+def varmix_corruption_seconds(name: str, x: torch.Tensor, batch: int) -> float:
+    """Seconds to corrupt all of x (float, on its device) at severities 1-5, in batches of ``batch``.
+    Each severity is warmed up on one batch first (cached matrices, allocator, CUDA kernels)."""
+    gen = torch.Generator().manual_seed(0)
+    total = 0.0
+    for severity in range(1, 6):
+        corrupt(x[:batch], name, severity, gen)
+        total += timed(lambda: [corrupt(x[i:i + batch], name, severity, gen) for i in range(0, len(x), batch)],
+                       0, 1, x.device)
+    return total
+
+
+# Reference-style baseline: make_cifar_c.py builds CIFAR-10-C with a per-image Python loop,
+#     for img in test_data.data: cifar_c.append(np.uint8(corruption(PILImage.fromarray(img))))
+# each corruption taking a PIL image and returning a float array in [0, 255] made with numpy /
+# scikit-image / PIL. The functions below keep that loop style and those libraries' algorithms for a
+# representative few corruptions; they are not the script's exact code (skimage is not installed here:
+# its gaussian is scipy.ndimage.gaussian_filter underneath, and its rgb2hsv / hsv2rgb are re-written in
+# numpy below; pixelate uses the image's size instead of the hard-coded 32).
+def _rgb2hsv(rgb: np.ndarray) -> np.ndarray:
+    """skimage.color.rgb2hsv's algorithm (blue, then green, then red max wins; grey pixels get hue 0)."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    v = rgb.max(-1)
+    delta = np.ptp(rgb, -1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = np.where(delta == 0, 0.0, delta / v)
+        h = np.select([b == v, g == v, r == v], [4 + (r - g) / delta, 2 + (b - r) / delta, (g - b) / delta])
+    h = np.where(delta == 0, 0.0, (h / 6) % 1)
+    return np.nan_to_num(np.stack([h, s, v], -1))
+
+
+def _hsv2rgb(hsv: np.ndarray) -> np.ndarray:
+    """skimage.color.hsv2rgb's algorithm (sector choice with np.choose)."""
+    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    hi = np.floor(h * 6)
+    f = h * 6 - hi
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    hi = np.stack([hi, hi, hi], -1).astype(np.uint8) % 6
+    return np.choose(hi, np.stack([np.stack((v, t, p), -1), np.stack((q, v, p), -1), np.stack((p, v, t), -1),
+                                   np.stack((p, q, v), -1), np.stack((t, p, v), -1), np.stack((v, p, q), -1)]))
+
+
+def ref_gaussian_noise(img: Image.Image, c: float) -> np.ndarray:
+    x = np.array(img) / 255.0
+    return np.clip(x + np.random.normal(size=x.shape, scale=c), 0, 1) * 255
+
+
+def ref_gaussian_blur(img: Image.Image, c: float) -> np.ndarray:
+    x = np.array(img) / 255.0
+    x = gaussian_filter(x, sigma=(c, c, 0) if x.ndim == 3 else c, mode="nearest", truncate=4.0)
+    return np.clip(x, 0, 1) * 255
+
+
+def ref_brightness(img: Image.Image, c: float) -> np.ndarray:
+    x = np.array(img) / 255.0
+    if x.ndim == 2:  # grey: the HSV value is the pixel itself
+        return np.clip(x + c, 0, 1) * 255
+    x = _rgb2hsv(x)
+    x[:, :, 2] = np.clip(x[:, :, 2] + c, 0, 1)
+    return np.clip(_hsv2rgb(x), 0, 1) * 255
+
+
+def ref_contrast(img: Image.Image, c: float) -> np.ndarray:
+    x = np.array(img) / 255.0
+    means = np.mean(x, axis=(0, 1), keepdims=True)
+    return np.clip((x - means) * c + means, 0, 1) * 255
+
+
+def ref_pixelate(img: Image.Image, c: float) -> Image.Image:
+    w, h = img.size
+    img = img.resize((int(w * c), int(h * c)), Image.BOX)
+    return img.resize((w, h), Image.BOX)
+
+
+REFERENCE_CORRUPTIONS = {"gaussian_noise": ref_gaussian_noise, "brightness": ref_brightness,
+                         "contrast": ref_contrast, "pixelate": ref_pixelate}
+if gaussian_filter is not None:
+    REFERENCE_CORRUPTIONS["gaussian_blur"] = ref_gaussian_blur
+
+
+def baseline_corruption_seconds(name: str, images: np.ndarray) -> float:
+    """Seconds for make_cifar_c's loop over all uint8 ``images`` at severities 1-5 (after a 2-image warm-up)."""
+    fn = REFERENCE_CORRUPTIONS[name]
+    np.random.seed(0)
+    for img in images[:2]:
+        np.uint8(fn(Image.fromarray(img), CONSTANTS[name][0]))
+    out = []
+    start = time.perf_counter()
+    for severity in range(1, 6):
+        c = CONSTANTS[name][severity - 1]
+        for img in images:
+            out.append(np.uint8(fn(Image.fromarray(img), c)))
+    return time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------------------------
+# table
+HEADERS = ("device", "workload", "arch", "shape", "method", "varmix img/s", "baseline img/s",
+           "speedup", "varmix cost vs ERM", "baseline cost vs ERM")
+NUMERIC = {"varmix img/s", "baseline img/s", "speedup", "varmix cost vs ERM", "baseline cost vs ERM"}
+DASH = "—"
+
+
+def fmt_rate(v: float | None) -> str:
+    return DASH if v is None else f"{v:,.0f}" if v >= 100 else f"{v:,.1f}"
+
+
+def fmt_ratio(v: float | None) -> str:
+    return DASH if v is None else f"{v:.2f}x"
+
+
+def markdown_table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(HEADERS)]
+
+    def line(cells, numeric_right=True):
+        out = [c.rjust(w) if numeric_right and h in NUMERIC else c.ljust(w)
+               for c, w, h in zip(cells, widths, HEADERS)]
+        return "| " + " | ".join(out) + " |"
+
+    rule = ["-" * (w - 1) + ":" if h in NUMERIC else "-" * w for w, h in zip(widths, HEADERS)]
+    return "\n".join([line(HEADERS, numeric_right=False), "| " + " | ".join(rule) + " |"]
+                     + [line(r) for r in rows])
+
+
+def shape_name(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def training_rows(args, dev: torch.device, device_label: str) -> list[tuple[str, ...]]:
+    jobs = [(arch, shape, method, path) for arch in args.archs for shape in args.shapes
+            for method in args.methods for path in ("varmix", "baseline")]
+    seconds = {}
+    bar = tqdm(jobs, desc="training", unit="run", file=sys.stderr, dynamic_ncols=True)
+    for arch, shape, method, path in bar:
+        bar.set_postfix_str(f"{arch} {shape_name(shape)} {method} {path}")
+        fn = varmix_train_seconds if path == "varmix" else baseline_train_seconds
+        seconds[arch, shape, method, path] = fn(method, arch, shape, args, dev) / args.steps / args.batch_size
+    bar.close()
+
+    rows = []
+    for arch in args.archs:
+        for shape in args.shapes:
+            for method in args.methods:
+                v, b = seconds[arch, shape, method, "varmix"], seconds[arch, shape, method, "baseline"]
+                v_erm, b_erm = seconds[arch, shape, "erm", "varmix"], seconds[arch, shape, "erm", "baseline"]
+                rows.append((device_label, "train", arch, shape_name(shape), method, fmt_rate(1 / v),
+                             fmt_rate(1 / b), fmt_ratio(b / v), fmt_ratio(v / v_erm), fmt_ratio(b / b_erm)))
+    return rows
+
+
+def corruption_rows(args, dev: torch.device, device_label: str) -> tuple[list[tuple[str, ...]], list[str]]:
+    rows, notes = [], []
+    n = args.corruption_images
+    jobs = [(shape, name, path) for shape in args.shapes for name in CORRUPTIONS
+            for path in (("varmix", "baseline") if name in REFERENCE_CORRUPTIONS else ("varmix",))]
+    bar = tqdm(jobs, desc="corruptions", unit="run", file=sys.stderr, dynamic_ncols=True)
+    seconds, data = {}, {}
+    for shape, name, path in bar:
+        bar.set_postfix_str(f"{shape_name(shape)} {name} {path}")
+        if shape not in data:
+            c, h, w = shape
+            x = torch.rand(n, c, h, w, generator=torch.Generator().manual_seed(0))
+            u8 = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # NHWC, as CIFAR-10's .data
+            data[shape] = (x.to(dev), u8[..., 0] if c == 1 else u8)
+        x, u8 = data[shape]
+        if path == "varmix":
+            seconds[shape, name, path] = varmix_corruption_seconds(name, x, args.corruption_batch)
+        else:
+            seconds[shape, name, path] = baseline_corruption_seconds(name, u8)
+    bar.close()
+
+    per_run = 5 * n  # images produced per corruption: n images x 5 severities
+    for shape in args.shapes:
+        sname = shape_name(shape)
+        for name in CORRUPTIONS:
+            v = seconds[shape, name, "varmix"]
+            b = seconds.get((shape, name, "baseline"))
+            label = name if name in BENCHMARK_CORRUPTIONS else f"{name} (extra)"
+            rows.append((device_label, "corrupt", DASH, sname, label, fmt_rate(per_run / v),
+                         fmt_rate(None if b is None else per_run / b), fmt_ratio(None if b is None else b / v),
+                         DASH, DASH))
+        ref = list(REFERENCE_CORRUPTIONS)
+        v_ref = sum(seconds[shape, name, "varmix"] for name in ref)
+        b_ref = sum(seconds[shape, name, "baseline"] for name in ref)
+        rows.append((device_label, "corrupt", DASH, sname, f"baselined {len(ref)} x 5 severities",
+                     fmt_rate(len(ref) * per_run / v_ref), fmt_rate(len(ref) * per_run / b_ref),
+                     fmt_ratio(b_ref / v_ref), DASH, DASH))
+        suite = sum(seconds[shape, name, "varmix"] for name in BENCHMARK_CORRUPTIONS)
+        rows.append((device_label, "corrupt", DASH, sname, f"suite {len(BENCHMARK_CORRUPTIONS)} x 5 severities",
+                     fmt_rate(len(BENCHMARK_CORRUPTIONS) * per_run / suite), DASH, DASH, DASH, DASH))
+        notes.append(f"- corruption suite, {sname}: varmix would take ~{suite / n * SUITE_IMAGES:.0f} s for "
+                     f"{len(BENCHMARK_CORRUPTIONS)} corruptions x 5 severities x {SUITE_IMAGES:,} images "
+                     f"(the baselined {len(ref)}: varmix ~{v_ref / n * SUITE_IMAGES:.0f} s, per-image loop "
+                     f"~{b_ref / n * SUITE_IMAGES:.0f} s)")
+    return rows, notes
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+def csv_choices(option: str, choices):
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+        unknown = [v for v in items if v not in choices]
+        if unknown or not items:
+            what = f"unknown {', '.join(map(repr, unknown))}" if unknown else "empty list"
+            raise argparse.ArgumentTypeError(f"{what}; expected a comma-separated subset of {', '.join(choices)}")
+        return items
+    parse.__name__ = option  # argparse names the option's type in its messages
+    return parse
+
+
+def parse_shapes(text: str) -> tuple[tuple[int, int, int], ...]:
+    shapes = []
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        try:
+            c, h, w = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected CxHxW, e.g. 3x32x32 or 1x28x28") from None
+        if c not in CHANNELS or h != w or h not in IMAGE_SIZES:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: expected square images with C in {{{', '.join(map(str, CHANNELS))}}} and a side "
+                f"in {{{', '.join(map(str, IMAGE_SIZES))}}} (the sizes the VAE of mixup_r / varmixup supports)")
+        shapes.append((c, h, w))
+    if not shapes:
+        raise argparse.ArgumentTypeError("empty list; expected e.g. 3x32x32,1x28x28")
+    return tuple(dict.fromkeys(shapes))
+
+
+def int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{v} is too small: expected an integer >= {lo}")
+        return v
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto", help="auto (default: cuda when available) | cpu | cuda | cuda:N")
+    p.add_argument("--archs", type=csv_choices("--archs", config.ARCHS), default=DEFAULT_ARCHS,
+                   help=f"comma-separated, among {', '.join(config.ARCHS)} (default {','.join(DEFAULT_ARCHS)})")
+    p.add_argument("--shapes", type=parse_shapes, default=DEFAULT_SHAPES,
+                   help="comma-separated CxHxW image shapes, for training and corruptions "
+                        "(default 3x32x32,1x28x28)")
+    p.add_argument("--methods", type=csv_choices("--methods", config.METHODS), default=config.METHODS,
+                   help="comma-separated, among " + ", ".join(config.METHODS) + " (erm is always added: the "
+                        "cost column is relative to it; default: all)")
+    p.add_argument("--only", choices=("train", "corrupt"), default=None, help="run one part only (default: both)")
+    p.add_argument("--batch-size", type=int_at_least(2), default=None, help="training batch (default 128)")
+    p.add_argument("--steps", type=int_at_least(1), default=None,
+                   help=f"timed training steps per measurement (default: {DEVICE_DEFAULTS['cpu']['steps']} "
+                        f"on CPU, {DEVICE_DEFAULTS['cuda']['steps']} on CUDA)")
+    p.add_argument("--warmup", type=int_at_least(0), default=None,
+                   help=f"untimed steps before each measurement (default: {DEVICE_DEFAULTS['cpu']['warmup']} "
+                        f"on CPU, {DEVICE_DEFAULTS['cuda']['warmup']} on CUDA)")
+    p.add_argument("--workers", type=int_at_least(0), default=0,
+                   help="baseline DataLoader num_workers (default 0 = load in the main process; "
+                        "mixup-cifar10 uses 8)")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
+                   help="optimiser of both paths, with TrainConfig's lr (default adam)")
+    p.add_argument("--num-classes", type=int_at_least(2), default=10, help="default 10")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="varmix path in fp32 on CUDA too")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="varmix path in contiguous memory format")
+    p.add_argument("--latent-dim", type=int_at_least(1), default=16,
+                   help="VAE latent size for mixup_r/varmixup (default 16)")
+    p.add_argument("--vae-width", type=int_at_least(1), default=32,
+                   help="VAE base width for mixup_r/varmixup (default 32)")
+    p.add_argument("--corruption-images", type=int_at_least(1), default=None,
+                   help="images per corruption and severity (default 1000)")
+    p.add_argument("--corruption-batch", type=int_at_least(1), default=None,
+                   help="images per varmix corruption call (default 500)")
+    p.add_argument("--threads", type=int_at_least(1), default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke check: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK.items())
+                        + " (explicit options win)")
+    return p
+
+
+def resolve_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:
+    try:
+        dev = resolve_device(None if args.device == "auto" else args.device)
+    except ValueError as exc:
+        p.error(f"--device: {exc}")
+    defaults = {"batch_size": 128, "corruption_images": 1000, "corruption_batch": 500,
+                **DEVICE_DEFAULTS[dev.type], **(QUICK if args.quick else {})}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if "erm" not in args.methods:
+        args.methods = ("erm", *args.methods)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return dev
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = get_args_parser()
+    args = p.parse_args(argv)
+    dev = resolve_args(p, args)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as both the trainer and mixup-cifar10 do
+        name = torch.cuda.get_device_name(dev)
+    else:
+        name = "CPU"
+    device_label = str(dev)
+
+    print(f"# varmix throughput: torch {torch.__version__}, device {dev} ({name}), "
+          f"{torch.get_num_threads()} CPU threads")
+    if args.only != "corrupt":
+        print(f"training: batch {args.batch_size}, {args.steps} timed step(s) after {args.warmup} warm-up per "
+              f"measurement, {args.optimizer}; varmix: train_step, data on {dev}, channels_last "
+              f"{args.channels_last}, bf16 autocast {args.amp and dev.type == 'cuda'}; baseline: DataLoader "
+              f"num_workers={args.workers}, per-sample PIL transforms, fp32, contiguous, VAE with autograd on")
+    if args.only != "train":
+        print(f"corruptions: {args.corruption_images} images x severities 1-5 per corruption; varmix batches of "
+              f"{args.corruption_batch} on {dev}; baseline: make_cifar_c-style per-image loop on the CPU "
+              f"({', '.join(REFERENCE_CORRUPTIONS)})")
+    print()
+
+    rows, notes = [], []
+    if args.only != "corrupt":
+        rows += training_rows(args, dev, device_label)
+    if args.only != "train":
+        corr_rows, notes = corruption_rows(args, dev, device_label)
+        rows += corr_rows
+    print(markdown_table(rows))
+    print()
+    print(f"- speedup = varmix img/s / baseline img/s; {DASH} = not measured")
+    if args.only != "corrupt":
+        print("- train rows: cost vs ERM = the method's time per image / ERM's, on the same path")
+    if args.only != "train":
+        print("- corrupt rows: images produced per second (an image at each of the 5 severities counts 5 times); "
+              "the baseline runs on the CPU whatever the device")
+    for line in notes:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The pipeline's wiring: dvc.yaml agrees with varmix.pipeline.Layout, the notebooks are thin parameterised
+drivers, notebook runs check their arguments before any kernel starts, outputs are clean and atomic."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+
+from varmix import config, pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _dvc_stages(profile: str = "default", dataset: str = "fashion-mnist") -> dict:
+    """dvc.yaml with ${...} filled in from params.yaml (and the matrix expanded) for one profile."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params.update(profile=profile, dataset=dataset)
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+    def fill(obj, item=None):
+        if isinstance(obj, str):
+            obj = re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m[1]]), obj)
+            return re.sub(r"\$\{(\w+)\}", lambda m: str(params[m[1]]), obj)
+        if isinstance(obj, list):
+            return [fill(v, item) for v in obj]
+        if isinstance(obj, dict):
+            return {fill(k, item): fill(v, item) for k, v in obj.items()}
+        return obj
+
+    out = {}
+    for name, st in stages.items():
+        if "matrix" in st:
+            body = {k: v for k, v in st.items() if k != "matrix"}
+            for method in params["methods"]:
+                for seed in params["seeds"]:
+                    out[f"{name}@{method}-{seed}"] = fill(body, {"method": method, "seed": seed})
+        else:
+            out[name] = fill(st)
+    return out
+
+
+def _paths(entries) -> list[str]:
+    return [next(iter(e)) if isinstance(e, dict) else e for e in entries or []]
+
+
+@pytest.fixture(scope="module")
+def layout():
+    return pipeline.Layout(Path("."), "fashion-mnist", "default")
+
+
+def _rel(p: Path) -> str:
+    return p.as_posix().removeprefix("./")
+
+
+def test_dvc_outputs_are_the_layouts_paths(layout):
+    stages = _dvc_stages()
+    params = config.load_params(ROOT / "params.yaml")
+    assert _rel(layout.vae_dir) in _paths(stages["vae"]["outs"])
+    assert _rel(layout.notebook("01_vae")) in _paths(stages["vae"]["outs"])
+    assert _paths(stages["vae"]["metrics"]) == [_rel(layout.metrics("vae"))]
+    for m in params.methods:
+        for sd in params.seeds:
+            st = stages[f"train@{m}-{sd}"]
+            name = pipeline.run_name(m, sd)
+            assert _paths(st["outs"]) == [_rel(layout.model_dir(m, sd)), _rel(layout.notebook(f"02_train-{name}"))]
+            assert _paths(st["metrics"]) == [_rel(layout.metrics(f"train-{name}"))]
+            assert _paths(st["plots"]) == [_rel(layout.plot_data(f"train-{name}"))]
+            assert f"--method {m} --seed {sd}" in st["cmd"]
+    assert _paths(stages["corruptions"]["metrics"]) == [_rel(layout.metrics("corruptions"))]
+    assert _rel(layout.plot_data("corruption_grid")) in stages["calibration"]["deps"]
+    assert _paths(stages["landscape"]["metrics"]) == [_rel(layout.metrics("linearity"))]
+    assert _paths(stages["report"]["metrics"]) == [_rel(layout.metrics("report"))]
+
+
+def test_every_stage_runs_its_notebook_and_depends_on_it():
+    ran = set()
+    for name, st in _dvc_stages().items():
+        m = re.match(r"python -m varmix notebook (\S+) --profile default --dataset fashion-mnist", st["cmd"])
+        assert m, f"stage {name}: {st['cmd']!r} does not run a notebook through varmix"
+        nb = m[1]
+        assert nb in pipeline.NOTEBOOKS
+        assert f"notebooks/{nb}.ipynb" in st["deps"], f"stage {name} does not depend on its notebook"
+        for dep in st["deps"]:
+            if dep.startswith("varmix/"):
+                assert (ROOT / dep).is_file(), f"stage {name} depends on a missing file {dep}"
+        # every executed notebook and metrics file stays out of the DVC cache (committed to git)
+        for entry in (st.get("outs") or []) + (st.get("metrics") or []) + (st.get("plots") or []):
+            if isinstance(entry, dict):
+                assert next(iter(entry.values()))["cache"] is False
+        ran.add(nb)
+    assert ran == set(pipeline.NOTEBOOKS)
+
+
+def test_stage_params_name_keys_that_exist():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, st in _dvc_stages().items():
+        for key in st.get("params", []):
+            node = params
+            for part in key.split("."):
+                assert part in node, f"stage {name}: params key {key} is not in params.yaml"
+                node = node[part]
+
+
+@pytest.mark.parametrize("name", pipeline.NOTEBOOKS)
+def test_notebooks_are_thin_parameterised_drivers(name):
+    book = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{name}: expected one cell tagged parameters, found {len(tagged)}"
+    defaults = {}
+    exec(tagged[0].source, {}, defaults)
+    assert defaults["profile"] == "smoke" and defaults["dataset"] == "fashion-mnist"
+    code = "\n".join(c.source for c in book.cells if c.cell_type == "code")
+    assert not re.search(r"^\s*(def|class) ", code, re.M), f"{name} defines functions: they belong in varmix/"
+    assert "pipeline.start(profile, dataset)" in code
+    assert book.cells[0].cell_type == "markdown" and book.cells[0].source.startswith("# ")
+    # the stored outputs are nbval's reference: executed, without errors
+    outputs = [o for c in book.cells if c.cell_type == "code" for o in c.outputs]
+    assert outputs and not [o for o in outputs if o.output_type == "error"]
+
+
+def test_run_notebook_checks_arguments_before_any_kernel():
+    with pytest.raises(ValueError, match="notebook '07_extra' is unknown: expected one of 01_vae"):
+        pipeline.run_notebook("07_extra", "smoke")
+    with pytest.raises(ValueError, match="method and seed go together and only with 02_train"):
+        pipeline.run_notebook("03_corruptions", "smoke", method="erm", seed=0)
+    with pytest.raises(ValueError, match="method = 'bogus' is not in params.yaml's methods"):
+        pipeline.run_notebook("02_train", "smoke", method="bogus", seed=0)
+    with pytest.raises(ValueError, match=r"seed = 7 is not in params.yaml's seeds \[0\]"):
+        pipeline.run_notebook("02_train", "smoke", method="erm", seed=7)
+    with pytest.raises(config.ConfigError, match="profile"):
+        pipeline.run_notebook("01_vae", "huge")
+
+
+def test_cli_reports_bad_notebook_arguments(capsys):
+    from varmix.__main__ import main
+
+    assert main(["notebook", "01_vae", "--profile", "huge"]) == 2
+    assert "error: params: profile = 'huge' is invalid" in capsys.readouterr().err
+
+
+def test_clean_notebook_drops_timings_and_keeps_outputs(tmp_path):
+    book = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("1 + 1")
+    cell.outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=1)]
+    cell.metadata["papermill"] = {"duration": 0.1, "status": "completed"}
+    cell.metadata["execution"] = {"iopub.status.idle": "2026-01-01T00:00:00"}
+    cell.metadata["tags"] = ["x"]
+    book.cells = [cell]
+    book.metadata["papermill"] = {"duration": 3.0, "start_time": "t0", "end_time": "t1", "input_path": "a",
+                                  "output_path": "/tmp/.x.ipynb", "parameters": {"profile": "smoke"}}
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(book, path)
+    pipeline.clean_notebook(path)
+    out = nbformat.read(path, as_version=4)
+    assert out.metadata["papermill"] == {"parameters": {"profile": "smoke"}}
+    assert dict(out.cells[0].metadata) == {"tags": ["x"]}
+    assert out.cells[0].outputs[0]["data"]["text/plain"] == "2"
+
+
+def test_session_writes_to_workdir_and_lists_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv(pipeline.WORKDIR_ENV, str(tmp_path))
+    s = pipeline.start("smoke")
+    assert s.layout.results == tmp_path / "results" / "fashion-mnist" / "smoke"
+    assert s.runs() == [(m, 0) for m in s.params.methods]
+    assert s.runs("cutmix", 0) == [("cutmix", 0)]
+    path = s.save_metrics("x", {"erm-s0": {"acc": pd.Series([0.25]).iloc[0], "n": pd.Series([3]).iloc[0]}})
+    saved = json.loads(path.read_text())
+    assert saved["erm-s0"] == {"acc": 0.25, "n": 3} and saved["wall_seconds"] >= 0
+    assert s.load_metrics("x")["erm-s0"]["n"] == 3
+    s.save_plot_data("p", pd.DataFrame({"a": [1, 2], "b": [0.5, 1 / 3]}))
+    assert s.layout.plot_data("p").read_text() == "a,b\n1,0.5\n2,0.333333\n"
+    assert not list(s.layout.plot_data("p").parent.glob(".*"))  # no temporary files left behind
+    with pytest.raises(FileNotFoundError, match="metrics .*missing.json not found: run the stage"):
+        s.load_metrics("missing")

@@ -1,0 +1,129 @@
+"""The report's tables and verdicts, the method figure's mixing helper, and the figures."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from varmix import figures, mixing, paper, report
+from varmix.vae import ConvVAE, latent_metrics
+
+
+def _runs():
+    return report.per_run({
+        "erm-s0": {"acc": 0.50, "ece": 0.20}, "erm-s1": {"acc": 0.54, "ece": 0.22},
+        "mixup-s0": {"acc": 0.60, "ece": 0.10}, "mixup-s1": {"acc": 0.62, "ece": 0.12},
+        "varmixup-s0": {"acc": 0.70, "ece": 0.15}, "varmixup-s1": {"acc": 0.71, "ece": 0.13},
+        "wall_seconds": 3.0,
+    })
+
+
+def test_per_run_parses_keys_and_ignores_the_rest():
+    runs = _runs()
+    assert list(runs.columns) == ["method", "seed", "acc", "ece"]
+    assert runs[["method", "seed"]].values.tolist()[:2] == [["erm", 0], ["erm", 1]]
+    with pytest.raises(ValueError, match="no '<method>-s<seed>' entries"):
+        report.per_run({"wall_seconds": 1.0})
+
+
+def test_mean_std_and_formatting():
+    t = report.mean_std(_runs(), ["acc", "ece"], ["varmixup", "erm", "mixup", "cutmix"])
+    assert list(t.index) == ["varmixup", "erm", "mixup"]
+    assert t.loc["erm", ("acc", "mean")] == pytest.approx(0.52)
+    assert t.loc["erm", ("acc", "std")] == pytest.approx(math.sqrt(0.0008))
+    f = report.formatted(t, scale={"acc": 100})
+    assert f.loc["erm", "acc"] == "52.00 ± 2.83"
+    assert f.loc["mixup", "ece"] == "0.1100 ± 0.0141"
+    one = report.formatted(report.mean_std(_runs().query("seed == 0"), ["acc"], ["erm"]), scale={"acc": 100})
+    assert one.loc["erm", "acc"] == "50.00"
+
+
+def test_verdicts():
+    runs = _runs()
+    v = report.verdict(runs, "acc", True, "robustness", scale=100, unit="%")
+    assert v.holds is True
+    assert v.text.startswith("HOLDS here: varmixup is better than mixup (70.5% vs 61%; gap larger than")
+    v = report.verdict(runs, "ece", False, "calibration")
+    assert v.holds is False and "not better than mixup" in v.text and "better than erm" in v.text
+    assert "gap within the seed spread" in v.text or "gap larger" in v.text
+    assert report.verdict(runs.query("method != 'mixup'"), "acc", True, "x").holds is None
+    one = report.verdict(runs.query("seed == 0"), "acc", True, "x")
+    assert "one seed, no spread to compare" in one.text
+    with pytest.raises(ValueError, match="metric 'nll' is not among the columns"):
+        report.verdict(runs, "nll", False, "x")
+    table = report.verdict_table([v])
+    assert table.loc[0, "verdict"] == "does not hold"
+
+
+def test_paper_table_holds_the_papers_numbers():
+    t = report.paper_table("cifar10")
+    assert t.loc["varmixup", "corruption_accuracy"] == 82.57
+    assert t.loc["mixup", "ece"] == paper.ECE["cifar10"]["mixup"]
+    assert t.loc["varmixup", "gamma_16"] == 10.05
+    assert np.isnan(t.loc["erm", "ece"])
+    with pytest.raises(ValueError, match="no numbers for 'fashion-mnist'"):
+        report.paper_table("fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def vae():
+    torch.manual_seed(0)
+    return ConvVAE(1, 28, latent_dim=4, width=4).eval()
+
+
+def test_mix_images_is_what_the_mixers_train_on(vae):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(6, 1, 28, 28, generator=gen)
+    y = torch.arange(6) % 3
+    a, b = x[:3], x[3:]
+    assert torch.equal(mixing.mix_images("mixup", a, b, 0.25), 0.25 * a + 0.75 * b)
+    with torch.no_grad():
+        assert torch.allclose(mixing.mix_images("varmixup", a, b, 1.0, vae), vae.reconstruct(a), atol=1e-6)
+        mu = vae.encode(a)[0] * 0.3 + vae.encode(b)[0] * 0.7
+        assert torch.allclose(mixing.mix_images("varmixup", a, b, 0.3, vae), vae.decode(mu), atol=1e-6)
+    for method in ("mixup", "mixup_r", "varmixup"):
+        kw = {"vae": vae} if method != "mixup" else {}
+        batch = mixing.MIXERS[method](x, y, torch.Generator().manual_seed(1), num_classes=3, lam=0.4, **kw)
+        expected = mixing.mix_images(method, x, x[batch.perm], 0.4, vae)
+        assert torch.allclose(batch.x, expected, atol=1e-6), method
+    with pytest.raises(ValueError, match="method = 'cutmix': mix_images pairs images for mixup"):
+        mixing.mix_images("cutmix", a, b, 0.5)
+    with pytest.raises(ValueError, match=r"images a \(3, 1, 28, 28\) and b \(2, 1, 28, 28\)"):
+        mixing.mix_images("mixup", a, b[:2], 0.5)
+
+
+def test_latent_metrics_of_a_constant_encoder(vae):
+    v = ConvVAE(1, 28, latent_dim=4, width=4).eval()
+    with torch.no_grad():
+        v.fc_mu.weight.zero_()
+        v.fc_mu.bias.copy_(torch.tensor([1.0, -1.0, 0.5, 0.0]))
+        v.fc_logvar.weight.zero_()
+        v.fc_logvar.bias.fill_(math.log(0.25))
+    m = latent_metrics(v, torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8), torch.Generator().manual_seed(0))
+    assert m["mu_std"] == pytest.approx(0.0, abs=1e-7)
+    assert m["mu_mean_abs"] == pytest.approx(0.625)
+    assert m["posterior_std"] == pytest.approx(0.5)
+    assert m["mmd_prior"] > 0.1
+    with pytest.raises(ValueError, match="at least 2 images"):
+        latent_metrics(v, torch.zeros(1, 1, 28, 28), torch.Generator())
+
+
+def test_figures_draw_from_library_tables(vae):
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    fig = figures.mixing_figure(vae, x[:1], x[1:], [1.0, 0.5, 0.0])
+    assert isinstance(fig, Figure) and len(fig.axes) == 2 * 3
+    grid = pd.DataFrame([{"method": m, "corruption": c, "severity": s, "accuracy": 0.5 + 0.01 * s, "seed": 0}
+                         for m in ("erm", "varmixup") for c, sev in (("clean", [0]), ("fog", [1, 2]),
+                                                                      ("snow", [1, 2])) for s in sev])
+    assert len(figures.corruption_heatmaps(grid).axes) == 2 + 1  # two heat maps and one colour bar
+    assert len(figures.severity_lines(grid).axes) == 1
+    long = pd.DataFrame({"method": ["erm", "erm", "varmixup", "varmixup"], "eps_255": [1, 2, 1, 2],
+                         "gamma": [0.1, 0.3, 0.05, 0.2], "image": [0, 0, 0, 0]})
+    assert len(figures.linearity_plot(long).axes) == 2
+    with pytest.raises(ValueError, match="rows of lengths"):
+        figures.image_grid([x, x[:1]])
