@@ -57,7 +57,13 @@ def test_verdicts():
     with pytest.raises(ValueError, match="metric 'nll' is not among the columns"):
         report.verdict(runs, "nll", False, "x")
     table = report.verdict_table([v])
-    assert table.loc[0, "verdict"] == "does not hold"
+    assert table.to_dict("records") == [{"claim": "calibration", "metric": "ece", "beats mixup": "no",
+                                         "beats erm": "yes", "verdict": "does not hold"}]
+
+
+def test_gamma_columns_in_eps_order():
+    assert report.gamma_columns(["method", "gamma_16", "gamma_2", "gamma_1", "gamma_0.5", "gammas"]) == [
+        "gamma_0.5", "gamma_1", "gamma_2", "gamma_16"]
 
 
 def test_paper_table_holds_the_papers_numbers():

@@ -73,12 +73,18 @@ def paper_table(dataset: str = "cifar10") -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method").astype(float)
 
 
+def gamma_columns(columns) -> list[str]:
+    """The ``gamma_<eps>`` columns among ``columns``, in increasing ε (not string order)."""
+    return sorted((c for c in columns if re.fullmatch(r"gamma_[0-9.]+", str(c))), key=lambda c: float(c[6:]))
+
+
 @dataclass(frozen=True)
 class Verdict:
     claim: str
     metric: str
     holds: bool | None          # None: a method it needs did not run
     text: str
+    beats: dict | None = None   # rival -> whether the method's mean is better
 
 
 def verdict(runs: pd.DataFrame, metric: str, higher_is_better: bool, claim: str,
@@ -93,12 +99,13 @@ def verdict(runs: pd.DataFrame, metric: str, higher_is_better: bool, claim: str,
     if missing:
         return Verdict(claim, metric, None, f"not tested: {', '.join(missing)} did not run")
     ours = stats.loc[method]
-    parts, holds = [], True
+    parts, holds, beats = [], True, {}
     for rival in rivals:
         r = stats.loc[rival]
         gap = (ours["mean"] - r["mean"]) * (1 if higher_is_better else -1)
         better = bool(gap > 0)
         holds &= better
+        beats[rival] = better
         spread = np.nanmax([ours["std"], r["std"]]) if min(ours["count"], r["count"]) > 1 else np.nan
         if np.isnan(spread):
             note = "one seed, no spread to compare"
@@ -109,10 +116,16 @@ def verdict(runs: pd.DataFrame, metric: str, higher_is_better: bool, claim: str,
         parts.append(f"{'better' if better else 'not better'} than {rival} "
                      f"({ours['mean'] * scale:.3g}{unit} vs {r['mean'] * scale:.3g}{unit}; {note})")
     word = "HOLDS" if holds else "DOES NOT HOLD"
-    return Verdict(claim, metric, holds, f"{word} here: {method} is " + "; ".join(parts))
+    return Verdict(claim, metric, holds, f"{word} here: {method} is " + "; ".join(parts), beats)
 
 
 def verdict_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:
-    return pd.DataFrame([{"claim": v.claim, "metric": v.metric,
-                          "verdict": {True: "holds", False: "does not hold", None: "not tested"}[v.holds],
-                          "evidence": v.text} for v in verdicts])
+    """One row per verdict: claim, metric, one ``beats <rival>`` column per rival (yes/no), and the
+    verdict (holds only when it beats every rival)."""
+    rows = []
+    for v in verdicts:
+        row = {"claim": v.claim, "metric": v.metric}
+        row.update({f"beats {r}": "yes" if b else "no" for r, b in (v.beats or {}).items()})
+        row["verdict"] = {True: "holds", False: "does not hold", None: "not tested"}[v.holds]
+        rows.append(row)
+    return pd.DataFrame(rows)
