@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from varmix import config, data
+from varmix import config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,9 +45,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: a cell of notebook {args.name if args.command == 'notebook' else ''} raised:\n{exc}",
                   file=sys.stderr)
             return 1
-        except (config.ConfigError, data.DataError, FileNotFoundError, ValueError) as exc:
+        except (config.ConfigError, FileNotFoundError, ValueError) as exc:  # the data is read in the kernel
             print(f"error: {exc}", file=sys.stderr)
             return 2
+
+    from varmix import data  # imports torch: only here, not to run a notebook
 
     try:
         params = config.load_params(args.params)

@@ -28,7 +28,6 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 from varmix.config import ARCHS
 
@@ -158,6 +157,9 @@ class ResNet34(MixableClassifier):
             if stride != 1 or in_planes != planes:
                 downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
                                            nn.BatchNorm2d(planes))
+            # imported here: torchvision.models costs ~1.5 s of import time that only resnet34 needs
+            from torchvision.models.resnet import BasicBlock
+
             layer = [BasicBlock(in_planes, planes, stride, downsample)]
             layer += [BasicBlock(planes, planes) for _ in range(n - 1)]
             stages.append(nn.Sequential(*layer))

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import torch
-
-from varmix import config, data, io
+from varmix import config, io
 from varmix.io import project_root
+
+# torch, pandas and varmix.data are imported where they are used: `python -m varmix notebook` (one per
+# dvc stage) only validates params.yaml and starts papermill, and should not pay ~3 s of imports for it.
 
 WORKDIR_ENV = "VARMIX_WORKDIR"
 
@@ -75,6 +75,8 @@ class Session:
 
     # ---- inputs
     def load_data(self) -> data.ImageData:
+        from varmix import data
+
         return data.load(self.params.dataset, project_root() / self.params.data_dir)
 
     def runs(self, method: str = "all", seed: int | str = "all") -> list[tuple[str, int]]:
@@ -110,6 +112,8 @@ class Session:
         return io.read_json(path)
 
     def load_plot_data(self, name: str) -> pd.DataFrame:
+        import pandas as pd
+
         path = self.layout.plot_data(name)
         if not path.is_file():
             raise FileNotFoundError(f"plot data {path} not found: run the stage that writes it first")
@@ -131,22 +135,33 @@ class Session:
 
 def _plain(obj: Any) -> Any:
     """numpy/pandas scalars and containers -> JSON types (NaN becomes null)."""
+    import pandas as pd
+
     return json.loads(pd.Series([obj]).to_json(orient="values", double_precision=10))[0]
+
+
+def _resolve(profile: str | None, dataset: str | None) -> tuple[config.Params, Layout]:
+    """params.yaml validated with these overrides, and where its outputs go."""
+    root = project_root()
+    params = config.load_params(root / "params.yaml", overrides={"profile": profile, "dataset": dataset})
+    out_root = Path(os.environ[WORKDIR_ENV]).resolve() if os.environ.get(WORKDIR_ENV) else root
+    return params, Layout(out_root, params.dataset, params.profile)
 
 
 def start(profile: str | None = None, dataset: str | None = None, device: str | None = None) -> Session:
     """Validate params.yaml (with the notebook's ``profile``/``dataset`` parameters) before any work,
     pick the device (CUDA when available), make CPU runs deterministic and set the tables' display."""
-    root = project_root()
-    params = config.load_params(root / "params.yaml", overrides={"profile": profile, "dataset": dataset})
+    import pandas as pd
+    import torch
+
+    params, layout = _resolve(profile, dataset)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.use_deterministic_algorithms(dev.type == "cpu", warn_only=True)
     os.environ.setdefault("TQDM_DISABLE", "1")
     pd.set_option("display.precision", 4)
     pd.set_option("display.max_columns", 30)
     pd.set_option("display.width", 140)
-    out_root = Path(os.environ[WORKDIR_ENV]).resolve() if os.environ.get(WORKDIR_ENV) else root
-    return Session(params, Layout(out_root, params.dataset, params.profile), dev)
+    return Session(params, layout, dev)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,15 +208,15 @@ def run_notebook(name: str, profile: str | None = None, dataset: str | None = No
     if (method is None) != (seed is None) or (method is not None and name != "02_train"):
         raise ValueError(f"method and seed go together and only with 02_train (got method={method!r}, "
                          f"seed={seed!r} for {name})")
-    s = start(profile, dataset)  # validates params.yaml with these overrides
+    params, layout = _resolve(profile, dataset)  # validates params.yaml with these overrides
     if method is not None:
-        s.runs(method, seed)  # names must be among params.yaml's methods and seeds
-    parameters: dict[str, Any] = {"profile": s.params.profile, "dataset": s.params.dataset}
+        Session(params, layout, None).runs(method, seed)  # names must be among params.yaml's lists
+    parameters: dict[str, Any] = {"profile": params.profile, "dataset": params.dataset}
     out_name = name
     if method is not None:
         parameters.update(method=method, seed=seed)
         out_name = f"{name}-{run_name(method, seed)}"
-    out = s.layout.notebook(out_name)
+    out = layout.notebook(out_name)
     _execute(project_root() / "notebooks" / f"{name}.ipynb", out, parameters)
     return out
 
@@ -229,6 +244,8 @@ def refresh_notebooks(names: tuple[str, ...] = NOTEBOOKS) -> None:
 
 def environment() -> dict[str, str]:
     """The machine a result came from, for the report."""
+    import torch
+
     if torch.cuda.is_available():
         dev = torch.cuda.get_device_name(0)
     else:
