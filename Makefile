@@ -3,6 +3,9 @@ PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export TQDM_DISABLE ?= 1
 export MPLBACKEND ?= Agg
+# nbval's reference outputs come from 2 intra-op threads (CI's 2 cores): a CPU reduction split over another
+# number of threads can round differently, so the smoke runs use 2 on any machine.
+NB_THREADS := OMP_NUM_THREADS=2
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 
 .PHONY: install data repro test notebooks
@@ -23,7 +26,7 @@ repro: data  ## regenerate every result
 
 test: install  ## library tests, then nbval: re-execute notebooks/ (smoke) and compare with their stored outputs
 	$(PYTHON) -m varmix prepare-data
-	VARMIX_WORKDIR=$$(mktemp -d) $(PYTHON) -m pytest -q -p no:cacheprovider tests notebooks $(NBVAL)
+	$(NB_THREADS) VARMIX_WORKDIR=$$(mktemp -d) $(PYTHON) -m pytest -q -p no:cacheprovider tests notebooks $(NBVAL)
 
 notebooks:  ## after a change that alters results: re-execute notebooks/ in place (nbval's reference outputs)
-	$(PYTHON) -m varmix refresh-notebooks
+	$(NB_THREADS) $(PYTHON) -m varmix refresh-notebooks

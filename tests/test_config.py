@@ -74,6 +74,8 @@ def edit(raw, path, value):
      "profiles.smoke.train.mix_prob.mixup = 1.5 is invalid: expected a number > 0 and <= 1"),
     (("profiles", "smoke", "train", "augment"), "false",
      "profiles.smoke.train.augment = 'false' is invalid: expected true or false"),
+    (("profiles", "smoke", "cpu_kernels"), "exact",
+     "profiles.smoke.cpu_kernels = 'exact' is invalid: expected one of portable, fast"),
 ])
 def test_bad_values_name_key_value_and_allowed(tmp_path, path, value, message):
     with pytest.raises(config.ConfigError) as err:

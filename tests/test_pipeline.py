@@ -4,6 +4,10 @@ drivers, notebook runs check their arguments before any kernel starts, outputs a
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import warnings
 import re
 from pathlib import Path
 
@@ -163,6 +167,7 @@ def test_clean_notebook_drops_timings_and_keeps_outputs(tmp_path):
     assert out.cells[0].outputs[0]["data"]["text/plain"] == "2"
 
 
+@pytest.mark.filterwarnings("ignore:torch uses AVX512")  # this process chose its kernels long before
 def test_session_writes_to_workdir_and_lists_runs(tmp_path, monkeypatch):
     monkeypatch.setenv(pipeline.WORKDIR_ENV, str(tmp_path))
     s = pipeline.start("smoke")
@@ -178,3 +183,33 @@ def test_session_writes_to_workdir_and_lists_runs(tmp_path, monkeypatch):
     assert not list(s.layout.plot_data("p").parent.glob(".*"))  # no temporary files left behind
     with pytest.raises(FileNotFoundError, match="metrics .*missing.json not found: run the stage"):
         s.load_metrics("missing")
+
+
+def test_start_pins_the_avx2_cpu_kernels_in_a_fresh_process(tmp_path):
+    # AVX-512 kernels round differently from AVX2 ones: start() must choose the kernels before torch does;
+    # the smoke profile (cpu_kernels: portable) also turns oneDNN off, the default one (fast) keeps it
+    code = ("import os, sys, torch\nfrom varmix import pipeline\ns = pipeline.start(sys.argv[1])\n"
+            "torch.ones(3).sum()\n"
+            "print(torch.backends.cpu.get_cpu_capability(), os.environ['MKL_CBWR'], torch.backends.mkldnn.enabled)")
+    env = {k: v for k, v in os.environ.items() if k not in pipeline.CPU_KERNELS}
+    env[pipeline.WORKDIR_ENV] = str(tmp_path)
+
+    def run(profile):
+        return subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code, profile], env=env,
+                              cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+
+    out = run("smoke")
+    assert out[0] != "AVX512" and out[1:] == ["AVX2", "False"]
+    assert run("default")[1:] == ["AVX2", "True"]
+    env["MKL_CBWR"] = "COMPATIBLE"  # what the user sets stays
+    assert run("smoke")[1] == "COMPATIBLE"
+
+
+def test_start_warns_when_torch_already_chose_avx512_kernels(monkeypatch):
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    with pytest.warns(RuntimeWarning, match="torch uses AVX512 CPU kernels, not AVX2"):
+        pipeline._check_cpu_kernels("AVX512")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipeline._check_cpu_kernels("AVX2")
+        pipeline._check_cpu_kernels("DEFAULT")

@@ -20,6 +20,7 @@ DATASETS = ("fashion-mnist", "cifar10", "cifar100", "tiny-imagenet")
 METHODS = ("erm", "mixup", "mixup_r", "manifold_mixup", "cutmix", "varmixup")
 ARCHS = ("small_cnn", "preact_resnet18", "resnet34")
 PROFILES = ("smoke", "default", "paper")
+CPU_KERNELS = ("portable", "fast")  # see Profile.cpu_kernels
 # The 15 benchmark corruptions of CIFAR-10-C (Hendrycks & Dietterich), then the 4 extras.
 BENCHMARK_CORRUPTIONS = (
     "gaussian_noise", "shot_noise", "impulse_noise",
@@ -265,13 +266,18 @@ class Profile:
     vae: VAEConfig
     train: TrainConfig
     eval: EvalConfig
+    # CPU runs only. "portable": the same bits on every x86-64 CPU with AVX2 (at the same thread count),
+    # because oneDNN is off (its convolutions block by the CPU's cache sizes, so the summation order
+    # follows the machine); ~1.4x slower. "fast": oneDNN on, the same bits on the same machine.
+    cpu_kernels: str = "fast"
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], key: str) -> "Profile":
         d = _check_keys(key, d, cls)
         return cls(vae=VAEConfig.from_dict(d["vae"], f"{key}.vae"),
                    train=TrainConfig.from_dict(d["train"], f"{key}.train"),
-                   eval=EvalConfig.from_dict(d["eval"], f"{key}.eval"))
+                   eval=EvalConfig.from_dict(d["eval"], f"{key}.eval"),
+                   cpu_kernels=_choice(f"{key}.cpu_kernels", d.get("cpu_kernels", "fast"), CPU_KERNELS))
 
 
 @dataclass(frozen=True)

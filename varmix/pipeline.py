@@ -27,6 +27,14 @@ from varmix.io import project_root
 
 WORKDIR_ENV = "VARMIX_WORKDIR"
 
+# Bit-for-bit CPU runs across x86-64 machines. torch picks its CPU kernels by the instruction set it
+# finds (ATen's vectorised ops, MKL), and AVX-512 kernels round differently from AVX2 ones; so CPU runs
+# use the AVX2 paths (every x86-64 CPU since ~2015 has them; MKL's "conditional numerical
+# reproducibility" mode AVX2), unless the user set these variables. torch reads them at its first CPU op,
+# hence in `start`. oneDNN's convolutions also block by the CPU's cache sizes, which no variable pins:
+# the profile's cpu_kernels = portable turns oneDNN off (config.Profile.cpu_kernels).
+CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -151,17 +159,34 @@ def _resolve(profile: str | None, dataset: str | None) -> tuple[config.Params, L
 def start(profile: str | None = None, dataset: str | None = None, device: str | None = None) -> Session:
     """Validate params.yaml (with the notebook's ``profile``/``dataset`` parameters) before any work,
     pick the device (CUDA when available), make CPU runs deterministic and set the tables' display."""
+    params, layout = _resolve(profile, dataset)
+    for key, value in CPU_KERNELS.items():
+        os.environ.setdefault(key, value)
     import pandas as pd
     import torch
 
-    params, layout = _resolve(profile, dataset)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cpu":
+        _check_cpu_kernels(torch.backends.cpu.get_cpu_capability())
+        torch.backends.mkldnn.enabled = params.selected.cpu_kernels != "portable"
     torch.use_deterministic_algorithms(dev.type == "cpu", warn_only=True)
     os.environ.setdefault("TQDM_DISABLE", "1")
     pd.set_option("display.precision", 4)
     pd.set_option("display.max_columns", 30)
     pd.set_option("display.width", 140)
     return Session(params, layout, dev)
+
+
+def _check_cpu_kernels(capability: str) -> None:
+    """Warn when torch runs AVX-512 kernels although CPU_KERNELS asks for AVX2: it chose them at an
+    earlier CPU op in this process, and the run's numbers will differ in the last digits."""
+    import warnings
+
+    wanted = os.environ.get("ATEN_CPU_CAPABILITY", "").upper()
+    if capability == "AVX512" and wanted != "AVX512":
+        warnings.warn(f"torch uses AVX512 CPU kernels, not {wanted or 'AVX2'}: this run's numbers will "
+                      f"differ in the last digits from runs on other machines (call pipeline.start in a "
+                      f"fresh process before any tensor work)", RuntimeWarning, stacklevel=3)
 
 
 # ----------------------------------------------------------------------------------------------
