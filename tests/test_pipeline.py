@@ -155,7 +155,9 @@ def test_clean_notebook_drops_timings_and_keeps_outputs(tmp_path):
     cell.metadata["papermill"] = {"duration": 0.1, "status": "completed"}
     cell.metadata["execution"] = {"iopub.status.idle": "2026-01-01T00:00:00"}
     cell.metadata["tags"] = ["x"]
-    book.cells = [cell]
+    injected = nbformat.v4.new_code_cell('profile = "default"')  # papermill gives it a random id per run
+    injected.metadata["tags"] = ["injected-parameters"]
+    book.cells = [cell, injected]
     book.metadata["papermill"] = {"duration": 3.0, "start_time": "t0", "end_time": "t1", "input_path": "a",
                                   "output_path": "/tmp/.x.ipynb", "parameters": {"profile": "smoke"}}
     path = tmp_path / "nb.ipynb"
@@ -165,6 +167,7 @@ def test_clean_notebook_drops_timings_and_keeps_outputs(tmp_path):
     assert out.metadata["papermill"] == {"parameters": {"profile": "smoke"}}
     assert dict(out.cells[0].metadata) == {"tags": ["x"]}
     assert out.cells[0].outputs[0]["data"]["text/plain"] == "2"
+    assert out.cells[1].id == "injected-parameters" and out.cells[0].id == cell.id
 
 
 @pytest.mark.filterwarnings("ignore:torch uses AVX512")  # this process chose its kernels long before

@@ -199,8 +199,8 @@ _VOLATILE_CELL = ("papermill", "execution")
 
 def clean_notebook(path: str | os.PathLike) -> None:
     """Drop what changes on every execution from an executed notebook (papermill's timestamps and
-    paths, per-cell execution times), keeping the outputs and the parameters, so a re-run that gives
-    the same results gives the same file."""
+    paths, per-cell execution times, the random id of the cell papermill injects with the parameters),
+    keeping the outputs and the parameters, so a re-run that gives the same results gives the same file."""
     import nbformat
 
     path = Path(path)
@@ -211,6 +211,8 @@ def clean_notebook(path: str | os.PathLike) -> None:
     for cell in book.cells:
         for key in _VOLATILE_CELL:
             cell.metadata.pop(key, None)
+        if "injected-parameters" in cell.metadata.get("tags", ()):
+            cell["id"] = "injected-parameters"
     nbformat.write(book, path)
 
 
