@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
-import re
 from pathlib import Path
 
 import nbformat
