@@ -226,6 +226,8 @@ def test_bad_inputs_fail_before_training(fmnist, tmp_path):
         run(seed=-1)
     with pytest.raises(ValueError, match=r"cfg.epochs\['erm'\] = 0"):
         run(cfg=dataclasses.replace(_cfg(1), epochs={m: 0 for m in METHODS}))
+    with pytest.raises(ValueError, match=r"cfg.mix_prob\['mixup'\] = 0 is invalid: expected a probability in \(0, 1\]"):
+        run("mixup", dataclasses.replace(_cfg(1), mix_prob={m: 0 for m in METHODS}))
     with pytest.raises(ValueError, match=r"device = 'tpu'"):
         train.train_classifier("erm", _cfg(1), fmnist, out, seed=0, device="tpu")
     floats = ImageData(fmnist.name, fmnist.train_x.float(), fmnist.train_y, fmnist.test_x, fmnist.test_y)

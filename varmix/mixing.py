@@ -113,6 +113,13 @@ def _check_lam(lam: Any) -> float:
     return float(lam)
 
 
+def check_prob(prob: Any, name: str = "prob") -> float:
+    """A mixing probability in (0, 1] (``make_mixer``'s ``prob``, params.yaml's ``mix_prob``)."""
+    if isinstance(prob, bool) or not isinstance(prob, numbers.Real) or not 0 < prob <= 1:
+        raise ValueError(f"{name} = {prob!r} is invalid: expected a probability in (0, 1]")
+    return float(prob)
+
+
 _VAE_ATTRS = ("encode", "decode", "reconstruct", "in_channels", "image_size")
 
 
@@ -281,9 +288,8 @@ def make_mixer(method: str, *, num_classes: int, alpha: float, vae: Any = None,
         extra["vae"] = vae
     if method == "manifold_mixup":
         extra["layers"] = _check_layers(layers)
-    if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 < prob <= 1:
-        raise ValueError(f"prob = {prob!r} is invalid: expected a probability in (0, 1]")
+    prob = check_prob(prob)
     mixer = functools.partial(MIXERS[method], num_classes=num_classes, alpha=alpha, **extra)
     if prob == 1 or method == "erm":  # no draw: the random stream stays that of the references
         return mixer
-    return functools.partial(sometimes, mixer=mixer, prob=float(prob), num_classes=num_classes)
+    return functools.partial(sometimes, mixer=mixer, prob=prob, num_classes=num_classes)

@@ -171,9 +171,8 @@ def _check_inputs(method, cfg, data, seed, vae) -> tuple[ImageData, int, int]:
     epochs = cfg.epochs.get(method) if isinstance(cfg.epochs, Mapping) else None
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"cfg.epochs[{method!r}] = {epochs!r} is invalid: expected an integer >= 1")
-    prob = cfg.mix_prob.get(method) if isinstance(cfg.mix_prob, Mapping) else None
-    if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 < prob <= 1:
-        raise ValueError(f"cfg.mix_prob[{method!r}] = {prob!r} is invalid: expected a probability in (0, 1]")
+    mixing.check_prob(cfg.mix_prob.get(method) if isinstance(cfg.mix_prob, Mapping) else None,
+                      f"cfg.mix_prob[{method!r}]")
     if cfg.arch not in NUM_MIX_LAYERS:
         raise ValueError(f"cfg.arch = {cfg.arch!r} is unknown: expected one of {', '.join(config.ARCHS)}")
     if cfg.optimizer not in ("adam", "sgd"):
