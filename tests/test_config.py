@@ -29,6 +29,26 @@ def test_project_params_are_valid_and_resolve_the_profile():
     assert paper.epochs["erm"] == 100 and all(paper.epochs[m] == 150 for m in config.METHODS if m != "erm")
 
 
+def test_departure_switches_default_to_the_earlier_behaviour():
+    # docs/DEPARTURES.md: the loss and γ's search keep their earlier settings unless params.yaml says otherwise
+    p = config.load_params(ROOT / "params.yaml")
+    for name, prof in p.profiles.items():
+        assert prof.train.manifold_loss == "soft_ce", name
+        ev = prof.eval
+        assert (ev.linearity_step_factor, ev.linearity_restarts, ev.linearity_clip) == (2.5, 1, True), name
+    assert p.profiles["default"].eval.linearity_steps == p.profiles["paper"].eval.linearity_steps == 10
+    assert config.TrainConfig().manifold_loss == "soft_ce"
+    e = config.EvalConfig()
+    assert (e.linearity_steps, e.linearity_step_factor, e.linearity_restarts, e.linearity_clip) == (10, 2.5, 1, True)
+    for key in ("train", "eval"):  # a profile that leaves the keys out gets the same defaults
+        raw = copy.deepcopy(RAW)
+        for k in ("manifold_loss", "linearity_steps", "linearity_step_factor", "linearity_restarts",
+                  "linearity_clip"):
+            raw["profiles"]["paper"][key].pop(k, None)
+        paper = config.Params.from_dict(raw).profiles["paper"]
+        assert paper == p.profiles["paper"]
+
+
 def test_override_switches_profile(tmp_path):
     p = config.load_params(ROOT / "params.yaml", overrides={"profile": "smoke"})
     assert p.profile == "smoke" and p.train.epochs["erm"] == 1
@@ -76,6 +96,16 @@ def edit(raw, path, value):
      "profiles.smoke.train.augment = 'false' is invalid: expected true or false"),
     (("profiles", "smoke", "cpu_kernels"), "exact",
      "profiles.smoke.cpu_kernels = 'exact' is invalid: expected one of portable, fast"),
+    (("profiles", "paper", "train", "manifold_loss"), "bce",
+     "profiles.paper.train.manifold_loss = 'bce' is invalid: expected one of soft_ce, bce_softmax"),
+    (("profiles", "smoke", "eval", "linearity_restarts"), 0,
+     "profiles.smoke.eval.linearity_restarts = 0 is invalid: expected an integer >= 1"),
+    (("profiles", "default", "eval", "linearity_step_factor"), 0,
+     "profiles.default.eval.linearity_step_factor = 0.0 is invalid: expected a number > 0"),
+    (("profiles", "smoke", "eval", "linearity_clip"), "yes",
+     "profiles.smoke.eval.linearity_clip = 'yes' is invalid: expected true or false"),
+    (("profiles", "smoke", "eval", "linearity_steps"), 0,
+     "profiles.smoke.eval.linearity_steps = 0 is invalid: expected an integer >= 1"),
 ])
 def test_bad_values_name_key_value_and_allowed(tmp_path, path, value, message):
     with pytest.raises(config.ConfigError) as err:

@@ -169,6 +169,50 @@ def test_start_is_uniform_in_feasible_box_and_counts():
     assert bool((torch.isclose(gamma.double(), start_gap, rtol=1e-6)).any())
 
 
+@pytest.mark.parametrize("case", ["mlp", "wiggly"])
+def test_restarts_are_the_max_over_consecutive_starts_from_gen(case):
+    model, loss = (mlp(), "ce") if case == "mlp" else (nn.Flatten(), wiggly_loss)
+    x, y = images(n=12), labels(n=12)
+    eps = 8 / 255
+    g = gen(3)
+    singles = []
+    for _ in range(4):  # restart r starts from the r-th draw of rand(x.shape) from the same generator
+        state = g.get_state()
+        singles.append(L.local_linearity(model, x, y, eps=eps, steps=3, gen=g, loss=loss))
+        g.set_state(state)
+        torch.rand(x.shape, generator=g, dtype=x.dtype)
+    gamma, delta = L.local_linearity(model, x, y, eps=eps, steps=3, gen=gen(3), loss=loss, restarts=4,
+                                     batch_size=5, return_delta=True)
+    assert torch.equal(gamma, torch.stack(singles).max(0).values)
+    assert torch.equal(singles[0], L.local_linearity(model, x, y, eps=eps, steps=3, gen=gen(3), loss=loss))
+    # more restarts never report less than one on the same stream (the max includes the first start)
+    assert bool((gamma >= singles[0]).all()) and bool((gamma > singles[0]).any())
+    torch.testing.assert_close(gamma.double(), affine_gap(model, x, y, delta, loss), rtol=1e-5, atol=1e-8)
+
+
+def relu_below_zero(out, y):  # ℓ = Σ relu(−x)²: flat on [0, 1]; only points outside the image range curve it
+    return (torch.relu(-out) ** 2).sum(1)
+
+
+def test_plain_ball_leaves_image_range_clipped_ball_does_not():
+    x, y = torch.zeros(6, C, H, W, dtype=torch.float64), labels(n=6)
+    eps = 8 / 255
+    clipped, d_clip = L.local_linearity(nn.Flatten(), x, y, eps=eps, steps=4, gen=gen(), loss=relu_below_zero,
+                                        return_delta=True)
+    plain, d_plain = L.local_linearity(nn.Flatten(), x, y, eps=eps, steps=4, gen=gen(), loss=relu_below_zero,
+                                       return_delta=True, clip=False)
+    assert float(clipped.abs().max()) == 0.0 and float(d_clip.min()) >= 0.0  # δ ≥ −x = 0: nothing to see
+    # the plain ball starts at −ε + 2ε·U (the same draws U); coordinates that start below 0 ascend to −ε
+    u = torch.rand(x.shape, generator=gen(), dtype=x.dtype)
+    below = (u < 0.5).flatten(1).sum(1).double()
+    torch.testing.assert_close(plain.double(), below * eps ** 2, rtol=1e-6, atol=0.0)
+    assert float(d_plain.min()) == pytest.approx(-eps) and float(d_plain.abs().max()) <= eps + 1e-12
+    # images at least ε from 0 and 1: the two boxes are the same, so are the numbers
+    inner, yi = images(lo=0.1, hi=0.9), labels()
+    assert torch.equal(L.local_linearity(mlp(), inner, yi, eps=eps, steps=3, gen=gen()),
+                       L.local_linearity(mlp(), inner, yi, eps=eps, steps=3, gen=gen(), clip=False))
+
+
 def test_ascent_beats_random_start():
     model, x, y = mlp(), images(n=16), labels(n=16)
     eps = 8 / 255
@@ -235,6 +279,10 @@ def test_local_linearity_rejects_bad_inputs():
         L.local_linearity(model, x, y, eps=0.03, gen=0)
     with pytest.raises(ValueError, match="batch_size"):
         L.local_linearity(model, x, y, eps=0.03, batch_size=0)
+    with pytest.raises(ValueError, match=r"restarts = 0 is invalid: expected an integer >= 1"):
+        L.local_linearity(model, x, y, eps=0.03, restarts=0)
+    with pytest.raises(ValueError, match=r"clip = 'yes' is invalid: expected True"):
+        L.local_linearity(model, x, y, eps=0.03, clip="yes")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,6 +294,10 @@ def test_linearity_table_long_and_summary():
     assert len(long) == 16 and sorted(set(long.eps_255)) == [2, 8]
     direct = L.local_linearity(model, x, y, eps=8 / 255, steps=3, gen=gen(4))
     np.testing.assert_allclose(long[long.eps_255 == 8].gamma.to_numpy(), direct.double().numpy())
+    wide = L.linearity_table(model, x, y, eps_list_255=(8,), steps=3, gen_seed=4, step_size_factor=1.0,
+                             restarts=3, clip=False, per_example=True)
+    np.testing.assert_array_equal(wide.gamma.to_numpy(), L.local_linearity(
+        model, x, y, eps=8 / 255, steps=3, step_size=8 / 255 / 3, gen=gen(4), restarts=3, clip=False).double())
     summary = L.linearity_table(model, x, y, eps_list_255=(2, 8), steps=3, gen_seed=4)
     pd.testing.assert_frame_equal(summary, L.summarize_linearity(long))
     row = summary[summary.eps_255 == 8].iloc[0]

@@ -7,8 +7,8 @@ import torch
 
 from varmix import mixing
 from varmix.config import METHODS
-from varmix.mixing import (MixedBatch, cutmix, erm, make_mixer, manifold_mixup, mixup, mixup_r, one_hot,
-                           sample_lambda, soft_cross_entropy, varmixup)
+from varmix.mixing import (MixedBatch, bce_softmax, cutmix, erm, make_mixer, manifold_mixup, mixed_loss, mixup,
+                           mixup_r, one_hot, sample_lambda, soft_cross_entropy, varmixup)
 from varmix.vae import ConvVAE
 
 K = 5
@@ -125,6 +125,29 @@ def test_soft_cross_entropy_equals_two_ce_form(batch):
     torch.testing.assert_close(soft_cross_entropy(logits, out.target), expected)
     with pytest.raises(ValueError, match=r"\(8, 5\).*\(8, 4\)"):
         soft_cross_entropy(logits, torch.zeros(8, 4))
+
+
+def test_bce_softmax_is_the_manifold_mixup_reference_loss(batch):
+    # vikasverma1077/manifold_mixup: bce_loss = nn.BCELoss(); loss = bce_loss(softmax(output), target)
+    x, y = batch
+    out = manifold_mixup(x, y, gen(), num_classes=K, lam=0.3)
+    logits = 3 * torch.randn(8, K, generator=gen(9))
+    reference = torch.nn.BCELoss()(torch.nn.Softmax(dim=1)(logits), out.target)
+    assert torch.equal(bce_softmax(logits, out.target), reference)
+    p, t = torch.softmax(logits.double(), 1), out.target.double()  # the mean over all B·K entries
+    by_hand = -(t * p.log() + (1 - t) * (1 - p).log()).mean()
+    torch.testing.assert_close(bce_softmax(logits, out.target).double(), by_hand, rtol=1e-5, atol=1e-7)
+    # not a rescaled soft CE: value and gradient direction both differ
+    lg = logits.clone().requires_grad_(True)
+    (g_bce,) = torch.autograd.grad(mixed_loss("bce_softmax", lg, out.target), lg)
+    (g_ce,) = torch.autograd.grad(mixed_loss("soft_ce", lg, out.target), lg)
+    assert mixed_loss("soft_ce", logits, out.target) == soft_cross_entropy(logits, out.target)
+    assert float(torch.nn.functional.cosine_similarity(g_bce.flatten(), g_ce.flatten(), dim=0)) < 0.999
+    assert g_bce.norm() < g_ce.norm() / 2
+    with pytest.raises(ValueError, match=r"bce_softmax: logits \(8, 5\) and target \(8, 4\)"):
+        bce_softmax(logits, torch.zeros(8, 4))
+    with pytest.raises(ValueError, match=r"loss = 'bce' is invalid: expected one of soft_ce, bce_softmax"):
+        mixed_loss("bce", logits, out.target)
 
 
 @pytest.mark.parametrize("seed", range(12))

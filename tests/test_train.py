@@ -9,7 +9,7 @@ import torch
 
 from varmix import config, mixing, train
 from varmix.config import METHODS, TrainConfig
-from varmix.data import ImageData, load_raw
+from varmix.data import ImageData, load_raw, to_float
 from varmix.models import build_model
 from varmix.vae import ConvVAE
 
@@ -162,6 +162,50 @@ def test_non_finite_loss_names_method_epoch_and_step(fmnist, tmp_path, monkeypat
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+def test_manifold_loss_switch_changes_the_step(fmnist):
+    """train_step with loss='bce_softmax' takes the reference's gradient, BCELoss(softmax); soft_ce another."""
+    torch.manual_seed(0)
+    net = build_model("small_cnn", 1, 10, 28, [0.5], [0.5])
+    xb, yb = fmnist.train_x[:32], fmnist.train_y[:32]
+    mixer = mixing.make_mixer("manifold_mixup", num_classes=10, alpha=2.0)
+
+    def step(loss):
+        model = build_model("small_cnn", 1, 10, 28, [0.5], [0.5])
+        model.load_state_dict(net.state_dict())
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)  # new weights = old − gradient
+        train.train_step(model, opt, mixer, xb, yb, torch.Generator().manual_seed(5), pad=None, amp=False,
+                         channels_last=False, loss=loss)
+        return {n: net.state_dict()[n] - p for n, p in model.state_dict().items() if n.endswith("weight")}
+
+    grads = {loss: step(loss) for loss in config.MANIFOLD_LOSSES}
+    # the reference's gradient, by hand, on the same mixed batch (same generator seed, same draws)
+    model = build_model("small_cnn", 1, 10, 28, [0.5], [0.5])
+    model.load_state_dict(net.state_dict())
+    model.train()
+    mb = mixer(to_float(xb), yb, torch.Generator().manual_seed(5))
+    out = model(mb.x, mix_layer=mb.mix_layer, lam=mb.lam, perm=mb.perm)
+    torch.nn.BCELoss()(torch.nn.Softmax(dim=1)(out), mb.target).backward()
+    for n, p in model.named_parameters():
+        if n.endswith("weight"):
+            torch.testing.assert_close(grads["bce_softmax"][n], p.grad, rtol=1e-4, atol=1e-7)
+    flat = {loss: torch.cat([g.flatten() for g in grads[loss].values()]) for loss in grads}
+    assert flat["soft_ce"].norm() > 3 * flat["bce_softmax"].norm()  # the two losses' gradients differ
+    assert train.loss_for("manifold_mixup", _cfg(manifold_loss="bce_softmax")) == "bce_softmax"
+    assert train.loss_for("mixup", _cfg(manifold_loss="bce_softmax")) == "soft_ce"  # only Manifold Mixup
+
+
+def test_manifold_loss_is_recorded_and_resume_with_another_is_refused(fmnist, tmp_path):
+    cfg = _cfg(1, train_subset=256, test_subset=64, manifold_loss="bce_softmax")
+    s = train.train_classifier("manifold_mixup", cfg, fmnist, tmp_path, seed=0, device="cpu", progress=False)
+    assert json.loads((tmp_path / "params.json").read_text())["manifold_loss"] == "bce_softmax"
+    ce = train.train_classifier("manifold_mixup", dataclasses.replace(cfg, manifold_loss="soft_ce"), fmnist,
+                                tmp_path / "ce", seed=0, device="cpu", progress=False)
+    assert s["train_loss"] < ce["train_loss"] / 3  # the history reports the loss that was optimised
+    with pytest.raises(ValueError, match=r"different run: manifold_loss = 'bce_softmax' there, 'soft_ce' now"):
+        train.train_classifier("manifold_mixup", dataclasses.replace(cfg, manifold_loss="soft_ce", epochs={
+            m: 2 for m in METHODS}), fmnist, tmp_path, seed=0, device="cpu")
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_trains_end_to_end(method, fmnist, tmp_path):
     vae = None
@@ -222,6 +266,9 @@ def test_bad_inputs_fail_before_training(fmnist, tmp_path):
         run("varmixup", vae=ConvVAE(3, 32, latent_dim=4, width=4))
     with pytest.raises(ValueError, match=r"manifold_layers = \[0, 4\] is invalid for small_cnn: .*0..3"):
         run("manifold_mixup", _cfg(1, manifold_layers=(0, 4)))
+    with pytest.raises(ValueError, match=r"cfg.manifold_loss = 'bce' is invalid: expected one of soft_ce, "
+                                         r"bce_softmax"):
+        run("manifold_mixup", _cfg(1, manifold_loss="bce"))
     with pytest.raises(ValueError, match=r"seed = -1"):
         run(seed=-1)
     with pytest.raises(ValueError, match=r"cfg.epochs\['erm'\] = 0"):

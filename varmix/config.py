@@ -21,6 +21,7 @@ METHODS = ("erm", "mixup", "mixup_r", "manifold_mixup", "cutmix", "varmixup")
 ARCHS = ("small_cnn", "preact_resnet18", "resnet34")
 PROFILES = ("smoke", "default", "paper")
 CPU_KERNELS = ("portable", "fast")  # see Profile.cpu_kernels
+MANIFOLD_LOSSES = ("soft_ce", "bce_softmax")  # see TrainConfig.manifold_loss (varmix.mixing.mixed_loss)
 # The 15 benchmark corruptions of CIFAR-10-C (Hendrycks & Dietterich), then the 4 extras.
 BENCHMARK_CORRUPTIONS = (
     "gaussian_noise", "shot_noise", "impulse_noise",
@@ -184,6 +185,9 @@ class TrainConfig:
     # images are also seen (varmix.mixing.sometimes).
     mix_prob: Mapping[str, float] = field(default_factory=lambda: {m: 1.0 for m in METHODS})
     manifold_layers: tuple[int, ...] = (0, 1, 2)
+    # Manifold Mixup's training loss: soft_ce (the soft-target cross-entropy every arm here uses) or
+    # bce_softmax (vikasverma1077/manifold_mixup's BCELoss(softmax(logits), target)); docs/DEPARTURES.md
+    manifold_loss: str = "soft_ce"
     augment: bool = True             # random crop (pad 4 / 2 for 28 px) + horizontal flip
     channels_last: bool = True
     amp: bool = True                 # bf16 autocast on CUDA (ignored on CPU)
@@ -214,6 +218,7 @@ class TrainConfig:
             mix_prob=_per_method(f"{key}.mix_prob", d.get("mix_prob", 1.0),
                                  lambda k, v: _num(k, v, 0, 1, lo_open=True)),
             manifold_layers=layers,
+            manifold_loss=_choice(f"{key}.manifold_loss", g("manifold_loss"), MANIFOLD_LOSSES),
             augment=_bool(f"{key}.augment", g("augment")),
             channels_last=_bool(f"{key}.channels_last", g("channels_last")),
             amp=_bool(f"{key}.amp", g("amp")),
@@ -233,6 +238,10 @@ class EvalConfig:
     ece_bins: int = 15
     linearity_eps: tuple[float, ...] = (1, 2, 4, 8, 16)  # in units of 1/255
     linearity_steps: int = 10           # projected gradient ascent steps (Qin et al.'s reference: 10)
+    # the inner maximisation of γ (varmix.landscape.local_linearity; measured in docs/DEPARTURES.md):
+    linearity_step_factor: float = 2.5  # step size = factor·ε/steps (Madry et al.'s PGD convention)
+    linearity_restarts: int = 1         # random starts drawn from the generator; γ is the max over them
+    linearity_clip: bool = True         # search the ε-ball ∩ [0, 1] (true) or the plain ε-ball (false)
     linearity_images: int = 256         # fixed set: the first N test images
     surface_points: int = 21            # grid points per axis of loss surfaces
     surface_images: int = 64
@@ -255,6 +264,10 @@ class EvalConfig:
             ece_bins=_int(f"{key}.ece_bins", g("ece_bins"), 2),
             linearity_eps=eps,
             linearity_steps=_int(f"{key}.linearity_steps", g("linearity_steps"), 1),
+            linearity_step_factor=_num(f"{key}.linearity_step_factor", g("linearity_step_factor"), 0,
+                                       lo_open=True),
+            linearity_restarts=_int(f"{key}.linearity_restarts", g("linearity_restarts"), 1),
+            linearity_clip=_bool(f"{key}.linearity_clip", g("linearity_clip")),
             linearity_images=_int(f"{key}.linearity_images", g("linearity_images"), 1),
             surface_points=_int(f"{key}.surface_points", g("surface_points"), 3),
             surface_images=_int(f"{key}.surface_images", g("surface_images"), 1),

@@ -2,8 +2,10 @@
 
 - ``local_linearity(model, x, y, eps, ...)``: Qin et al. (2019)'s local linearity measure
   γ(ε, x) = max_{‖δ‖∞ ≤ ε} |ℓ(x+δ) − ℓ(x) − δᵀ∇ₓℓ(x)| per example, found by projected sign-gradient
-  ascent. ``linearity_table`` runs it over a list of ε (in 1/255) and ``summarize_linearity`` reduces
-  the per-example values to mean / std / median / quartiles per ε.
+  ascent (steps, step size, random restarts and clipping the ball to [0, 1] are arguments; their
+  defaults, 10 steps of 2.5·ε/steps from 1 start in the clipped ball, are measured against the
+  alternatives in docs/DEPARTURES.md). ``linearity_table`` runs it over a list of ε (in 1/255) and
+  ``summarize_linearity`` reduces the per-example values to mean / std / median / quartiles per ε.
 - ``input_surface(model, x, y, span, points, gen)``: the mean loss ℓ(x + a·u + b·v) over a grid in input
   space, u = sign(∇ₓℓ) per example, v a random sign direction.
 - ``weight_surface(model, x, y, points, dims, span, gen)``: Li et al. (2018)'s weight-space loss surface
@@ -146,20 +148,26 @@ def default_step_size(eps: float, steps: int) -> float:
 
 def local_linearity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10,
                     step_size: float | None = None, gen: torch.Generator | None = None,
-                    batch_size: int = 256, loss="ce", return_delta: bool = False):
+                    batch_size: int = 256, loss="ce", return_delta: bool = False, restarts: int = 1,
+                    clip: bool = True):
     """Qin et al. (2019)'s local linearity γ(ε, x) = max_{‖δ‖∞≤ε} |ℓ(x+δ) − ℓ(x) − δᵀ∇ₓℓ(x)| per example.
 
     ``eps`` is in [0, 1] pixel units (8/255 for the usual CIFAR radius). The inner max is found by
-    projected gradient ascent on |·|: δ starts uniformly at random in the feasible box (the ε-ball
-    intersected with x+δ ∈ [0, 1], drawn from ``gen``), takes ``steps`` signed-gradient steps of
-    ``step_size`` (default ``default_step_size(eps, steps)`` = 2.5·ε/steps), each projected back onto
-    the box; γ is the largest value seen over all ``steps + 1`` iterates, start included (so a longer
-    run with the same start and step size never reports less). ℓ is the per-example loss (``'ce'`` or a
-    callable ``(logits, y) -> Tensor[n]``), the model is evaluated in eval mode, and the random start is
-    drawn for the whole of ``x`` at once, so results do not depend on ``batch_size``.
+    projected gradient ascent on |·|: δ starts uniformly at random in the feasible box (drawn from
+    ``gen``), takes ``steps`` signed-gradient steps of ``step_size`` (default
+    ``default_step_size(eps, steps)`` = 2.5·ε/steps), each projected back onto the box; a run's value is
+    the largest seen over all ``steps + 1`` iterates, start included (so a longer run with the same start
+    and step size never reports less). The box is the ε-ball intersected with x+δ ∈ [0, 1] when ``clip``
+    (only valid images are evaluated), else the plain ε-ball of the definition (x+δ may leave [0, 1]).
+    ``restarts`` runs start from independent uniform draws, taken from ``gen`` in order (restart r's
+    start for the whole of ``x`` after restart r−1's), and γ is the largest value over them; the first
+    restart is the single-start run, so γ never decreases with more restarts on the same ``gen``. ℓ is
+    the per-example loss (``'ce'`` or a callable ``(logits, y) -> Tensor[n]``), the model is evaluated in
+    eval mode, and each start is drawn for the whole of ``x`` at once, so results do not depend on
+    ``batch_size``.
 
     Returns γ as a detached CPU float32 tensor [N]; with ``return_delta=True`` returns ``(γ, δ)`` where δ
-    (CPU, x's dtype, [N, C, H, W]) is the perturbation that attained γ.
+    (CPU, x's dtype, [N, C, H, W]) is the perturbation that attained γ (the earliest restart's on ties).
     """
     _check_model(model)
     _check_loss(loss)
@@ -168,27 +176,45 @@ def local_linearity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
     steps = _check_int("steps", steps, 1)
     step_size = default_step_size(eps, steps) if step_size is None else _check_pos("step_size", step_size)
     batch_size = _check_int("batch_size", batch_size, 1)
+    restarts = _check_int("restarts", restarts, 1)
+    if not isinstance(clip, bool):
+        raise ValueError(f"clip = {clip!r} is invalid: expected True (ε-ball ∩ [0, 1]) or False (plain ε-ball)")
     gen = _check_gen(gen)
 
     device = _model_device(model, x)
-    u = torch.rand(x.shape, generator=gen, dtype=x.dtype)  # the random start, for every image at once
-    gammas, deltas = [], []
+    best = best_delta = None
     with _eval_mode(model):
-        for s in range(0, x.shape[0], batch_size):
-            xb = x[s:s + batch_size].to(device)
-            yb = y[s:s + batch_size].to(device)
-            g, d = _linearity_batch(model, xb, yb, u[s:s + batch_size].to(device), eps, steps, step_size, loss)
-            gammas.append(g.cpu())
-            if return_delta:
-                deltas.append(d.cpu())
-    gamma = torch.cat(gammas).float()
-    return (gamma, torch.cat(deltas)) if return_delta else gamma
+        for _ in range(restarts):  # restarts outside batches: one start tensor in memory at a time
+            u = torch.rand(x.shape, generator=gen, dtype=x.dtype)  # this restart's start, for every image
+            gammas, deltas = [], []
+            for s in range(0, x.shape[0], batch_size):
+                xb = x[s:s + batch_size].to(device)
+                yb = y[s:s + batch_size].to(device)
+                g, d = _linearity_batch(model, xb, yb, u[s:s + batch_size].to(device), eps, steps, step_size,
+                                        loss, clip)
+                gammas.append(g.cpu())
+                if return_delta:
+                    deltas.append(d.cpu())
+            gamma = torch.cat(gammas)
+            delta = torch.cat(deltas) if return_delta else None
+            if best is None:
+                best, best_delta = gamma, delta
+            else:
+                better = gamma > best
+                best = torch.where(better, gamma, best)
+                if return_delta:
+                    best_delta = torch.where(better.view(-1, *([1] * (x.dim() - 1))), delta, best_delta)
+    gamma = best.float()
+    return (gamma, best_delta) if return_delta else gamma
 
 
-def _linearity_batch(model, xb, yb, ub, eps, steps, step_size, loss):
+def _linearity_batch(model, xb, yb, ub, eps, steps, step_size, loss, clip=True):
     l0, g0 = _input_grad(model, xb, yb, loss)
-    lo = torch.clamp(-xb, min=-eps)          # δ ≥ max(−ε, −x)
-    hi = torch.clamp(1.0 - xb, max=eps)      # δ ≤ min(ε, 1 − x)
+    if clip:
+        lo = torch.clamp(-xb, min=-eps)          # δ ≥ max(−ε, −x)
+        hi = torch.clamp(1.0 - xb, max=eps)      # δ ≤ min(ε, 1 − x)
+    else:
+        lo, hi = torch.full_like(xb, -eps), torch.full_like(xb, eps)
     delta = lo + (hi - lo) * ub
     best = torch.full_like(l0, -math.inf)
     best_delta = delta.clone()
@@ -215,11 +241,12 @@ def _linearity_batch(model, xb, yb, ub, eps, steps, step_size, loss):
 def linearity_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                     eps_list_255: Sequence[float] = (1, 2, 4, 8, 16), steps: int = 10, gen_seed: int = 0,
                     step_size_factor: float = 2.5, batch_size: int = 256, loss="ce",
-                    per_example: bool = False):
+                    per_example: bool = False, restarts: int = 1, clip: bool = True):
     """γ(ε) for each ε in ``eps_list_255`` (units of 1/255, converted to ε = k/255 here).
 
     Each ε uses a fresh generator seeded ``gen_seed`` (the same random starts for every ε, so the curve
-    γ(ε) is not blurred by start noise) and step size ``step_size_factor``·ε/steps. Returns a pandas
+    γ(ε) is not blurred by start noise), step size ``step_size_factor``·ε/steps, ``restarts`` random
+    starts and the clipped (``clip``) or plain ε-ball (``local_linearity``). Returns a pandas
     DataFrame: with ``per_example=True`` the long form (columns ``eps_255``, ``eps``, ``image``,
     ``gamma``; one row per ε and image, for distribution plots), otherwise its summary
     ``summarize_linearity(long)`` (one row per ε). To get both from one run, ask for the long form and
@@ -242,7 +269,8 @@ def linearity_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     for e255 in tqdm(eps_vals, desc="local linearity", disable=None, leave=False):
         eps = e255 / 255.0
         gamma = local_linearity(model, x, y, eps, steps=steps, step_size=step_size_factor * eps / steps,
-                                gen=torch.Generator().manual_seed(gen_seed), batch_size=batch_size, loss=loss)
+                                gen=torch.Generator().manual_seed(gen_seed), batch_size=batch_size, loss=loss,
+                                restarts=restarts, clip=clip)
         frames.append(pd.DataFrame({"eps_255": e255, "eps": eps, "image": np.arange(len(gamma)),
                                     "gamma": gamma.double().numpy()}))
     long = pd.concat(frames, ignore_index=True)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from scipy.special import betaincinv
 from torch import Tensor
 
-from varmix.config import METHODS
+from varmix.config import MANIFOLD_LOSSES, METHODS
 
 
 @dataclass
@@ -72,16 +72,40 @@ def one_hot(y: Tensor, num_classes: int) -> Tensor:
     return F.one_hot(y, num_classes).to(torch.float32)
 
 
-def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
-    """Mean over the batch of -sum_k target_k log softmax(logits)_k. With target = lam * onehot(y_a) +
-    (1 - lam) * onehot(y_b) this equals lam * CE(logits, y_a) + (1 - lam) * CE(logits, y_b)."""
+def _check_logits_target(name: str, logits: Any, target: Any) -> None:
     if not isinstance(logits, Tensor) or not isinstance(target, Tensor) or logits.ndim != 2 \
             or logits.shape != target.shape:
         def desc(t: Any) -> str:
             return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
-        raise ValueError(f"soft_cross_entropy: logits {desc(logits)} and target {desc(target)}: "
+        raise ValueError(f"{name}: logits {desc(logits)} and target {desc(target)}: "
                          f"expected two [B, K] tensors of the same shape")
+
+
+def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean over the batch of -sum_k target_k log softmax(logits)_k. With target = lam * onehot(y_a) +
+    (1 - lam) * onehot(y_b) this equals lam * CE(logits, y_a) + (1 - lam) * CE(logits, y_b)."""
+    _check_logits_target("soft_cross_entropy", logits, target)
     return -(target * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+
+def bce_softmax(logits: Tensor, target: Tensor) -> Tensor:
+    """vikasverma1077/manifold_mixup's training loss, ``nn.BCELoss()(softmax(logits), target)``: the binary
+    cross-entropy of each class probability against its soft target, averaged over all B·K entries
+    (torch's reduction 'mean'; torch clamps each log at −100). It is torch's own
+    ``F.binary_cross_entropy``, so it matches the reference bit for bit in fp32. Its value and gradient
+    are several times smaller than ``soft_cross_entropy``'s (docs/DEPARTURES.md measures both)."""
+    _check_logits_target("bce_softmax", logits, target)
+    return F.binary_cross_entropy(F.softmax(logits.float(), dim=1), target.float())
+
+
+def mixed_loss(name: str, logits: Tensor, target: Tensor) -> Tensor:
+    """The training loss ``name`` (one of config.MANIFOLD_LOSSES): 'soft_ce' -> ``soft_cross_entropy``,
+    'bce_softmax' -> ``bce_softmax``. The trainer's one step calls this for every method."""
+    if name == "soft_ce":
+        return soft_cross_entropy(logits, target)
+    if name == "bce_softmax":
+        return bce_softmax(logits, target)
+    raise ValueError(f"loss = {name!r} is invalid: expected one of {', '.join(MANIFOLD_LOSSES)}")
 
 
 def _check_batch(x: Any, y: Any, num_classes: Any, min_batch: int) -> None:

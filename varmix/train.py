@@ -6,8 +6,10 @@ The loop follows torchvision's references/classification/train.py, with the data
   from a CPU ``torch.Generator`` seeded from ``seed``; each batch is augmented on the device (random crop
   with zero padding + horizontal flip, one vectorised gather, offsets drawn from the same generator),
   converted to float [0, 1], mixed by ``varmix.mixing`` and fed to the model; the loss is the soft-target
-  cross-entropy. Random numbers are drawn on the CPU in a fixed order (permutation; per batch: crop
-  offsets, flips, then whatever the mixer draws), so CPU and GPU runs see the same stream.
+  cross-entropy (for Manifold Mixup ``cfg.manifold_loss`` may choose its reference's BCE on the softmax
+  instead; the history's train_loss is then that loss). Random numbers are drawn on the CPU in a fixed
+  order (permutation; per batch: crop offsets, flips, then whatever the mixer draws), so CPU and GPU runs
+  see the same stream.
 - Init: ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng`` (the caller's global RNG state is left
   alone). The data generator is seeded with a value derived from ``seed`` (numpy SeedSequence), so that
   weight init and data order are not the same Mersenne-Twister stream.
@@ -84,9 +86,11 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tens
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, mixer, x: torch.Tensor, y: torch.Tensor,
-               gen: torch.Generator, *, pad: int | None, amp: bool, channels_last: bool) -> torch.Tensor:
+               gen: torch.Generator, *, pad: int | None, amp: bool, channels_last: bool,
+               loss: str = "soft_ce") -> torch.Tensor:
     """One optimisation step on a uint8 batch already on the model's device; returns the (detached)
-    loss as a device tensor (no host sync). ``pad=None`` switches augmentation off."""
+    loss as a device tensor (no host sync). ``pad=None`` switches augmentation off. ``loss`` names the
+    training loss (``varmix.mixing.mixed_loss``; see ``loss_for``)."""
     if pad is not None:
         x = augment_batch(x, gen, pad)
     x = to_float(x)
@@ -95,11 +99,16 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, mixer, x: tor
     xm = mb.x.contiguous(memory_format=torch.channels_last) if channels_last else mb.x
     with torch.autocast(device_type=xm.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = model(xm, mix_layer=mb.mix_layer, lam=mb.lam, perm=mb.perm)
-    loss = mixing.soft_cross_entropy(logits.float(), mb.target)
+    value = mixing.mixed_loss(loss, logits.float(), mb.target)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    value.backward()
     optimizer.step()
-    return loss.detach()
+    return value.detach()
+
+
+def loss_for(method: str, cfg: config.TrainConfig) -> str:
+    """The training loss of ``method``: ``cfg.manifold_loss`` for manifold_mixup, soft_ce for the rest."""
+    return cfg.manifold_loss if method == "manifold_mixup" else "soft_ce"
 
 
 def make_optimizer(cfg: config.TrainConfig, model: nn.Module, device: torch.device):
@@ -179,6 +188,9 @@ def _check_inputs(method, cfg, data, seed, vae) -> tuple[ImageData, int, int]:
         raise ValueError(f"cfg.optimizer = {cfg.optimizer!r} is invalid: expected 'adam' or 'sgd'")
     if isinstance(cfg.batch_size, bool) or not isinstance(cfg.batch_size, int) or cfg.batch_size < 2:
         raise ValueError(f"cfg.batch_size = {cfg.batch_size!r} is invalid: expected an integer >= 2")
+    if cfg.manifold_loss not in config.MANIFOLD_LOSSES:
+        raise ValueError(f"cfg.manifold_loss = {cfg.manifold_loss!r} is invalid: expected one of "
+                         f"{', '.join(config.MANIFOLD_LOSSES)}")
     n_mix = NUM_MIX_LAYERS[cfg.arch]
     bad = [k for k in cfg.manifold_layers if not 0 <= k < n_mix]
     if not cfg.manifold_layers or bad:
@@ -294,6 +306,7 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
         vae = vae.to(dev).eval()
     mixer = mixing.make_mixer(method, num_classes=k, alpha=alpha, vae=vae if use_vae else None,
                               layers=cfg.manifold_layers, prob=cfg.mix_prob[method])
+    loss_name = loss_for(method, cfg)
     amp = cfg.amp and dev.type == "cuda"
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
@@ -321,7 +334,7 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
                                       disable=disable), start=1):
             idx = perm[i:i + bs]
             loss = train_step(model, optimizer, mixer, train_x[idx], train_y[idx], gen, pad=pad, amp=amp,
-                              channels_last=channels_last)
+                              channels_last=channels_last, loss=loss_name)
             if check_each_step:
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{method}: training loss is {loss.item()} at epoch {epoch}, "
