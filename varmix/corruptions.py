@@ -3,8 +3,9 @@
 Why hand-written: the PyPI package ``imagecorruptions`` uses the *ImageNet-C* constants (Gaussian noise
 std .08-.38, JPEG quality 25-7, ...), refuses images smaller than 32x32 (Fashion-MNIST is 28x28), breaks on
 current NumPy / scikit-image (glass_blur, gaussian_blur, fog) and needs pkg_resources; and it works one
-numpy image at a time (~35 ms per 32x32 image through all 19 corruptions). Here each corruption is one
-batched torch op on float images ``[N, C, H, W]`` in ``[0, 1]``, of any size (>= 8 px), with 1 or 3
+numpy image at a time (~35 ms per 32x32 image through all 19 corruptions). Here each corruption works on
+a batch of float images ``[N, C, H, W]`` in ``[0, 1]`` (torch ops; JPEG and spatter's water shading call
+their libraries per image), of any size (>= 8 px), with 1 or 3
 channels, on CPU or GPU, and the constants are those of hendrycks/robustness ``make_cifar_c.py`` (the
 script that made CIFAR-10-C), kept in one table, ``CONSTANTS``.
 
@@ -14,45 +15,56 @@ Randomness comes only from ``gen``, a CPU ``torch.Generator``: random tensors ar
 and then moved to ``x.device``, so CPU and GPU runs see the same random numbers (outputs then agree up to
 float rounding). The original script is unseeded. Deterministic corruptions accept ``gen=None``.
 
-Faithfulness. Where make_cifar_c calls a library, the library's algorithm is re-implemented: skimage's
+Faithfulness, measured against make_cifar_c.py itself: tests/data/make_expected_corruptions.py ran the
+script's functions (CIFAR constants; scikit-image 0.26, OpenCV 5.0, ImageMagick 6.9.11 via Wand) on two
+32x32 RGB images at severities 1-5 with varmix's random draws fed into numpy's random functions, and
+tests/test_corruptions.py pins varmix to those outputs (the script's float results, before its uint8 cast;
+docs/DEPARTURES-corruptions.md has the table):
+
+- equal to float32 rounding (< 0.001 of a level out of 255): gaussian, shot, impulse and speckle noise,
+  defocus, zoom and gaussian blur, snow, frost, fog, brightness, contrast, elastic_transform, saturate,
+  spatter (water and mud), jpeg_compression (bit for bit).
+- within 1 level, where the script rounds to uint8 inside the corruption and varmix stays in float:
+  pixelate (Pillow's uint8 between the two BOX passes), motion_blur (ImageMagick's 8-bit output), and
+  glass_blur (the uint8 cast after its first blur floors values lying within 1e-5 of a level on either
+  side: varmix's float32 input and the script's float64 land on different sides).
+
+Where make_cifar_c calls a library, varmix re-implements the algorithm as a batched torch op: skimage's
 ``gaussian`` (mode 'nearest', truncate 4), scipy's ``zoom``/``map_coordinates`` (order 1), OpenCV's
-``filter2D``/``GaussianBlur``/``warpAffine``/``blur``/``equalizeHist`` (border REFLECT_101), Pillow's BOX
-resize, skimage's RGB<->HSV round trip (in closed form: brightness scales RGB by v'/v, saturation scales
-the distance to the max channel by s'/s), ImageMagick's ``MotionBlurImage`` kernel. Deviations, each also
-noted at its function:
+``filter2D``/``GaussianBlur``/``warpAffine`` (border REFLECT_101), Pillow's BOX resize, skimage's
+RGB<->HSV round trip (in closed form: brightness scales RGB by v'/v, saturation scales the distance to the
+max channel by s'/s), ImageMagick's ``MotionBlurImage`` (one-sided Gaussian line kernel of width
+2*ceil(radius)+1, integer-rounded offsets along the angle, edge pixels replicated). Two corruptions call
+the script's own libraries: spatter's water shading (OpenCV's Canny, distanceTransform, equalizeHist,
+filter2D, blur: per image on the CPU) and frost (OpenCV reads and resizes the five frost photographs the
+script picks among, from the ``imagecorruptions`` wheel, which varmix uses for those files only).
+
+Beyond CIFAR's 32x32 RGB images, where the script has no answer:
 
 - constants are the CIFAR (32x32) ones at every image size; only elastic_transform (x image size, as in
   the script, using min(H, W)) and pixelate (relative factor) scale. Tiny-ImageNet-C used its own
   constants: for Tiny-ImageNet compare against the official release (``load_official``).
-- glass_blur: the sequential pixel-swap loop is vectorised as a gather from a random neighbour (offsets
-  in [-delta, delta-1] as the script's ``randint``); the script's swaps cascade in scan order, so this is
-  a local resampling rather than a permutation (no long-travelling pixels).
-- motion_blur / snow: ImageMagick's motion blur (via Wand) re-implemented from its algorithm (one-sided
-  Gaussian line kernel of width 2*ceil(radius)+1, integer-rounded offsets along the angle, edge pixels
-  replicated); not bit-checked against ImageMagick, which is not installed here.
-- frost: the script blends crops of six frost photographs that are not available here; a procedural
-  frost texture (ridged plasma fractals, pale blue tint) is blended with the table's weights instead.
-- spatter (water, severities 1-3): Canny edges of the blob image are approximated by the blobs' inner
-  boundary, and OpenCV's 5x5-mask L2 distance transform by the exact Euclidean one.
-- jpeg_compression runs libjpeg (torchvision.io) per image on the CPU, the one per-image op.
+- frost crops H x W from the 0.2-scaled photographs; a photograph too small for the crop (frost2/3 are
+  63 x 112 at 0.2: images over 62 rows or 104 columns) is scaled up just enough.
 - 1-channel images: colour constants and the grey conversion use ITU-R 601 luma (0.299, 0.587, 0.114);
-  saturate returns the luma of what the script would give for the grey image replicated to RGB (identity
-  for severities 1-3, x * (1 - 0.701 * add) for 4-5, where the script tints grey pixels red).
+  frost blends the luma of the crop; saturate returns the luma of what the script would give for the grey
+  image replicated to RGB (identity for severities 1-3, x * (1 - 0.701 * add) for 4-5, where the script
+  tints grey pixels red).
 - everything stays float; the released CIFAR-10-C was truncated to uint8 after each corruption.
-- contrast uses the per-image, per-channel spatial mean, as make_cifar_c does (``axis=(0, 1)`` of HWC).
-- shot_noise draws its Poisson counts on the CPU (torch.poisson needs the generator's device), so GPU
-  images make a round trip to the CPU.
+- jpeg_compression (libjpeg via torchvision.io) and spatter's water shading (OpenCV) run per image on the
+  CPU; shot_noise draws its Poisson counts on the CPU (torch.poisson needs the generator's device): GPU
+  images make a round trip to the CPU there.
 
-Checked in tests/test_corruptions.py against the libraries themselves: gaussian_blur (scipy), zoom_blur
-(scipy.ndimage.zoom), elastic_transform (scipy affine_transform + map_coordinates port) and brightness /
-saturate (HSV round trip) agree to float precision, pixelate is within 1/255 of Pillow (which rounds to
-uint8 between passes), JPEG is byte-identical to Pillow's. Pixel error does not grow monotonically with
-severity for every corruption, by make_cifar_c's constants: glass_blur (more blur at the same number of
-shuffles smooths them), elastic_transform (the affine jitter shrinks from 0.08 to 0.03 x size), motion_blur
-3 vs 4 (the larger radius only adds taps beyond 3 sigma), frost 3 vs 4, saturate 2 vs 3, spatter 3 vs 4.
+Also checked in tests/test_corruptions.py against the libraries themselves: gaussian_blur (scipy),
+zoom_blur (scipy.ndimage.zoom), elastic_transform (scipy affine_transform + map_coordinates port) and
+brightness / saturate (HSV round trip) agree to float precision, pixelate is within 1/255 of Pillow, JPEG is
+byte-identical to Pillow's. Pixel error does not grow monotonically with severity for every corruption, by
+make_cifar_c's constants: glass_blur (more blur at the same number of shuffles smooths them),
+elastic_transform (the affine jitter shrinks from 0.08 to 0.03 x size), motion_blur 3 vs 4 (the larger
+radius only adds taps beyond 3 sigma), frost 3 vs 4, saturate 2 vs 3, spatter 3 vs 4.
 
-Speed: the 15 x 5 suite on 10,000 3x32x32 images takes ~50 s on 2 CPU cores (benchmarks/
-throughput.py --only corrupt).
+Speed: ``benchmarks/throughput.py --only corrupt`` measures images/s per corruption and for the 15 x 5 suite
+(the README's benchmark table).
 
 ``load_official`` reads the official releases (CIFAR-10-C / CIFAR-100-C ``.npy`` files, Tiny-ImageNet-C
 JPEG folders).
@@ -475,10 +487,11 @@ def defocus_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None = N
 
 def glass_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None = None) -> torch.Tensor:
     """Gaussian blur (sigma), quantise to uint8 (the script's np.uint8), local pixel shuffling
-    (iterations x), Gaussian blur again. Deviation: the script swaps pixels one by one, scanning from
-    the bottom-right, with offsets drawn from randint(-delta, delta) = [-delta, delta - 1]; here each
-    interior pixel (rows/cols delta+1 .. size-delta, as the script's range) takes the value of the pixel
-    at its own random offset in one gather per iteration, so the swap order and cascading differ."""
+    (iterations x), Gaussian blur again. The shuffle: each interior pixel (rows/cols delta+1 .. size-delta,
+    the script's range) takes the value of the pixel at its own offset from randint(-delta, delta), one
+    gather per iteration. That is what the script's swap ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` on
+    numpy views does (a copy, not a swap), and with delta = 1 the sources are not yet visited in its
+    bottom-right-first scan. Within 1 level of the script (see the module docstring)."""
     x, c, dtype = _begin(x, "glass_blur", severity, gen)
     sigma, delta, iterations = c
     n, ch, h, w = x.shape
@@ -496,8 +509,8 @@ def glass_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None = Non
 
 
 def motion_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None = None) -> torch.Tensor:
-    """ImageMagick motion blur (radius, sigma) at an angle U(-45, 45) degrees per image. Deviation:
-    re-implemented from ImageMagick's algorithm (see _motion_blur_op), not bit-checked against it."""
+    """ImageMagick motion blur (radius, sigma) at an angle U(-45, 45) degrees per image (see
+    _motion_blur_op), in float: within 1 level of the script, whose ImageMagick result is 8-bit."""
     x, c, dtype = _begin(x, "motion_blur", severity, gen)
     angles = _uniform64(gen, (x.shape[0],), -45, 45)
     return _end(_motion_blur_op(x, c[0], c[1], angles), dtype)
@@ -523,8 +536,9 @@ def gaussian_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None = 
 # weather
 def snow(x: torch.Tensor, severity: int, gen: torch.Generator | None = None) -> torch.Tensor:
     """Snow layer N(loc, scale) per image, clipped_zoom, threshold, uint8, motion blur (radius, sigma,
-    angle U(-135, -45)), blended with the image lifted towards 1.5 * grey + 0.5, plus the layer and its
-    180-degree rotation. Deviation: ImageMagick's motion blur re-implemented (see motion_blur)."""
+    angle U(-135, -45)) quantised as ImageMagick Q16 returns it in 8 bits (round to 16 bits, then
+    floor(q / 257)), blended with the image lifted towards 1.5 * grey + 0.5, plus the layer and its
+    180-degree rotation. Matches make_cifar_c's snow to float32 rounding when fed the same draws."""
     x, c, dtype = _begin(x, "snow", severity, gen)
     loc, scale, zoom, threshold, radius, sigma, keep = c
     n, _, h, w = x.shape
@@ -534,10 +548,10 @@ def snow(x: torch.Tensor, severity: int, gen: torch.Generator | None = None) -> 
     layer = torch.where(layer < threshold, torch.zeros_like(layer), layer)
     layer = torch.floor(layer.clamp(0, 1) * 255) / 255  # the script's uint8 PNG for Wand
     angles = _uniform64(gen, (n,), -135, -45)
-    blurred = _motion_blur_op(layer, radius, sigma, angles)
-    # ImageMagick (Q16) rounds to 16 bits, then its 8-bit PNG keeps floor(q / 257)
-    layer = torch.div(torch.round(blurred * 65535), 257, rounding_mode="floor") / 255
-    layer = layer.to(device=x.device, dtype=x.dtype)
+    blurred = _motion_blur_op(layer.to(device=x.device, dtype=torch.float32), radius, sigma, angles)
+    # ImageMagick (Q16) rounds to 16 bits, then its 8-bit PNG keeps floor(q / 257) (float32 is exact
+    # enough here: its error, < 0.01 of a 16-bit step, only matters at a rounding tie)
+    layer = (torch.div(torch.round(blurred * 65535), 257, rounding_mode="floor") / 255).to(x.dtype)
     x = keep * x + (1 - keep) * torch.maximum(x, _luma(x) * 1.5 + 0.5)
     return _end(x + layer + layer.flip(-1, -2), dtype)
 
@@ -581,7 +595,8 @@ def _frost_photos(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     cv2.resize's default bilinear; to RGB), for h x w crops: uint8 [5, 3, H_max, W_max] (zero-padded to
     the largest) and int64 [5, 2] with each photo's (height, width). A photo whose 0.2-scaled size
     cannot hold an h x w crop at two offsets (randint(0, size - h) needs size > h) is resized by the
-    smallest larger factor that can (only images over 62 x 104 pixels: frost2/3 become 63 x 112)."""
+    smallest larger factor that can (images over 62 rows or 104 columns; frost2/3 are 63 x 112 at 0.2 and
+    become 65 x 116 for 64 x 64 images). Cached per (h, w) for the process."""
     import cv2
 
     photos = []
@@ -615,7 +630,8 @@ def frost(x: torch.Tensor, severity: int, gen: torch.Generator | None = None) ->
     n, _, h, w = x.shape
     stack, sizes = _frost_photos(h, w)
     idx = torch.randint(0, len(sizes), (n,), generator=gen)
-    offset = (torch.rand(n, 2, generator=gen, dtype=torch.float64) * (sizes[idx] - sizes.new_tensor([h, w]))).long()
+    ranges = sizes[idx] - sizes.new_tensor([h, w])               # randint(0, size - H): 0 .. range - 1
+    offset = (torch.rand(n, 2, generator=gen, dtype=torch.float64) * ranges).long()
     rows = offset[:, :1] + torch.arange(h)                       # [n, h]
     cols = offset[:, 1:] + torch.arange(w)                       # [n, w]
     crop = stack[idx[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # [n, 3, h, w]
@@ -744,7 +760,7 @@ def pixelate(x: torch.Tensor, severity: int, gen: torch.Generator | None = None)
 
 def jpeg_compression(x: torch.Tensor, severity: int, gen: torch.Generator | None = None) -> torch.Tensor:
     """Real JPEG (libjpeg via torchvision.io, quality c, default 4:2:0 chroma subsampling as Pillow)
-    of the image rounded to uint8. Deviation: runs per image on the CPU, the one per-image op."""
+    of the image rounded to uint8, per image on the CPU; bit for bit the script's output."""
     x, c, dtype = _begin(x, "jpeg_compression", severity, gen)
     from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
