@@ -81,7 +81,8 @@ def test_every_severity_keeps_shape_dtype_and_range(name):
 ALLOWED_PAIRS = {
     # (6, 2) -> (8, 2): the larger radius only adds taps beyond 3 sigma (exp(-i^2 / 8) ~ 0): same kernel
     "motion_blur": {(3, 4)},
-    # (0.9, 0.4) -> (0.85, 0.4): the lower image weight darkens as the frost brightens, partly cancelling
+    # (0.9, 0.4) -> (0.85, 0.4): only the image weight falls, and the image darkened by 0.05 x lies
+    # closer to the clean one where the frost layer brightens it (PSNR 13.2 -> 13.4 dB grey, 13.3 -> 13.9 RGB)
     "frost": {(3, 4)},
     # (0.1, 0) -> (1.5, 0): from near-grey to mildly over-saturated
     "saturate": {(2, 3)},
