@@ -12,7 +12,7 @@ NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cf
 
 install:  ## system data package + the project with its test extra + the python3 Jupyter kernel
 	@[ -d /usr/share/datasets/fashion-mnist ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
-	$(PYTHON) -m pip install -q -e ".[test]"
+	$(PYTHON) -m pip install -q -e ".[test]" && $(PYTHON) -m pip install -q --no-deps "imagecorruptions==1.1.2"  # frost photographs only (pyproject.toml says why --no-deps)
 	$(PYTHON) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (varmix)" >/dev/null
 
 data: install  ## validate params.yaml, prepare the data and check it against the hash data.dvc pins

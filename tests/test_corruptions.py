@@ -4,7 +4,9 @@ agreement with the libraries make_cifar_c.py calls (scipy, Pillow, skimage's HSV
 official-release loader on fixtures written here in the releases' exact layouts."""
 
 import hashlib
+import importlib.util
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from scipy import ndimage
 from varmix import config, corruptions as C, data
 
 SEVERITIES = (1, 2, 3, 4, 5)
+DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +81,8 @@ def test_every_severity_keeps_shape_dtype_and_range(name):
 ALLOWED_PAIRS = {
     # (6, 2) -> (8, 2): the larger radius only adds taps beyond 3 sigma (exp(-i^2 / 8) ~ 0): same kernel
     "motion_blur": {(3, 4)},
-    # (0.9, 0.4) -> (0.85, 0.4): the lower image weight darkens as the frost brightens, partly cancelling
+    # (0.9, 0.4) -> (0.85, 0.4): only the image weight falls, and the image darkened by 0.05 x lies
+    # closer to the clean one where the frost layer brightens it (PSNR 13.2 -> 13.4 dB grey, 13.3 -> 13.9 RGB)
     "frost": {(3, 4)},
     # (0.1, 0) -> (1.5, 0): from near-grey to mildly over-saturated
     "saturate": {(2, 3)},
@@ -304,6 +308,93 @@ def test_elastic_transform_matches_scipy_port(fashion_rgb):
                 idx = (yy + dy[..., None]).reshape(-1, 1), (xx + dx[..., None]).reshape(-1, 1), zz.reshape(-1, 1)
                 warped = ndimage.map_coordinates(warped, idx, order=1, mode="reflect").reshape(image.shape)
             np.testing.assert_allclose(out[i], np.clip(warped, 0, 1).transpose(2, 0, 1), atol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------
+# pinned against make_cifar_c.py itself: tests/data/make_expected_corruptions.py ran the script's functions
+# on two fixed images with varmix's own random draws fed in, and stored its outputs (levels, 1/256 fixed
+# point); varmix must stay within what the script's own rounding needs (docs/DEPARTURES-corruptions.md)
+_spec = importlib.util.spec_from_file_location("make_expected_corruptions", DATA / "make_expected_corruptions.py")
+MAKE_EXPECTED = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(MAKE_EXPECTED)
+EXACT = 0.005  # levels: fixed-point storage (1/512) and float32 rounding
+# the script's uint8 steps varmix keeps in float: Pillow's uint8 between BOX passes, ImageMagick's 8-bit
+# motion blur output, and glass blur's uint8 cast of float64 values within 1e-5 of a level
+WITHIN_ONE_LEVEL = {"pixelate", "motion_blur", "glass_blur"}
+
+
+@pytest.fixture(scope="module")
+def expected():
+    with np.load(DATA / "corruptions_expected.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+def _levels(y: torch.Tensor) -> np.ndarray:
+    return y[0].double().numpy() * 255
+
+
+@pytest.mark.parametrize("name", config.CORRUPTIONS)
+def test_matches_make_cifar_c_on_pinned_images(name, expected):
+    k = config.CORRUPTIONS.index(name)
+    want = expected[name].astype(np.float64) / MAKE_EXPECTED.FIXED_POINT      # [5, 2, 3, 32, 32]
+    tol = 1 + EXACT if name in WITHIN_ONE_LEVEL else EXACT
+    for s in SEVERITIES:
+        for i, img in enumerate(expected["inputs"]):
+            x = torch.from_numpy(img).float()[None] / 255
+            got = _levels(C.corrupt(x, name, s, gen(MAKE_EXPECTED.seed_of(k, s, i))))
+            diff = np.abs(got - want[s - 1, i])
+            assert diff.max() <= tol, f"{name} severity {s} image {i}: {diff.max():.4f} levels off the script"
+            if name in WITHIN_ONE_LEVEL:
+                assert diff.mean() < 0.6, (name, s, i, diff.mean())
+
+
+def test_spatter_wraps_like_the_scripts_uint8_cast(expected):
+    """Severity 3 with a seed whose liquid layer exceeds 255 / 255: the script's astype(np.uint8) wraps
+    it modulo 256, so the blob's brightest spot becomes dark in the water shading."""
+    seed = int(expected["spatter_wrap_seed"])
+    loc, scale, sigma = C.CONSTANTS["spatter"][2][:3]
+    z = torch.randn((1, 1, 32, 32), generator=gen(seed)).double()
+    assert C._gaussian(z * scale + loc, sigma).max() * 255 >= 256  # the seed does wrap
+    x = torch.from_numpy(expected["inputs"][0]).float()[None] / 255
+    want = expected["spatter_wrap"][0].astype(np.float64) / MAKE_EXPECTED.FIXED_POINT
+    assert np.abs(_levels(C.spatter(x, 3, gen(seed))) - want).max() <= EXACT
+
+
+def test_frost_blends_a_crop_of_the_photographs(fashion):
+    """Per image: c0 x + c1 crop with the crop from one of the five 0.2-scaled photographs; grey images
+    get the crop's luma; sizes whose crop does not fit a scaled photograph use a larger scale."""
+    x = fashion[:6] * 0.3                                       # no clipping at any severity
+    rgb = x.expand(-1, 3, -1, -1)
+    c0, c1 = C.CONSTANTS["frost"][2]
+    crop = (C.frost(rgb, 3, gen(4)) - c0 * rgb) / c1           # same draws for both calls
+    grey = C.frost(x, 3, gen(4))
+    luma = (crop * torch.tensor(C.LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    torch.testing.assert_close(grey, c0 * x + c1 * luma, atol=1e-5, rtol=0)
+    assert crop.std((2, 3)).min() > 0.01                        # textured crops, not a flat tint
+    assert len({tuple(c.flatten()[:20].tolist()) for c in crop}) == 6  # a different crop per image
+    stack, sizes = C._frost_photos(64, 64)
+    assert stack.shape[0] == 5 and (sizes > 64).all()
+    assert sizes.tolist()[0] == [120, 180]                      # frost1.png 900 x 600 at 0.2
+    assert C.frost(torch.rand(2, 3, 64, 64, generator=gen(1)), 1, gen(2)).shape == (2, 3, 64, 64)
+
+
+def test_frost_photographs_missing_or_damaged(monkeypatch):
+    import importlib.metadata
+
+    x = torch.rand(1, 3, 32, 32, generator=gen(0))
+    C._frost_photos.cache_clear()
+    try:
+        def missing(name):
+            raise importlib.metadata.PackageNotFoundError(name)
+        monkeypatch.setattr(importlib.metadata, "distribution", missing)
+        with pytest.raises(FileNotFoundError, match=r"frost1.png.*pip install --no-deps imagecorruptions"):
+            C.frost(x, 1, gen())
+        monkeypatch.undo()
+        monkeypatch.setitem(C.FROST_PHOTOS, "frost3.png", "0" * 32)
+        with pytest.raises(ValueError, match=r"frost3.png: md5 b3ed8eb1\w+ does not match the expected 0{32}"):
+            C.frost(x, 1, gen())
+    finally:
+        C._frost_photos.cache_clear()
 
 
 def test_motion_blur_spreads_a_point_along_a_one_sided_line():

@@ -3,8 +3,9 @@
 Why hand-written: the PyPI package ``imagecorruptions`` uses the *ImageNet-C* constants (Gaussian noise
 std .08-.38, JPEG quality 25-7, ...), refuses images smaller than 32x32 (Fashion-MNIST is 28x28), breaks on
 current NumPy / scikit-image (glass_blur, gaussian_blur, fog) and needs pkg_resources; and it works one
-numpy image at a time (~35 ms per 32x32 image through all 19 corruptions). Here each corruption is one
-batched torch op on float images ``[N, C, H, W]`` in ``[0, 1]``, of any size (>= 8 px), with 1 or 3
+numpy image at a time (~35 ms per 32x32 image through all 19 corruptions). Here each corruption works on
+a batch of float images ``[N, C, H, W]`` in ``[0, 1]`` (torch ops; JPEG and spatter's water shading call
+their libraries per image), of any size (>= 8 px), with 1 or 3
 channels, on CPU or GPU, and the constants are those of hendrycks/robustness ``make_cifar_c.py`` (the
 script that made CIFAR-10-C), kept in one table, ``CONSTANTS``.
 
@@ -14,45 +15,56 @@ Randomness comes only from ``gen``, a CPU ``torch.Generator``: random tensors ar
 and then moved to ``x.device``, so CPU and GPU runs see the same random numbers (outputs then agree up to
 float rounding). The original script is unseeded. Deterministic corruptions accept ``gen=None``.
 
-Faithfulness. Where make_cifar_c calls a library, the library's algorithm is re-implemented: skimage's
+Faithfulness, measured against make_cifar_c.py itself: tests/data/make_expected_corruptions.py ran the
+script's functions (CIFAR constants; scikit-image 0.26, OpenCV 5.0, ImageMagick 6.9.11 via Wand) on two
+32x32 RGB images at severities 1-5 with varmix's random draws fed into numpy's random functions, and
+tests/test_corruptions.py pins varmix to those outputs (the script's float results, before its uint8 cast;
+docs/DEPARTURES-corruptions.md has the table):
+
+- equal to float32 rounding (< 0.001 of a level out of 255): gaussian, shot, impulse and speckle noise,
+  defocus, zoom and gaussian blur, snow, frost, fog, brightness, contrast, elastic_transform, saturate,
+  spatter (water and mud), jpeg_compression (bit for bit).
+- within 1 level, where the script rounds to uint8 inside the corruption and varmix stays in float:
+  pixelate (Pillow's uint8 between the two BOX passes), motion_blur (ImageMagick's 8-bit output), and
+  glass_blur (the uint8 cast after its first blur floors values lying within 1e-5 of a level on either
+  side: varmix's float32 input and the script's float64 land on different sides).
+
+Where make_cifar_c calls a library, varmix re-implements the algorithm as a batched torch op: skimage's
 ``gaussian`` (mode 'nearest', truncate 4), scipy's ``zoom``/``map_coordinates`` (order 1), OpenCV's
-``filter2D``/``GaussianBlur``/``warpAffine``/``blur``/``equalizeHist`` (border REFLECT_101), Pillow's BOX
-resize, skimage's RGB<->HSV round trip (in closed form: brightness scales RGB by v'/v, saturation scales
-the distance to the max channel by s'/s), ImageMagick's ``MotionBlurImage`` kernel. Deviations, each also
-noted at its function:
+``filter2D``/``GaussianBlur``/``warpAffine`` (border REFLECT_101), Pillow's BOX resize, skimage's
+RGB<->HSV round trip (in closed form: brightness scales RGB by v'/v, saturation scales the distance to the
+max channel by s'/s), ImageMagick's ``MotionBlurImage`` (one-sided Gaussian line kernel of width
+2*ceil(radius)+1, integer-rounded offsets along the angle, edge pixels replicated). Two corruptions call
+the script's own libraries: spatter's water shading (OpenCV's Canny, distanceTransform, equalizeHist,
+filter2D, blur: per image on the CPU) and frost (OpenCV reads and resizes the five frost photographs the
+script picks among, from the ``imagecorruptions`` wheel, which varmix uses for those files only).
+
+Beyond CIFAR's 32x32 RGB images, where the script has no answer:
 
 - constants are the CIFAR (32x32) ones at every image size; only elastic_transform (x image size, as in
   the script, using min(H, W)) and pixelate (relative factor) scale. Tiny-ImageNet-C used its own
   constants: for Tiny-ImageNet compare against the official release (``load_official``).
-- glass_blur: the sequential pixel-swap loop is vectorised as a gather from a random neighbour (offsets
-  in [-delta, delta-1] as the script's ``randint``); the script's swaps cascade in scan order, so this is
-  a local resampling rather than a permutation (no long-travelling pixels).
-- motion_blur / snow: ImageMagick's motion blur (via Wand) re-implemented from its algorithm (one-sided
-  Gaussian line kernel of width 2*ceil(radius)+1, integer-rounded offsets along the angle, edge pixels
-  replicated); not bit-checked against ImageMagick, which is not installed here.
-- frost: the script blends crops of six frost photographs that are not available here; a procedural
-  frost texture (ridged plasma fractals, pale blue tint) is blended with the table's weights instead.
-- spatter (water, severities 1-3): Canny edges of the blob image are approximated by the blobs' inner
-  boundary, and OpenCV's 5x5-mask L2 distance transform by the exact Euclidean one.
-- jpeg_compression runs libjpeg (torchvision.io) per image on the CPU, the one per-image op.
+- frost crops H x W from the 0.2-scaled photographs; a photograph too small for the crop (frost2/3 are
+  63 x 112 at 0.2: images over 62 rows or 104 columns) is scaled up just enough.
 - 1-channel images: colour constants and the grey conversion use ITU-R 601 luma (0.299, 0.587, 0.114);
-  saturate returns the luma of what the script would give for the grey image replicated to RGB (identity
-  for severities 1-3, x * (1 - 0.701 * add) for 4-5, where the script tints grey pixels red).
+  frost blends the luma of the crop; saturate returns the luma of what the script would give for the grey
+  image replicated to RGB (identity for severities 1-3, x * (1 - 0.701 * add) for 4-5, where the script
+  tints grey pixels red).
 - everything stays float; the released CIFAR-10-C was truncated to uint8 after each corruption.
-- contrast uses the per-image, per-channel spatial mean, as make_cifar_c does (``axis=(0, 1)`` of HWC).
-- shot_noise draws its Poisson counts on the CPU (torch.poisson needs the generator's device), so GPU
-  images make a round trip to the CPU.
+- jpeg_compression (libjpeg via torchvision.io) and spatter's water shading (OpenCV) run per image on the
+  CPU; shot_noise draws its Poisson counts on the CPU (torch.poisson needs the generator's device): GPU
+  images make a round trip to the CPU there.
 
-Checked in tests/test_corruptions.py against the libraries themselves: gaussian_blur (scipy), zoom_blur
-(scipy.ndimage.zoom), elastic_transform (scipy affine_transform + map_coordinates port) and brightness /
-saturate (HSV round trip) agree to float precision, pixelate is within 1/255 of Pillow (which rounds to
-uint8 between passes), JPEG is byte-identical to Pillow's. Pixel error does not grow monotonically with
-severity for every corruption, by make_cifar_c's constants: glass_blur (more blur at the same number of
-shuffles smooths them), elastic_transform (the affine jitter shrinks from 0.08 to 0.03 x size), motion_blur
-3 vs 4 (the larger radius only adds taps beyond 3 sigma), frost 3 vs 4, saturate 2 vs 3, spatter 3 vs 4.
+Also checked in tests/test_corruptions.py against the libraries themselves: gaussian_blur (scipy),
+zoom_blur (scipy.ndimage.zoom), elastic_transform (scipy affine_transform + map_coordinates port) and
+brightness / saturate (HSV round trip) agree to float precision, pixelate is within 1/255 of Pillow, JPEG is
+byte-identical to Pillow's. Pixel error does not grow monotonically with severity for every corruption, by
+make_cifar_c's constants: glass_blur (more blur at the same number of shuffles smooths them),
+elastic_transform (the affine jitter shrinks from 0.08 to 0.03 x size), motion_blur 3 vs 4 (the larger
+radius only adds taps beyond 3 sigma), frost 3 vs 4, saturate 2 vs 3, spatter 3 vs 4.
 
-Speed: the 15 x 5 suite on 10,000 3x32x32 images takes ~50 s on 2 CPU cores (benchmarks/
-throughput.py --only corrupt).
+Speed: ``benchmarks/throughput.py --only corrupt`` measures images/s per corruption and for the 15 x 5 suite
+(the README's benchmark table).
 
 ``load_official`` reads the official releases (CIFAR-10-C / CIFAR-100-C ``.npy`` files, Tiny-ImageNet-C
 JPEG folders).
@@ -116,7 +128,6 @@ MIN_SIZE = 8                              # smallest image side the ops are defi
 LUMA = (0.299, 0.587, 0.114)              # ITU-R 601, as OpenCV's RGB2GRAY
 _WATER = (175 / 255, 238 / 255, 238 / 255)  # pale turquoise (RGB), as the script
 _MUD = (63 / 255, 42 / 255, 20 / 255)       # mud brown
-_FROST_TINT = (0.86, 0.94, 1.0)           # procedural frost: pale blue-white
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,11 +232,6 @@ def _gauss_kernel(sigma: float, truncate: float) -> np.ndarray:
 @functools.lru_cache(maxsize=512)
 def _gauss_matrix(n: int, sigma: float, mode: str, truncate: float) -> np.ndarray:
     return _filter_matrix(n, _gauss_kernel(sigma, truncate), mode)
-
-
-@functools.lru_cache(maxsize=512)
-def _box3_matrix(n: int) -> np.ndarray:  # OpenCV blur((3, 3)), border REFLECT_101
-    return _filter_matrix(n, np.full(3, 1 / 3), "reflect101")
 
 
 def _zoom_coords(n: int, z: float) -> np.ndarray:
@@ -481,10 +487,11 @@ def defocus_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None = N
 
 def glass_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None = None) -> torch.Tensor:
     """Gaussian blur (sigma), quantise to uint8 (the script's np.uint8), local pixel shuffling
-    (iterations x), Gaussian blur again. Deviation: the script swaps pixels one by one, scanning from
-    the bottom-right, with offsets drawn from randint(-delta, delta) = [-delta, delta - 1]; here each
-    interior pixel (rows/cols delta+1 .. size-delta, as the script's range) takes the value of the pixel
-    at its own random offset in one gather per iteration, so the swap order and cascading differ."""
+    (iterations x), Gaussian blur again. The shuffle: each interior pixel (rows/cols delta+1 .. size-delta,
+    the script's range) takes the value of the pixel at its own offset from randint(-delta, delta), one
+    gather per iteration. That is what the script's swap ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` on
+    numpy views does (a copy, not a swap), and with delta = 1 the sources are not yet visited in its
+    bottom-right-first scan. Within 1 level of the script (see the module docstring)."""
     x, c, dtype = _begin(x, "glass_blur", severity, gen)
     sigma, delta, iterations = c
     n, ch, h, w = x.shape
@@ -502,8 +509,8 @@ def glass_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None = Non
 
 
 def motion_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None = None) -> torch.Tensor:
-    """ImageMagick motion blur (radius, sigma) at an angle U(-45, 45) degrees per image. Deviation:
-    re-implemented from ImageMagick's algorithm (see _motion_blur_op), not bit-checked against it."""
+    """ImageMagick motion blur (radius, sigma) at an angle U(-45, 45) degrees per image (see
+    _motion_blur_op), in float: within 1 level of the script, whose ImageMagick result is 8-bit."""
     x, c, dtype = _begin(x, "motion_blur", severity, gen)
     angles = _uniform64(gen, (x.shape[0],), -45, 45)
     return _end(_motion_blur_op(x, c[0], c[1], angles), dtype)
@@ -529,41 +536,107 @@ def gaussian_blur(x: torch.Tensor, severity: int, gen: torch.Generator | None = 
 # weather
 def snow(x: torch.Tensor, severity: int, gen: torch.Generator | None = None) -> torch.Tensor:
     """Snow layer N(loc, scale) per image, clipped_zoom, threshold, uint8, motion blur (radius, sigma,
-    angle U(-135, -45)), blended with the image lifted towards 1.5 * grey + 0.5, plus the layer and its
-    180-degree rotation. Deviation: ImageMagick's motion blur re-implemented (see motion_blur)."""
+    angle U(-135, -45)) quantised as ImageMagick Q16 returns it in 8 bits (round to 16 bits, then
+    floor(q / 257)), blended with the image lifted towards 1.5 * grey + 0.5, plus the layer and its
+    180-degree rotation. Matches make_cifar_c's snow to float32 rounding when fed the same draws."""
     x, c, dtype = _begin(x, "snow", severity, gen)
     loc, scale, zoom, threshold, radius, sigma, keep = c
     n, _, h, w = x.shape
-    layer = _randn(gen, (n, 1, h, w), x) * scale + loc
+    # the layer in float64 on the CPU, as the script (its uint8 steps are then cut at the same values)
+    layer = torch.randn((n, 1, h, w), generator=gen).double() * scale + loc
     layer = _clipped_zoom(layer, zoom)
     layer = torch.where(layer < threshold, torch.zeros_like(layer), layer)
     layer = torch.floor(layer.clamp(0, 1) * 255) / 255  # the script's uint8 PNG for Wand
     angles = _uniform64(gen, (n,), -135, -45)
-    layer = torch.round(_motion_blur_op(layer, radius, sigma, angles) * 255) / 255  # 8-bit blob back
+    blurred = _motion_blur_op(layer.to(device=x.device, dtype=torch.float32), radius, sigma, angles)
+    # ImageMagick (Q16) rounds to 16 bits, then its 8-bit PNG keeps floor(q / 257) (float32 is exact
+    # enough here: its error, < 0.01 of a 16-bit step, only matters at a rounding tie)
+    layer = (torch.div(torch.round(blurred * 65535), 257, rounding_mode="floor") / 255).to(x.dtype)
     x = keep * x + (1 - keep) * torch.maximum(x, _luma(x) * 1.5 + 0.5)
     return _end(x + layer + layer.flip(-1, -2), dtype)
 
 
-def _frost_texture(n: int, h: int, w: int, gen, like: torch.Tensor) -> torch.Tensor:
-    """Procedural stand-in for make_cifar_c's frost photographs, [n, 1, h, w] in [0, 1]:
-    thin bright crystal veins (ridges of a plasma fractal, where it crosses its middle value) over a
-    rough, icy plasma background."""
-    size = _mapsize(h, w)
-    rough = _plasma(n, size, 1.5, gen)[:, :h, :w]
-    veins = _plasma(n, size, 2.0, gen)[:, :h, :w]
-    ridges = (1 - (2 * veins - 1).abs()) ** 6
-    tex = (0.2 + 0.35 * rough + 0.6 * ridges).clamp(0, 1)  # mean ~0.52, std ~0.18
-    return tex[:, None].to(device=like.device, dtype=like.dtype)
+# The five photographs make_cifar_c.py picks among (np.random.randint(5); frost6.jpg is never used for
+# CIFAR), as shipped in the imagecorruptions wheel, with their md5s.
+FROST_PHOTOS = {
+    "frost1.png": "6ead634ace1f366d77e87078b465863c",
+    "frost2.png": "98f0d2b1d74a048d3bc9c7ecfd886939",
+    "frost3.png": "b3ed8eb147824261888e730f916c0d8b",
+    "frost4.jpg": "d70b9d6aa0b1fe7bd8133b113787e078",
+    "frost5.jpg": "50984ae2c871b7df2c28f1d71ca460a0",
+}
+FROST_SCALE = 0.2  # make_cifar_c: cv2.resize(frost, (0, 0), fx=0.2, fy=0.2)
+
+
+def _frost_path(name: str) -> Path:
+    """Path of one frost photograph inside the installed imagecorruptions distribution, md5-checked.
+    Located through its metadata only: importing imagecorruptions' code fails on NumPy 2."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    hint = ("frost needs the frost photographs of the imagecorruptions wheel (data only): "
+            "pip install --no-deps imagecorruptions==1.1.2")
+    try:
+        path = Path(distribution("imagecorruptions").locate_file(f"imagecorruptions/frost/{name}"))
+    except PackageNotFoundError:
+        raise FileNotFoundError(f"frost photograph {name} not found: imagecorruptions is not installed; "
+                                f"{hint}") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"frost photograph {path} not found; {hint}")
+    actual = file_md5(path)
+    if actual != FROST_PHOTOS[name]:
+        raise ValueError(f"frost photograph {path}: md5 {actual} does not match the expected "
+                         f"{FROST_PHOTOS[name]}; reinstall it: {hint.split(': ')[1]} --force-reinstall")
+    return path
+
+
+@functools.lru_cache(maxsize=8)
+def _frost_photos(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The five photographs as make_cifar_c prepares them (cv2.imread, BGR; resized by 0.2 with
+    cv2.resize's default bilinear; to RGB), for h x w crops: uint8 [5, 3, H_max, W_max] (zero-padded to
+    the largest) and int64 [5, 2] with each photo's (height, width). A photo whose 0.2-scaled size
+    cannot hold an h x w crop at two offsets (randint(0, size - h) needs size > h) is resized by the
+    smallest larger factor that can (images over 62 rows or 104 columns; frost2/3 are 63 x 112 at 0.2 and
+    become 65 x 116 for 64 x 64 images). Cached per (h, w) for the process."""
+    import cv2
+
+    photos = []
+    for name in FROST_PHOTOS:
+        path = _frost_path(name)
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"frost photograph {path} could not be decoded by OpenCV")
+        ph, pw = bgr.shape[:2]
+        if round(ph * FROST_SCALE) > h and round(pw * FROST_SCALE) > w:
+            small = cv2.resize(bgr, (0, 0), fx=FROST_SCALE, fy=FROST_SCALE)
+        else:
+            f = max((h + 1) / ph, (w + 1) / pw)
+            small = cv2.resize(bgr, (max(round(pw * f), w + 1), max(round(ph * f), h + 1)))
+        photos.append(torch.from_numpy(np.ascontiguousarray(small[..., ::-1])).permute(2, 0, 1))
+    sizes = torch.tensor([p.shape[1:] for p in photos])
+    stack = torch.zeros(len(photos), 3, *sizes.amax(0).tolist(), dtype=torch.uint8)
+    for i, p in enumerate(photos):
+        stack[i, :, : p.shape[1], : p.shape[2]] = p
+    return stack, sizes
 
 
 def frost(x: torch.Tensor, severity: int, gen: torch.Generator | None = None) -> torch.Tensor:
-    """clip(image_weight * x + frost_weight * frost). Deviation: the frost photographs of the original
-    (frost1.png ... frost6.jpg) are not available; a procedural frost texture, tinted pale blue
-    (_FROST_TINT, luma for 1 channel), is used with the table's blend weights."""
+    """clip(image_weight * x + frost_weight * crop): per image one of make_cifar_c's five frost
+    photographs (index uniform in 0..4), resized by 0.2, cropped at a uniform offset (row in
+    0 .. height - H - 1, column in 0 .. width - W - 1, as the script's randint), as RGB / 255; 1 channel:
+    the crop's luma (ITU-R 601). Draws from gen: the indices [N], then the offsets as floor(U[0, 1) *
+    range) [N, 2] in float64. Matches make_cifar_c's frost (before its uint8 cast) to float32 rounding
+    when fed the same photo index and offsets (tests/test_corruptions.py, pinned values)."""
     x, c, dtype = _begin(x, "frost", severity, gen)
     n, _, h, w = x.shape
-    layer = _frost_texture(n, h, w, gen, x) * _colour(_FROST_TINT, x)
-    return _end(c[0] * x + c[1] * layer, dtype)
+    stack, sizes = _frost_photos(h, w)
+    idx = torch.randint(0, len(sizes), (n,), generator=gen)
+    ranges = sizes[idx] - sizes.new_tensor([h, w])               # randint(0, size - H): 0 .. range - 1
+    offset = (torch.rand(n, 2, generator=gen, dtype=torch.float64) * ranges).long()
+    rows = offset[:, :1] + torch.arange(h)                       # [n, h]
+    cols = offset[:, 1:] + torch.arange(w)                       # [n, w]
+    crop = stack[idx[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # [n, 3, h, w]
+    crop = crop.to(device=x.device).to(x.dtype) / 255
+    return _end(c[0] * x + c[1] * (crop if x.shape[1] == 3 else _luma(crop)), dtype)
 
 
 def fog(x: torch.Tensor, severity: int, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -577,69 +650,50 @@ def fog(x: torch.Tensor, severity: int, gen: torch.Generator | None = None) -> t
     return _end((x + strength * fractal) * max_val / (max_val + strength), dtype)
 
 
-def _edt(mask: torch.Tensor, cap: float) -> torch.Tensor:
-    """Exact Euclidean distance of every pixel to the nearest True pixel of mask [N, H, W], capped
-    (no True pixel: cap). Two separable min-plus passes, chunked to bound memory."""
-    n, h, w = mask.shape
-    dev, big = mask.device, float(cap * cap + h * h + w * w)
-    dw = (torch.arange(w, device=dev)[:, None] - torch.arange(w, device=dev)[None, :]).float() ** 2
-    dh = (torch.arange(h, device=dev)[:, None] - torch.arange(h, device=dev)[None, :]).float() ** 2
-    out = torch.empty(n, h, w, device=dev)
-    chunk = max(1, (1 << 24) // (h * w * max(h, w)))
-    for s in range(0, n, chunk):
-        m = mask[s: s + chunk]
-        # rows: g[n, y, x] = min_x' [m[n, y, x']] (x - x')^2
-        g = torch.where(m[..., :, None], dw, torch.full((), big, device=dev)).amin(2)
-        # columns: d[n, y, x] = min_y' g[n, y', x] + (y - y')^2
-        out[s: s + chunk] = (g[:, :, None, :] + dh[None, :, :, None]).amin(1)
-    return out.clamp(max=cap * cap).sqrt()
-
-
-def _equalize_hist(v: torch.Tensor) -> torch.Tensor:
-    """OpenCV equalizeHist per image on integer values 0..255 (float tensor [N, 1, H, W])."""
-    n = v.shape[0]
-    if n == 0:
-        return v
-    flat = v.reshape(n, -1).long()
-    total = flat.shape[1]
-    hist = torch.zeros(n, 256, device=v.device).scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.float))
-    first = (hist > 0).float().argmax(1, keepdim=True)
-    h_first = hist.gather(1, first)
-    lut = torch.round((hist.cumsum(1) - h_first) * (255 / (total - h_first).clamp_min(1))).clamp(0, 255)
-    lut = torch.where(h_first == total, torch.arange(256, device=v.device, dtype=lut.dtype).expand(n, 256), lut)
-    return lut.gather(1, flat).reshape(v.shape).to(v.dtype)
-
-
 _EMBOSS = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], dtype=np.float64)
 
 
+def _water_shading(liquid8: np.ndarray) -> np.ndarray:
+    """make_cifar_c's water shading of one uint8 liquid layer [H, W], by the OpenCV calls the script
+    makes: Canny(50, 150), L2 distance transform (5x5 mask) to the edges, truncated at 20, 3x3 blur cast
+    to uint8, equalizeHist, emboss filter2D to CV_8U, 3x3 blur. Returns float32 [H, W]. Per image: the
+    OpenCV functions take one 2-D image."""
+    import cv2
+
+    dist = cv2.distanceTransform(255 - cv2.Canny(liquid8, 50, 150), cv2.DIST_L2, 5)
+    _, dist = cv2.threshold(dist, 20, 20, cv2.THRESH_TRUNC)
+    dist = cv2.equalizeHist(cv2.blur(dist, (3, 3)).astype(np.uint8))
+    dist = cv2.filter2D(dist, cv2.CV_8U, _EMBOSS)
+    return cv2.blur(dist, (3, 3)).astype(np.float32)
+
+
 def spatter(x: torch.Tensor, severity: int, gen: torch.Generator | None = None) -> torch.Tensor:
-    """Liquid layer N(loc, scale) per image, Gaussian blur (sigma), zero below threshold. Water
-    (severities 1-3): blobs shaded by an embossed, histogram-equalised distance-to-edge map, added in
-    pale turquoise with the given intensity. Mud (4-5): blob mask blurred (sigma), kept where >= 0.8,
-    blended towards brown. Deviations (water): Canny edges -> the blobs' inner boundary, OpenCV's
-    5x5-mask L2 distance transform -> exact Euclidean distance."""
+    """Liquid layer N(loc, scale) per image (float64 on the CPU, as the script), skimage Gaussian blur
+    (sigma), zero below threshold. Water (severities 1-3): the layer as uint8 by the script's
+    ``(layer * 255).astype(np.uint8)``, which wraps values above 1 modulo 256; blobs shaded by
+    _water_shading (OpenCV's own functions), m = layer8 * shading / its maximum * intensity, added in pale
+    turquoise. Mud (4-5): blob mask blurred (sigma), kept where >= 0.8, blended towards brown. Matches
+    make_cifar_c's spatter (before its uint8 cast) to float32 rounding when fed the same normal draws
+    (tests/test_corruptions.py, pinned values). An image without liquid is left unchanged (the script
+    divides 0 by 0)."""
     x, c, dtype = _begin(x, "spatter", severity, gen)
     loc, scale, sigma, threshold, intensity, mud = c
     n, _, h, w = x.shape
-    liquid = _gaussian(_randn(gen, (n, 1, h, w), x) * scale + loc, sigma)
+    draws = torch.randn((n, 1, h, w), generator=gen).double()
+    liquid = _gaussian(draws * scale + loc, sigma)
     liquid = torch.where(liquid < threshold, torch.zeros_like(liquid), liquid)
     if mud:
-        m = _gaussian((liquid > threshold).to(x.dtype), intensity)
-        m = torch.where(m < 0.8, torch.zeros_like(m), m)
+        m = _gaussian((liquid > threshold).double(), intensity)
+        m = torch.where(m < 0.8, torch.zeros_like(m), m).to(device=x.device, dtype=x.dtype)
         return _end(x * (1 - m) + _colour(_MUD, x) * m, dtype)
-    liquid8 = torch.floor(liquid.clamp(0, 1) * 255)
-    blob = liquid8 > 0
-    inside = F.max_pool2d((~blob).float(), 3, 1, 1) > 0  # a 3x3 neighbour lies outside the blob
-    edges = blob & inside
-    dist = _edt(edges[:, 0], 20.0)[:, None].to(x.dtype)           # distanceTransform + THRESH_TRUNC 20
-    dist = torch.floor(_sep(dist, _box3_matrix(h), _box3_matrix(w)))  # blur 3x3, astype uint8
-    dist = _equalize_hist(dist)
-    dist = _conv2d(dist, _EMBOSS, "reflect101").round().clamp(0, 255)  # filter2D to CV_8U
-    dist = torch.round(_sep(dist, _box3_matrix(h), _box3_matrix(w)))  # blur 3x3 on uint8
-    m = liquid8 * dist
-    peak = m.amax((2, 3), keepdim=True)
-    m = torch.where(peak > 0, m / peak.clamp_min(1e-12), torch.zeros_like(m)) * intensity
+    # the script's astype(np.uint8): truncation, and values of 256 and more wrap (x86 conversion)
+    liquid8 = (liquid * 255).long().remainder(256).to(torch.uint8).numpy()
+    m = np.zeros((n, 1, h, w), np.float32)
+    for i in range(n):
+        m[i, 0] = liquid8[i, 0] * _water_shading(liquid8[i, 0])
+    peak = m.max((2, 3), keepdims=True, initial=0)
+    m = np.divide(m, peak, out=np.zeros_like(m), where=peak > 0) * np.float32(intensity)
+    m = torch.from_numpy(m).to(device=x.device, dtype=x.dtype)
     return _end(x + m * _colour(_WATER, x), dtype)
 
 
@@ -706,7 +760,7 @@ def pixelate(x: torch.Tensor, severity: int, gen: torch.Generator | None = None)
 
 def jpeg_compression(x: torch.Tensor, severity: int, gen: torch.Generator | None = None) -> torch.Tensor:
     """Real JPEG (libjpeg via torchvision.io, quality c, default 4:2:0 chroma subsampling as Pillow)
-    of the image rounded to uint8. Deviation: runs per image on the CPU, the one per-image op."""
+    of the image rounded to uint8, per image on the CPU; bit for bit the script's output."""
     x, c, dtype = _begin(x, "jpeg_compression", severity, gen)
     from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
