@@ -313,7 +313,7 @@ def test_elastic_transform_matches_scipy_port(fashion_rgb):
 # ----------------------------------------------------------------------------------------------
 # pinned against make_cifar_c.py itself: tests/data/make_expected_corruptions.py ran the script's functions
 # on two fixed images with varmix's own random draws fed in, and stored its outputs (levels, 1/256 fixed
-# point); varmix must stay within what the script's own rounding needs (docs/DEPARTURES-corruptions.md)
+# point); varmix must stay within what the script's own rounding needs (docs/DEPARTURES.md, section Corruptions)
 _spec = importlib.util.spec_from_file_location("make_expected_corruptions", DATA / "make_expected_corruptions.py")
 MAKE_EXPECTED = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(MAKE_EXPECTED)

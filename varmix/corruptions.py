@@ -19,7 +19,7 @@ Faithfulness, measured against make_cifar_c.py itself: tests/data/make_expected_
 script's functions (CIFAR constants; scikit-image 0.26, OpenCV 5.0, ImageMagick 6.9.11 via Wand) on two
 32x32 RGB images at severities 1-5 with varmix's random draws fed into numpy's random functions, and
 tests/test_corruptions.py pins varmix to those outputs (the script's float results, before its uint8 cast;
-docs/DEPARTURES-corruptions.md has the table):
+docs/DEPARTURES.md, section Corruptions has the table):
 
 - equal to float32 rounding (< 0.001 of a level out of 255): gaussian, shot, impulse and speckle noise,
   defocus, zoom and gaussian blur, snow, frost, fog, brightness, contrast, elastic_transform, saturate,

@@ -8,7 +8,7 @@ the same image as a PIL image, with numpy's random functions replaced by ones th
 draws (``Replay``: each reference call must ask for the kind and shape varmix drew, and every draw must
 be used). The .npz stores the reference's outputs (its float return value, before the script's uint8
 cast, in levels 0-255) as uint16 fixed point (value * 256, so +-1/512 level), and this script prints
-varmix's difference to them per corruption and severity: the numbers in docs/DEPARTURES-corruptions.md.
+varmix's difference to them per corruption and severity: the numbers in docs/DEPARTURES.md, section Corruptions.
 tests/test_corruptions.py compares varmix against the stored values, so neither the reference script nor
 its libraries are needed at test time.
 
