@@ -54,8 +54,7 @@ def _assert_same_files(a: Path, b: Path) -> None:
 def reference(fmnist, tmp_path_factory):
     """An uninterrupted 2-epoch mixup run (whose model folder the others are compared with)."""
     root = tmp_path_factory.mktemp("reference")
-    train.train_classifier("mixup", _cfg(), fmnist, root / "run", seed=3, device="cpu",
-                           timings=root / "timings.json")
+    train.train_classifier("mixup", _cfg(), fmnist, root / "run", seed=3, device="cpu")
     return root
 
 
@@ -70,35 +69,25 @@ def test_save_torch_gives_the_same_bytes_for_equal_objects(tmp_path):
 
 
 def test_two_equal_training_runs_write_identical_model_folders(reference, fmnist, tmp_path):
-    train.train_classifier("mixup", _cfg(), fmnist, tmp_path / "run", seed=3, device="cpu",
-                           timings=tmp_path / "timings.json")
+    train.train_classifier("mixup", _cfg(), fmnist, tmp_path / "run", seed=3, device="cpu")
     _assert_same_files(reference / "run", tmp_path / "run")
     assert set(_files(tmp_path / "run")) == {"checkpoint.pt", "history.json", "model.pt", "params.json",
                                              "test_labels.npy", "test_logits.npy"}
-    # the seconds are in the timings file, one row per epoch
-    times = json.loads((tmp_path / "timings.json").read_text())
-    assert [t["epoch"] for t in times] == [1, 2] and all(t["seconds"] > 0 and t["images_per_s"] > 0 for t in times)
 
 
-def test_killed_and_resumed_run_writes_identical_files(reference, fmnist, tmp_path, monkeypatch):
+def test_killed_and_resumed_run_writes_identical_files(reference, fmnist, tmp_path, kill_after_epoch):
     out = tmp_path / "run"
-    real_save = train._save_checkpoint
-
-    def save_then_die(path, state):
-        real_save(path, state)
-        if state["epoch"] == 1:
-            raise KeyboardInterrupt("simulated kill after epoch 1")
-
-    monkeypatch.setattr(train, "_save_checkpoint", save_then_die)
+    kill_after_epoch(1)
     with pytest.raises(KeyboardInterrupt):
         train.train_classifier("mixup", _cfg(), fmnist, out, seed=3, device="cpu", timings=tmp_path / "t.json")
-    monkeypatch.setattr(train, "_save_checkpoint", real_save)
+    kill_after_epoch(None)
     summary = train.train_classifier("mixup", _cfg(), fmnist, out, seed=3, device="cpu",
                                      timings=tmp_path / "t.json")
     assert summary["resumed_from_epoch"] == 1
     _assert_same_files(reference / "run", out)
-    # the timings of the killed run's first epoch are kept
-    assert [t["epoch"] for t in json.loads((tmp_path / "t.json").read_text())] == [1, 2]
+    # the seconds are in the timings file, one row per epoch; the killed run's first epoch is kept
+    times = json.loads((tmp_path / "t.json").read_text())
+    assert [t["epoch"] for t in times] == [1, 2] and all(t["seconds"] > 0 and t["images_per_s"] > 0 for t in times)
     assert summary["seconds"] > 0
 
 
@@ -201,9 +190,9 @@ def test_healthy_smoke_runs_of_every_method_are_not_stopped(method, fmnist, tmp_
 # ----------------------------------------------------------------------------------------------
 # finding 5: temporaries of killed writes
 def _stale(folder: Path, target: str, suffix: str = "") -> Path:
-    """A temporary as atomic_path names it, as a kill leaves it."""
+    """A temporary as atomic_path names it (``.<target>.<random>.tmp<suffix>``), as a kill leaves it."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f".{target}.k1ll3d0{io.TEMP_MARK}{suffix}"
+    path = folder / f".{target}.k1ll3d0.tmp{suffix}"
     path.write_bytes(b"half a file")
     return path
 
