@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from varmix import config, io, pipeline, train
+from varmix import vae as vae_mod
 from varmix.config import METHODS, TrainConfig
 from varmix.data import ImageData, load_raw
 from varmix.vae import ConvVAE, train_vae
-from varmix import vae as vae_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 512, 256

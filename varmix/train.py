@@ -15,16 +15,16 @@ The loop follows torchvision's references/classification/train.py, with the data
   loss accumulated on the device and read once per epoch. CPU: the same code in fp32. Evaluation is
   always fp32 (no autocast), so reported test numbers do not depend on ``cfg.amp``.
 - Each epoch writes ``checkpoint.pt`` (model, optimiser, scheduler, generator state, history) and
-  ``history.json`` atomically. Everything in ``out_dir`` depends only on the weights and settings (the
-  same run gives the same bytes, so DVC sees an unchanged folder); the per-epoch seconds go to the
-  ``timings`` file, which must lie outside ``out_dir``. Stale temporaries of killed writes in ``out_dir``
-  are removed at the start.
-- Divergence: non-finite losses stop the run at once (CPU: at the step; CUDA: at the epoch's end);
-  a finite loss that explodes, or a collapse to chance accuracy, stops it at the epoch's end
-  (``check_divergence``) with ``config.TrainingDiverged``. A run finding a checkpoint of the same run in ``out_dir`` resumes from it;
+  ``history.json`` atomically. A run finding a checkpoint of the same run in ``out_dir`` resumes from it;
   on CPU the resumed run ends with bit-identical weights to an uninterrupted one. A checkpoint may also
   be continued with more epochs (``cfg.epochs[method]`` is the only setting allowed to differ), which
   equals training that many epochs in one go as long as the lr schedule (milestones) agrees.
+- Every file in ``out_dir`` depends only on the weights and settings (equal runs, resumed or not, give
+  equal bytes, so DVC sees an unchanged folder); the per-epoch seconds go to the ``timings`` file, which
+  must lie outside ``out_dir``. Stale temporaries of killed writes in ``out_dir`` are removed at the start.
+- Divergence: non-finite losses stop the run at once (CPU: at the step; CUDA: at the epoch's end); a
+  finite loss that explodes, or a collapse to chance accuracy, stops it at the epoch's end
+  (``check_divergence``) with ``config.TrainingDiverged``.
 
 Choices the paper leaves open (see also params.yaml):
 - Augmentation: random crop with 4 px zero padding for 32 and 64 px images (the mixup literature's
