@@ -15,3 +15,22 @@ def _keep_mkldnn_flag():
     enabled = torch.backends.mkldnn.enabled
     yield
     torch.backends.mkldnn.enabled = enabled
+
+
+@pytest.fixture
+def kill_after_epoch(monkeypatch):
+    """``kill_after_epoch(n)``: the next varmix.train run stops with a KeyboardInterrupt right after it
+    wrote epoch ``n``'s checkpoint (a kill between epochs); ``kill_after_epoch(None)`` undoes it."""
+    from varmix import train
+
+    real_save = train._save_checkpoint
+
+    def arm(epoch):
+        def save_then_die(path, state):
+            real_save(path, state)
+            if state["epoch"] == epoch:
+                raise KeyboardInterrupt(f"simulated kill after epoch {epoch}")
+
+        monkeypatch.setattr(train, "_save_checkpoint", real_save if epoch is None else save_then_die)
+
+    return arm

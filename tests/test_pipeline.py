@@ -179,7 +179,11 @@ def test_session_writes_to_workdir_and_lists_runs(tmp_path, monkeypatch):
     assert s.runs("cutmix", 0) == [("cutmix", 0)]
     path = s.save_metrics("x", {"erm-s0": {"acc": pd.Series([0.25]).iloc[0], "n": pd.Series([3]).iloc[0]}})
     saved = json.loads(path.read_text())
-    assert saved["erm-s0"] == {"acc": 0.25, "n": 3} and saved["wall_seconds"] >= 0
+    assert saved == {"erm-s0": {"acc": 0.25, "n": 3}}  # the same results give the same bytes
+    assert s.wall_times(["x", "missing"])["x"] >= 0 and s.wall_times(["missing"]) == {"missing": None}
+    s.save_metrics("y", {"a": 1}, timings={"seconds": 2.5})
+    timing = json.loads(s.layout.timings("y").read_text())
+    assert timing["seconds"] == 2.5 and timing["wall_seconds"] >= 0
     assert s.load_metrics("x")["erm-s0"]["n"] == 3
     s.save_plot_data("p", pd.DataFrame({"a": [1, 2], "b": [0.5, 1 / 3]}))
     assert s.layout.plot_data("p").read_text() == "a,b\n1,0.5\n2,0.333333\n"

@@ -37,6 +37,12 @@ class ConfigError(ValueError):
     """A params.yaml value is missing, unknown or out of range."""
 
 
+class TrainingDiverged(RuntimeError):
+    """Training blew up with finite numbers (a loss far above its start, accuracy at chance): a setting,
+    usually the learning rate, is too large. Raised by varmix.train and varmix.vae; the message names the
+    run, the epoch, the loss, the lr and the params.yaml key to lower."""
+
+
 # ----------------------------------------------------------------------------------------------
 # small checkers: each names the key path, the value and what is allowed
 def _fail(key: str, value: Any, allowed: str) -> ConfigError:

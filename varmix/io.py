@@ -4,9 +4,12 @@ place, so a killed run never leaves a half-written file behind."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
+import io
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,13 +21,43 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# Every temporary file is named ``.<target name>.<random>.tmp<suffix>``: hidden, beside its target, and
+# matched by TEMP_PATTERNS (also listed in .dvcignore and .gitignore, so DVC never hashes or caches one and
+# git never shows one). A kill between creating and renaming leaves one behind; remove_stale_temps and the
+# next write of the same target remove it.
+TEMP_MARK = ".tmp"
+TEMP_PATTERNS = (f".*{TEMP_MARK}", f".*{TEMP_MARK}.*")
+
+
+def _is_temp(name: str, target: str | None = None) -> bool:
+    """Whether ``name`` is an atomic_path temporary (of ``target`` only, when given)."""
+    head = f".{target}." if target is not None else "."
+    return name.startswith(head) and (name.endswith(TEMP_MARK) or f"{TEMP_MARK}." in name[len(head):])
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries that killed writes left directly in ``folder`` (not in subfolders); return
+    them. Call it where a run starts writing into a folder that only it writes (a model folder, the VAE's)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = sorted(p for p in folder.iterdir() if _is_temp(p.name) and p.is_file())
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a temporary path (ending in ``suffix``) next to ``path``; rename it onto ``path`` only if
-    the block succeeds."""
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path ``.<name>.<random>.tmp<suffix>`` next to ``path`` (``suffix`` for writers
+    that want an extension, e.g. ".ipynb"); rename it onto ``path`` only if the block succeeds. Stale
+    temporaries of the same target, left by killed writes, are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        if _is_temp(old.name, path.name) and old.is_file():
+            old.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_MARK + suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -46,17 +79,67 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
+# ----------------------------------------------------------------------------------------------
+# timings: wall-clock seconds differ on every run, so they never go into a folder that a pipeline stage
+# depends on (a model or VAE folder); the trainers write them to a separate JSON list, one row per epoch
+def timings_path(timings: str | os.PathLike | None, out_dir: str | os.PathLike) -> Path | None:
+    """``timings`` as a Path (None stays None), refused when it lies inside ``out_dir``."""
+    if timings is None:
+        return None
+    path = Path(timings)
+    if Path(out_dir).resolve() in path.resolve().parents:
+        raise ValueError(f"timings = {str(path)!r} lies inside out_dir {str(out_dir)!r}, whose files must "
+                         f"depend only on the weights and settings: write timings elsewhere")
+    return path
+
+
+def read_epoch_timings(path: Path | None, upto: int) -> list[dict]:
+    """The rows of a timings list for epochs 1..``upto`` (a resumed run keeps them); [] when there is no
+    file or it is unreadable (timings are informative and never stop a run)."""
+    if path is None or not path.is_file():
+        return []
+    try:
+        rows = read_json(path)
+        return [r for r in rows if isinstance(r.get("epoch"), int) and r["epoch"] <= upto]
+    except (ValueError, TypeError, AttributeError, OSError):
+        return []
+
+
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
+class _PlainPickle:
+    """A pickle module for torch.save whose Pickler keeps no memo (pickle's ``fast`` mode): every object is
+    written out in full wherever it occurs. Fine for the acyclic dicts, lists and tensors saved here
+    (tensor storages are shared through torch's own persistent ids, not the memo)."""
+
+    class Pickler(pickle.Pickler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.fast = True
+
+    Unpickler = pickle.Unpickler
+    load = staticmethod(pickle.load)
+    dump = staticmethod(pickle.dump)
+
+
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` with torch.save, atomically; byte-identical for equal objects."""
     import torch
 
+    # torch.save names the archive's records after the file it writes to (here a random temp name), so
+    # serialise into memory first: the archive is then named "archive". pickle's memo writes an object met
+    # twice as a back-reference, so equal objects pickle differently when different parts of them are the
+    # same Python object (a resumed run's history holds unpickled strings, a fresh run's interned ones);
+    # _PlainPickle switches the memo off. Tensors, dicts in insertion order, generator states and torch's
+    # serialization_id are deterministic, so equal objects give equal bytes.
+    buf = io.BytesIO()
+    torch.save(obj, buf, pickle_module=_PlainPickle)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buf.getbuffer())
 
 
 def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:

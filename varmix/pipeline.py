@@ -66,6 +66,11 @@ class Layout:
     def plot_data(self, name: str) -> Path:
         return self.results / "plots" / f"{name}.csv"
 
+    def timings(self, name: str) -> Path:
+        """Wall-clock seconds (different on every run): kept apart from the metrics, and no stage
+        depends on them, so a re-run with the same results changes nothing downstream."""
+        return self.results / "timings" / f"{name}.json"
+
 
 def run_name(method: str, seed: int) -> str:
     """The name of one trained model: ``<method>-s<seed>`` (model folder, metrics, plot data)."""
@@ -128,11 +133,23 @@ class Session:
         return pd.read_csv(path)
 
     # ---- outputs (atomic)
-    def save_metrics(self, name: str, metrics: dict[str, Any]) -> Path:
-        """Write ``metrics`` (JSON-able) with the notebook's wall time so far as ``wall_seconds``."""
+    def save_metrics(self, name: str, metrics: dict[str, Any], timings: dict[str, Any] | None = None) -> Path:
+        """Write ``metrics`` (JSON-able; the same results give the same bytes) and, to ``layout.timings(name)``,
+        the notebook's wall time so far as ``wall_seconds`` with ``timings`` (other seconds) beside it."""
         path = self.layout.metrics(name)
-        io.write_json(path, {**_plain(metrics), "wall_seconds": round(time.perf_counter() - self.started, 1)})
+        io.write_json(path, _plain(metrics))
+        io.write_json(self.layout.timings(name), {**_plain(timings or {}),
+                                                  "wall_seconds": round(time.perf_counter() - self.started, 1)})
         return path
+
+    def wall_times(self, names: list[str]) -> dict[str, float | None]:
+        """The ``wall_seconds`` that ``save_metrics`` recorded for each name (None where there is no
+        timings file, e.g. results made before timings were kept apart)."""
+        out = {}
+        for name in names:
+            path = self.layout.timings(name)
+            out[name] = io.read_json(path).get("wall_seconds") if path.is_file() else None
+        return out
 
     def save_plot_data(self, name: str, frame: pd.DataFrame) -> Path:
         path = self.layout.plot_data(name)

@@ -39,9 +39,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from varmix.config import VAEConfig, to_dict
+from varmix.config import TrainingDiverged, VAEConfig, to_dict
 from varmix.data import to_float
-from varmix.io import load_module_state, load_torch, save_torch, write_json
+from varmix.io import (load_module_state, load_torch, read_epoch_timings, remove_stale_temps, save_torch,
+                       timings_path, write_json)
 
 IMAGE_SIZES = (28, 32, 64)
 CHANNELS = (1, 3)
@@ -289,6 +290,19 @@ def _check_images(name: str, x: Any) -> None:
                          f"H = W in {IMAGE_SIZES}")
 
 
+DIVERGENCE_FACTOR = 10.0  # an epoch's mean loss this many times the first step's is divergence
+
+
+def check_divergence(epoch: int, loss: float, first_loss: float, lr: float) -> None:
+    """Raise ``TrainingDiverged`` when an epoch's mean training loss exceeds ``DIVERGENCE_FACTOR`` times
+    the first step's (the untrained VAE's). The loss is a sum of non-negative terms; a healthy run ends
+    every epoch below its first step's loss (smoke and default profiles, tests/test_faults_stable.py)."""
+    limit = DIVERGENCE_FACTOR * first_loss
+    if loss > limit:
+        raise TrainingDiverged(f"training diverged: VAE, epoch {epoch}: train loss {loss:.3g} (first-step loss "
+                               f"{first_loss:.3g}, limit {limit:.3g}) at lr {lr:g}; lower vae.lr in params.yaml")
+
+
 def _resume_key(cfg: VAEConfig, seed: int, n_train: int, n_test: int, shape: tuple) -> dict:
     """What must agree for a checkpoint to be continued (epochs may grow)."""
     c = to_dict(cfg)
@@ -297,11 +311,15 @@ def _resume_key(cfg: VAEConfig, seed: int, n_train: int, n_test: int, shape: tup
 
 
 def train_vae(cfg: VAEConfig, train_x: Tensor, test_x: Tensor, out_dir: str | Path, seed: int,
-              device: str | torch.device | None = None, progress: bool | None = None) -> ConvVAE:
+              device: str | torch.device | None = None, progress: bool | None = None,
+              timings: str | Path | None = None) -> ConvVAE:
     """Train the VAE on uint8 images and write ``checkpoint.pt`` (every epoch), ``history.json`` and
     ``vae.pt`` into ``out_dir``. A ``checkpoint.pt`` already there from the same config, seed and data
     is continued (the result on CPU is bit-identical to an uninterrupted run); one from a different run
-    is an error. Returns the trained VAE frozen in eval mode on ``device``."""
+    is an error. The files in ``out_dir`` depend only on the weights (equal runs give equal bytes); the
+    per-epoch seconds go to ``timings`` (a JSON file outside ``out_dir``) when given. A loss that
+    explodes stops the run (``check_divergence``). Returns the trained VAE frozen in eval mode on
+    ``device``."""
     cfg = _check_cfg(cfg)
     _check_images("train_x", train_x)
     _check_images("test_x", test_x)
@@ -311,6 +329,7 @@ def train_vae(cfg: VAEConfig, train_x: Tensor, test_x: Tensor, out_dir: str | Pa
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed = {seed!r} is invalid: expected a non-negative integer")
     out_dir = Path(out_dir)
+    times_file = timings_path(timings, out_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     train_x = train_x[:cfg.train_subset]
@@ -328,6 +347,7 @@ def train_vae(cfg: VAEConfig, train_x: Tensor, test_x: Tensor, out_dir: str | Pa
     gen = torch.Generator().manual_seed(seed)
     history: list[dict] = []
     start = 0
+    first_loss = None  # the first step's loss (the untrained VAE's): divergence is measured against it
 
     ckpt_path = out_dir / "checkpoint.pt"
     if ckpt_path.exists():
@@ -343,6 +363,9 @@ def train_vae(cfg: VAEConfig, train_x: Tensor, test_x: Tensor, out_dir: str | Pa
         opt.load_state_dict(ckpt["optimizer"])
         gen.set_state(ckpt["generator"])
         history, start = ckpt["history"], ckpt["epoch"]
+        first_loss = ckpt.get("first_loss", history[0]["train"]["loss"])
+    remove_stale_temps(out_dir)
+    times = read_epoch_timings(times_file, start)
 
     bar = tqdm(total=cfg.epochs * steps, initial=start * steps, desc="VAE", unit="step",
                disable=None if progress is None else not progress)
@@ -363,17 +386,24 @@ def train_vae(cfg: VAEConfig, train_x: Tensor, test_x: Tensor, out_dir: str | Pa
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if first_loss is None:
+                    first_loss = parts["loss"]
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v * len(idx)
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{parts['loss']:.2f}")
             vae.eval()
             test = reconstruction_metrics(vae, test_x)
-            history.append({"epoch": epoch + 1, "train": {k: v / n for k, v in sums.items()},
-                            "test": test, "seconds": time.perf_counter() - t0})
+            seconds = time.perf_counter() - t0
+            train = {k: v / n for k, v in sums.items()}
+            check_divergence(epoch + 1, train["loss"], first_loss, cfg.lr)
+            history.append({"epoch": epoch + 1, "train": train, "test": test})
+            times.append({"epoch": epoch + 1, "seconds": seconds})
+            if times_file is not None:  # before the checkpoint: a resumed run keeps the epochs it continues
+                write_json(times_file, times)
             save_torch(ckpt_path, {"key": key, "epoch": epoch + 1, "model": vae.state_dict(),
                                    "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                                   "history": history})
+                                   "history": history, "first_loss": first_loss})
             write_json(out_dir / "history.json", history)
     finally:
         bar.close()
