@@ -319,14 +319,18 @@ def load(name: str, data_dir: str | os.PathLike = "data") -> ImageData:
         raise DataError(f"prepared {name} not found in {folder} (no meta.json): {fix} (or `dvc pull` if your "
                         f"DVC remote holds it)")
     md5s = _read_meta_md5(meta_path, fix)
-    arrays = []
-    for fname in FILES:
+    for fname in FILES:  # every file first: a damaged one stops the run before anything is read
         path = folder / fname
         if not path.is_file():
             raise DataError(f"missing file {path}: {fix}")
         if file_md5(path) != md5s[fname]:
             raise DataError(f"{path} is corrupt: its md5 differs from the one in {meta_path}: {fix}")
-        arrays.append(torch.from_numpy(np.load(path, allow_pickle=False)))
+    arrays = []
+    for fname in FILES:
+        try:
+            arrays.append(torch.from_numpy(np.load(folder / fname, allow_pickle=False)))
+        except (ValueError, OSError, EOFError) as exc:  # meta.json matches, but the file is no .npy array
+            raise DataError(f"{folder / fname} is not a prepared array ({exc}): {fix}") from None
     data = ImageData(name, *arrays)
     _check(data, s, "prepared")
     return data

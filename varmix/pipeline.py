@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import platform
 import shutil
@@ -252,6 +253,12 @@ def _execute(src: Path, out: Path, parameters: dict[str, Any] | None, label: str
 
     label = label or src.stem
     check_kernel()
+    # papermill's logger (nbclient's too) has no handler, so Python prints its records to stderr, e.g.
+    # "Kernel died while waiting for execute reply." before our own one-line report; a handler keeps them
+    # out of the way (a program that configures logging still gets them through propagation).
+    logger = logging.getLogger("papermill")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
     failed = failed_path(out)
     with io.atomic_path(out, suffix=".ipynb") as tmp, _stop_kernel_on_signals(label):
         try:
