@@ -8,6 +8,7 @@ The notebook cases run the real notebooks with the smoke profile in a temporary 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -178,16 +179,20 @@ def test_kernelspec_without_ipykernel_says_how_to_register_it(project, tmp_path)
     assert time.monotonic() - t0 < 60 and not (project / "results").exists()
 
 
-@pytest.fixture
-def long_run(project):
+NOTEBOOK_CMD = [sys.executable, "-m", "varmix", "notebook", "01_vae", "--profile", "smoke"]
+# a stand-in for dvc: runs the stage's command as its child and, like dvc, does not pass SIGTERM on to it
+DVC_LIKE = [sys.executable, "-c", "import subprocess, sys; subprocess.run(sys.argv[1:])", *NOTEBOOK_CMD]
+
+
+@contextlib.contextmanager
+def long_run(project: Path, cmd: list[str] = NOTEBOOK_CMD):
     """01_vae with a VAE training long enough to be interrupted, once the kernel trains: yields the
-    ``python -m varmix notebook`` process, the kernel's processes and the VAE's folder; whatever is left
-    of them is killed afterwards (the unfixed code leaves the kernel running)."""
+    started process (``cmd``), the ``python -m varmix notebook`` process, the kernel's processes and the
+    VAE's folder; whatever is left of them is killed afterwards (the unfixed code leaves kernels running)."""
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["profiles"]["smoke"]["vae"]["epochs"] = 200
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    proc = subprocess.Popen([sys.executable, "-m", "varmix", "notebook", "01_vae", "--profile", "smoke"],
-                            cwd=project, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=project, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     family: list[psutil.Process] = []
     try:
         vae_dir = project / "runs" / "fashion-mnist" / "smoke" / "vae"
@@ -196,35 +201,23 @@ def long_run(project):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the VAE did not start training"
             time.sleep(0.2)
-        kernel = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                  if any("ipykernel" in a for a in p.cmdline())]
-        assert kernel, "no kernel process found"
-        family = kernel + [c for k in kernel for c in k.children(recursive=True)]
-        yield proc, family, vae_dir
+        family = psutil.Process(proc.pid).children(recursive=True)
+        notebook = [p for p in [psutil.Process(proc.pid), *family] if p.cmdline()[1:3] == ["-m", "varmix"]]
+        assert any("ipykernel" in a for p in family for a in p.cmdline()), "no kernel process found"
+        yield proc, notebook[0], family, vae_dir
     finally:
         proc.kill()
         proc.wait()
         for p in family:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
-            except psutil.NoSuchProcess:
-                pass
 
 
 def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
     return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_stops_the_kernel_and_writes_nothing(project, long_run, sig):
-    proc, family, vae_dir = long_run
-    t0 = time.monotonic()
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=30)
-    assert time.monotonic() - t0 < 15
-    assert proc.returncode == 128 + sig
-    (line,) = short_error(err, most=1)
-    assert line == f"interrupted: notebook 01_vae stopped ({sig.name}), nothing written"
+def assert_stopped_and_nothing_written(project: Path, family: list[psutil.Process], vae_dir: Path) -> None:
     time.sleep(1)
     assert not alive(family), [p.cmdline() for p in alive(family)]
     # nothing written by the stopped kernel afterwards, and no output of the stage
@@ -235,17 +228,44 @@ def test_signal_stops_the_kernel_and_writes_nothing(project, long_run, sig):
     assert not list(smoke_out(project).rglob("*.ipynb")) and not (smoke_out(project) / "metrics").exists()
 
 
-def test_dead_kernel_is_one_line_with_the_failed_notebook(project, long_run):
-    proc, family, _ = long_run
-    for p in family:
-        p.kill()
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1
-    lines = short_error(err, most=2)
-    assert lines[0].startswith("error in notebook 01_vae: DeadKernelError: the kernel died"), lines
-    failed = smoke_out(project) / "notebooks" / "01_vae.failed.ipynb"
-    assert lines[1:] in ([], [f"full traceback: {failed}"])
-    assert not (smoke_out(project) / "notebooks" / "01_vae.ipynb").exists()
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_the_kernel_and_writes_nothing(project, sig):
+    with long_run(project) as (proc, _, family, vae_dir):
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - t0 < 15
+        assert proc.returncode == 128 + sig
+        (line,) = short_error(err, most=1)
+        assert line == f"interrupted: notebook 01_vae stopped ({sig.name}), nothing written"
+        assert_stopped_and_nothing_written(project, family, vae_dir)
+
+
+def test_sigterm_to_the_parent_like_dvc_stops_the_kernel(project):
+    """dvc does not pass SIGTERM on to its stage's command: the stage's notebook process must notice that
+    its parent died."""
+    with long_run(project, DVC_LIKE) as (parent, notebook, family, vae_dir):
+        assert notebook.pid != parent.pid
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(timeout=10)
+        _, err = parent.communicate(timeout=30)  # EOF once the orphaned notebook process has exited too
+        assert not alive([notebook])
+        (line,) = short_error(err, most=1)
+        assert line == "interrupted: notebook 01_vae stopped (SIGTERM), nothing written"
+        assert_stopped_and_nothing_written(project, family, vae_dir)
+
+
+def test_dead_kernel_is_one_line_with_the_failed_notebook(project):
+    with long_run(project) as (proc, _, family, _):
+        for p in family:
+            p.kill()
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1
+        lines = short_error(err, most=2)
+        assert lines[0].startswith("error in notebook 01_vae: DeadKernelError: the kernel died"), lines
+        failed = smoke_out(project) / "notebooks" / "01_vae.failed.ipynb"
+        assert lines[1:] in ([], [f"full traceback: {failed}"])
+        assert not (smoke_out(project) / "notebooks" / "01_vae.ipynb").exists()
 
 
 # ---------------------------------------------------------------------------------------------------

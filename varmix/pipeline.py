@@ -332,9 +332,11 @@ def _kill_kernels() -> None:
 
 @contextlib.contextmanager
 def _stop_kernel_on_signals(label: str) -> Iterator[None]:
-    """While a notebook runs, SIGTERM (what dvc forwards when it is stopped) and SIGINT (Ctrl-C) kill the
-    kernel's process group and raise ``errors.Interrupted``: without this the kernel, in its own session,
-    outlives us and keeps writing outputs that dvc.lock does not record."""
+    """While a notebook runs, SIGTERM and SIGINT (Ctrl-C, which reaches the stage's command through the
+    terminal) kill the kernel's process group and raise ``errors.Interrupted``: without this the kernel, in
+    its own session, outlives us and keeps writing outputs that dvc.lock does not record. dvc itself does
+    not pass SIGTERM on to its stage's command, so the death of our parent (dvc, when it runs us) counts as
+    a SIGTERM too."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
         yield
         return
@@ -348,12 +350,24 @@ def _stop_kernel_on_signals(label: str) -> Iterator[None]:
         raise errors.Interrupted(signum, label)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    done = threading.Event()
+    threading.Thread(target=_on_parent_death, args=(os.getppid(), done), daemon=True).start()
     try:
         yield
     finally:
+        done.set()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _kill_kernels()
+
+
+def _on_parent_death(parent: int, done: threading.Event, every: float = 0.5) -> None:
+    """SIGTERM to this process once its parent has gone (we are re-parented, so ``getppid`` changes).
+    Polled rather than Linux's prctl(PR_SET_PDEATHSIG) so that it works on any POSIX system."""
+    while not done.wait(every):
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
 
 
 def run_notebook(name: str, profile: str | None = None, dataset: str | None = None,
