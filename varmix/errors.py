@@ -30,9 +30,9 @@ class NotebookFailed(UserError):
         super().__init__(f"error in notebook {notebook}: {ename}: {' '.join(str(evalue).split())}")
 
 
-class Interrupted(BaseException):
-    """SIGTERM or SIGINT stopped a notebook run (a BaseException, like KeyboardInterrupt, so that no
-    ``except Exception`` on the way swallows it)."""
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT stopped a notebook run. A KeyboardInterrupt, so that no ``except Exception`` on
+    the way swallows it and asyncio (papermill's kernel client) re-raises it at once, as it does Ctrl-C."""
 
     def __init__(self, signum: int, notebook: str):
         self.signum, self.notebook = signum, notebook

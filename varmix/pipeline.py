@@ -322,6 +322,8 @@ _KERNEL_GROUPS: set[int] = set()
 
 
 def _kill_kernels() -> None:
+    """SIGKILL the running kernels' process groups (safe while they run: a kernel is our child, so its pid,
+    the group's id, cannot be reused before nbclient reaps it)."""
     while _KERNEL_GROUPS:
         group = _KERNEL_GROUPS.pop()
         try:
@@ -358,7 +360,8 @@ def _stop_kernel_on_signals(label: str) -> Iterator[None]:
         done.set()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        _kill_kernels()
+        # nbclient has shut its kernel down and reaped it: its group id may be reused from now on
+        _KERNEL_GROUPS.clear()
 
 
 def _on_parent_death(parent: int, done: threading.Event, every: float = 0.5) -> None:
