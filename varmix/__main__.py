@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from pathlib import Path
 
-from varmix import config
+from varmix import config, errors
+from varmix.io import project_root
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,43 +31,45 @@ def main(argv: list[str] | None = None) -> int:
     ref = sub.add_parser("refresh-notebooks", help="re-execute notebooks/ in place (smoke): nbval's reference outputs")
     ref.add_argument("names", nargs="*", help="notebook names (default: all, in order)")
     args = parser.parse_args(argv)
-
-    if args.command in ("notebook", "refresh-notebooks"):
-        from papermill.exceptions import PapermillExecutionError
-
-        from varmix import pipeline
-
-        try:
-            if args.command == "notebook":
-                out = pipeline.run_notebook(args.name, args.profile, args.dataset, args.method, args.seed)
-                print(f"wrote {out}")
-            else:
-                pipeline.refresh_notebooks(tuple(args.names) or pipeline.NOTEBOOKS)
-            return 0
-        except PapermillExecutionError as exc:
-            print(f"error: a cell of notebook {args.name if args.command == 'notebook' else ''} raised:\n{exc}",
-                  file=sys.stderr)
-            return 1
-        except (config.ConfigError, FileNotFoundError, ValueError) as exc:  # the data is read in the kernel
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-
-    from varmix import data  # imports torch: only here, not to run a notebook
-
     try:
-        params = config.load_params(args.params)
-        if args.command == "check-params":
-            print(f"params OK: profile={params.profile} dataset={params.dataset} methods={','.join(params.methods)}"
-                  f" seeds={','.join(map(str, params.seeds))}")
-            return 0
-        name = args.dataset or params.dataset
-        out = data.prepare(name, args.data_dir or params.data_dir, args.raw_dir or params.raw_dir,
-                           download=args.download)
-        print(f"prepared {name} in {out}")
+        return _run(args)
+    except (*errors.REPORTED, errors.Interrupted) as exc:  # the one place user errors become messages
+        lines, code = errors.describe(exc)
+        print("\n".join(lines), file=sys.stderr)
+        return code
+    except KeyboardInterrupt:  # Ctrl-C outside a notebook run (prepare-data): nothing half-written stays
+        print(f"interrupted: {args.command} stopped", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command in ("notebook", "refresh-notebooks"):
+        from varmix import pipeline  # not varmix.data: running a notebook should not import torch here
+
+        if args.command == "notebook":
+            out = pipeline.run_notebook(args.name, args.profile, args.dataset, args.method, args.seed)
+            print(f"wrote {out}")
+        else:
+            pipeline.refresh_notebooks(tuple(args.names) or pipeline.NOTEBOOKS)
         return 0
-    except (config.ConfigError, data.DataError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+    params = config.load_params(args.params)
+    if args.command == "check-params":
+        print(f"params OK: profile={params.profile} dataset={params.dataset} methods={','.join(params.methods)}"
+              f" seeds={','.join(map(str, params.seeds))}")
+        return 0
+
+    from varmix import data  # imports torch: only here
+
+    # params.yaml's folders are relative to its own folder (the project root, where dvc runs the stages),
+    # whatever the cwd; folders given on the command line are relative to the cwd, as usual.
+    root = Path(args.params).resolve().parent if args.params else project_root()
+    name = args.dataset or params.dataset
+    data_dir = args.data_dir or root / params.data_dir
+    raw_dir = args.raw_dir or (root / params.raw_dir if params.raw_dir else None)
+    out = data.prepare(name, data_dir, raw_dir, download=args.download)
+    print(f"prepared {name} in {out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 
 from varmix.config import DATASETS
+from varmix.errors import UserError
 from varmix.io import file_md5, read_json, write_json, write_npy
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """A dataset is missing, truncated or malformed."""
 
 
@@ -123,6 +124,15 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 
 def _load_fashion_mnist(raw_dir: Path | None, download: bool) -> tuple[np.ndarray, ...]:
     stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    if raw_dir is not None and not download and not all(_find_idx(raw_dir, s) for s in stems):
+        # a raw_dir that is set must hold the files: falling back to Debian's copy would hide the mistake
+        found = sorted(p.name for p in raw_dir.iterdir()) if raw_dir.is_dir() else None
+        holds = ("which does not exist" if found is None else
+                 f"which holds {', '.join(found[:4]) or 'nothing'}{' ...' if len(found) > 4 else ''}")
+        raise DataError(
+            f"fashion-mnist not found in raw_dir {raw_dir} ({holds}): expected the idx files "
+            f"{', '.join(s + '[.gz]' for s in stems)} there. Put them there, set raw_dir: null in params.yaml to "
+            f"use Debian's copy (`sudo apt-get install dataset-fashion-mnist`), or add --download.")
     places = [p for p in (raw_dir, DEBIAN_FASHION_MNIST) if p is not None]
     for folder in places:
         paths = [_find_idx(folder, s) for s in stems]
@@ -304,20 +314,36 @@ def load(name: str, data_dir: str | os.PathLike = "data") -> ImageData:
     s = spec(name)
     folder = Path(data_dir) / name
     meta_path = folder / "meta.json"
+    fix = f"restore the pinned data with `dvc checkout data.dvc`, or re-run `python -m varmix prepare-data --dataset {name}`"
     if not meta_path.is_file():
-        raise DataError(
-            f"prepared {name} not found in {folder}. Run `python -m varmix prepare-data --dataset {name}` "
-            f"(or `dvc pull` if your DVC remote holds it).")
-    meta = read_json(meta_path)
-    arrays = []
-    for fname in FILES:
+        raise DataError(f"prepared {name} not found in {folder} (no meta.json): {fix} (or `dvc pull` if your "
+                        f"DVC remote holds it)")
+    md5s = _read_meta_md5(meta_path, fix)
+    for fname in FILES:  # every file first: a damaged one stops the run before anything is read
         path = folder / fname
         if not path.is_file():
-            raise DataError(f"missing file {path}; re-run `python -m varmix prepare-data --dataset {name}`")
-        if file_md5(path) != meta["md5"][fname]:
-            raise DataError(f"{path} is corrupt: its md5 differs from {meta_path}; re-run "
-                            f"`python -m varmix prepare-data --dataset {name}`")
-        arrays.append(torch.from_numpy(np.load(path, allow_pickle=False)))
+            raise DataError(f"missing file {path}: {fix}")
+        if file_md5(path) != md5s[fname]:
+            raise DataError(f"{path} is corrupt: its md5 differs from the one in {meta_path}: {fix}")
+    arrays = []
+    for fname in FILES:
+        try:
+            arrays.append(torch.from_numpy(np.load(folder / fname, allow_pickle=False)))
+        except (ValueError, OSError, EOFError) as exc:  # meta.json matches, but the file is no .npy array
+            raise DataError(f"{folder / fname} is not a prepared array ({exc}): {fix}") from None
     data = ImageData(name, *arrays)
     _check(data, s, "prepared")
     return data
+
+
+def _read_meta_md5(meta_path: Path, fix: str) -> dict[str, str]:
+    """meta.json's md5 of each prepared file, with one clear error for a damaged or foreign meta.json."""
+    try:
+        meta = read_json(meta_path)
+    except (ValueError, UnicodeDecodeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise DataError(f"{meta_path} is damaged (not JSON: {exc}): {fix}") from None
+    md5s = meta.get("md5") if isinstance(meta, dict) else None
+    if not isinstance(md5s, dict) or not all(isinstance(md5s.get(f), str) for f in FILES):
+        raise DataError(f"{meta_path} lacks the md5 of each of {', '.join(FILES)} (it was not written by "
+                        f"prepare-data): {fix}")
+    return md5s

@@ -11,15 +11,21 @@ testing never touches the committed results); the data is always read from the p
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import logging
 import os
 import platform
+import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from varmix import config, io
+from varmix import config, errors, io
 from varmix.io import project_root
 
 # torch, pandas and varmix.data are imported where they are used: `python -m varmix notebook` (one per
@@ -91,6 +97,17 @@ class Session:
         from varmix import data
 
         return data.load(self.params.dataset, project_root() / self.params.data_dir)
+
+    def load_vae(self) -> torch.nn.Module:
+        """The VAE the ``vae`` stage (01_vae) trained, frozen, on the device."""
+        from varmix.vae import load_vae
+
+        path = self.layout.vae_dir / "vae.pt"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"the VAE {path} is missing (mixup_r and varmixup need it): train it first with `dvc repro vae` "
+                f"(or `python -m varmix notebook 01_vae --profile {self.params.profile} --dataset {self.params.dataset}`)")
+        return load_vae(path, self.device)
 
     def runs(self, method: str = "all", seed: int | str = "all") -> list[tuple[str, int]]:
         """The (method, seed) pairs a notebook works on: ``"all"`` expands to params.yaml's lists;
@@ -210,6 +227,8 @@ def _check_cpu_kernels(capability: str) -> None:
 # running the notebooks (dvc.yaml's stages and the nbval reference outputs)
 NOTEBOOKS = ("01_vae", "02_train", "03_corruptions", "04_calibration", "05_landscape", "06_report")
 KERNEL = "python3"  # registered by `make install` (ipykernel install --sys-prefix --name python3)
+# ipykernel logs a warning about its localhost TCP transport on every start; the kernel's own errors still show
+_KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 _VOLATILE_NB = ("start_time", "end_time", "duration", "input_path", "output_path", "exception")
 _VOLATILE_CELL = ("papermill", "execution")
 
@@ -233,20 +252,150 @@ def clean_notebook(path: str | os.PathLike) -> None:
     nbformat.write(book, path)
 
 
-def _execute(src: Path, out: Path, parameters: dict[str, Any] | None) -> None:
-    import papermill as pm
+def failed_path(out: Path) -> Path:
+    """Where a run that failed leaves its executed notebook (with the traceback): beside ``out`` as
+    ``<name>.failed.ipynb``, never over ``out`` itself (.gitignore'd; no dvc.yaml stage names it as an
+    output, so DVC never records it). A later successful run deletes it."""
+    return out.with_name(f"{out.stem}.failed.ipynb")
 
-    with io.atomic_path(out, suffix=".ipynb") as tmp:
-        pm.execute_notebook(str(src), str(tmp), parameters=parameters or None, kernel_name=KERNEL,
-                            cwd=str(src.parent), progress_bar=False, language="python")
+
+def _execute(src: Path, out: Path, parameters: dict[str, Any] | None, label: str | None = None) -> None:
+    """Execute ``src`` into ``out`` (atomically). A cell that raises, a kernel that dies, SIGTERM or SIGINT
+    write nothing to ``out``; the first two leave the executed notebook at ``failed_path(out)`` and raise
+    ``errors.NotebookFailed`` with the cell's error line, a signal stops the kernel and raises
+    ``errors.Interrupted``."""
+    import papermill as pm
+    from nbclient.exceptions import DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    label = label or src.stem
+    check_kernel()
+    # papermill's logger (nbclient's too) has no handler, so Python prints its records to stderr, e.g.
+    # "Kernel died while waiting for execute reply." before our own one-line report; a handler keeps them
+    # out of the way (a program that configures logging still gets them through propagation).
+    logger = logging.getLogger("papermill")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    failed = failed_path(out)
+    with io.atomic_path(out, suffix=".ipynb") as tmp, _stop_kernel_on_signals(label):
+        try:
+            pm.execute_notebook(str(src), str(tmp), parameters=parameters or None, kernel_name=KERNEL,
+                                cwd=str(src.parent), progress_bar=False, language="python",
+                                kernel_manager_class=_kernel_manager_class(), extra_arguments=_KERNEL_ARGS)
+        except PapermillExecutionError as exc:  # papermill wrote the notebook, traceback included
+            os.replace(tmp, failed)
+            raise errors.NotebookFailed(label, exc.ename, exc.evalue, failed) from None
+        except DeadKernelError:
+            if tmp.is_file() and tmp.stat().st_size:
+                os.replace(tmp, failed)
+            raise errors.NotebookFailed(
+                label, "DeadKernelError", "the kernel died (killed from outside, or by the system when memory "
+                "ran out); lower the profile's batch sizes or free memory, and run it again",
+                failed if failed.is_file() else None) from None
         clean_notebook(tmp)
+    failed.unlink(missing_ok=True)
+
+
+def check_kernel(name: str = KERNEL) -> None:
+    """Fail before anything starts when the Jupyter kernel ``name`` is missing or runs a Python that cannot
+    import ipykernel (papermill would report it as a long traceback from inside jupyter_client)."""
+    import subprocess
+    import sys
+
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    fix = f"register it with `python -m ipykernel install --sys-prefix --name {name}` (or `make install`)"
+    try:
+        spec = KernelSpecManager().get_kernel_spec(name)
+    except NoSuchKernel:
+        raise errors.UserError(f"no Jupyter kernel named {name!r}: {fix}") from None
+    exe = spec.argv[0] if spec.argv else ""
+    if exe in ("python", f"python{sys.version_info[0]}", "python%i.%i" % sys.version_info[:2]):
+        exe = sys.executable  # what jupyter_client's KernelManager.format_kernel_cmd runs for these names
+    found = shutil.which(exe) if exe else None
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('ipykernel') is None)"
+    if found is None or subprocess.run([found, "-c", probe], capture_output=True).returncode != 0:
+        why = "which does not exist" if found is None else "which cannot import ipykernel"
+        raise errors.UserError(f"the Jupyter kernel {name!r} ({Path(spec.resource_dir) / 'kernel.json'}) runs "
+                               f"{exe or '(no command)'}, {why}: {fix}")
+
+
+@functools.cache
+def _kernel_manager_class():
+    from jupyter_client.manager import AsyncKernelManager
+
+    class TrackedKernelManager(AsyncKernelManager):
+        """nbclient's kernel manager, remembering the process group of each kernel it starts
+        (jupyter_client starts kernels in their own session) so a signal handler can stop it."""
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+            _KERNEL_GROUPS.add(getattr(self.provisioner, "pgid", None) or self.provisioner.pid)
+
+    return TrackedKernelManager
+
+
+_KERNEL_GROUPS: set[int] = set()
+
+
+def _kill_kernels() -> None:
+    """SIGKILL the running kernels' process groups (safe while they run: a kernel is our child, so its pid,
+    the group's id, cannot be reused before nbclient reaps it)."""
+    while _KERNEL_GROUPS:
+        group = _KERNEL_GROUPS.pop()
+        try:
+            os.killpg(group, signal.SIGKILL)  # the kernel and whatever it started
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+@contextlib.contextmanager
+def _stop_kernel_on_signals(label: str) -> Iterator[None]:
+    """While a notebook runs, SIGTERM and SIGINT (Ctrl-C, which reaches the stage's command through the
+    terminal) kill the kernel's process group and raise ``errors.Interrupted``: without this the kernel, in
+    its own session, outlives us and keeps writing outputs that dvc.lock does not record. dvc itself does
+    not pass SIGTERM on to its stage's command, so the death of our parent (dvc, when it runs us) counts as
+    a SIGTERM too."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield
+        return
+    stopping = []
+
+    def stop(signum: int, frame: Any) -> None:
+        if stopping:  # a second signal while the first one unwinds: the kernel is already gone
+            return
+        stopping.append(signum)
+        _kill_kernels()
+        raise errors.Interrupted(signum, label)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    done = threading.Event()
+    threading.Thread(target=_on_parent_death, args=(os.getppid(), done), daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        # nbclient has shut its kernel down and reaped it: its group id may be reused from now on
+        _KERNEL_GROUPS.clear()
+
+
+def _on_parent_death(parent: int, done: threading.Event, every: float = 0.5) -> None:
+    """SIGTERM to this process once its parent has gone (we are re-parented, so ``getppid`` changes).
+    Polled rather than Linux's prctl(PR_SET_PDEATHSIG) so that it works on any POSIX system."""
+    while not done.wait(every):
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
 
 
 def run_notebook(name: str, profile: str | None = None, dataset: str | None = None,
                  method: str | None = None, seed: int | None = None) -> Path:
     """Execute ``notebooks/<name>.ipynb`` with papermill (a dvc.yaml stage) and write it, cleaned, to
     ``results/<dataset>/<profile>/notebooks/<name>[-<method>-s<seed>].ipynb``. Parameters are checked
-    before the kernel starts; a cell that raises fails the run and nothing is written."""
+    before the kernel starts; a cell that raises fails the run, writes nothing to the output and leaves the
+    executed notebook at ``failed_path(out)`` (see ``_execute``)."""
     if name not in NOTEBOOKS:
         raise ValueError(f"notebook {name!r} is unknown: expected one of {', '.join(NOTEBOOKS)}")
     if (method is None) != (seed is None) or (method is not None and name != "02_train"):
@@ -261,8 +410,25 @@ def run_notebook(name: str, profile: str | None = None, dataset: str | None = No
         parameters.update(method=method, seed=seed)
         out_name = f"{name}-{run_name(method, seed)}"
     out = layout.notebook(out_name)
-    _execute(project_root() / "notebooks" / f"{name}.ipynb", out, parameters)
+    for folder in (layout.results, layout.runs):
+        _check_writable(folder)
+    label = name if method is None else f"{name} (method {method}, seed {seed})"
+    _execute(project_root() / "notebooks" / f"{name}.ipynb", out, parameters, label)
     return out
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail before the kernel starts when ``folder`` (or the nearest existing folder above it) cannot be
+    written: a test file is created there, which also catches read-only mounts and root-owned folders."""
+    import tempfile
+
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise errors.UserError(f"cannot write to {existing} ({exc.strerror}): make it writable, or set "
+                               f"{WORKDIR_ENV} to write runs/ and results/ elsewhere") from None
 
 
 def refresh_notebooks(names: tuple[str, ...] = NOTEBOOKS) -> None:

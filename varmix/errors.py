@@ -1,0 +1,62 @@
+"""The errors a user can cause, and how the command line reports them.
+
+Library code raises ``UserError`` (or a subclass, e.g. ``varmix.data.DataError``) for something the user
+can fix, with a message that says what is wrong, which file or key, and what to do. ``python -m varmix``
+catches these in one place (``varmix.__main__.main``, through ``describe``) and prints ``error: <message>``
+instead of a traceback. ``ValueError`` (``config.ConfigError`` is one), ``FileNotFoundError`` and
+``PermissionError`` are reported the same way: the library raises them on bad input with a clear message.
+"""
+
+from __future__ import annotations
+
+import signal
+
+
+class UserError(Exception):
+    """Something the user can fix; the message says what, where, and what to do."""
+
+    exit_code = 2
+
+
+class NotebookFailed(UserError):
+    """A notebook run by ``python -m varmix notebook`` stopped: a cell raised (``ename``/``evalue`` are the
+    exception's type and message) or the kernel died. ``failed`` is the executed notebook with the full
+    traceback, or None when none was written."""
+
+    exit_code = 1
+
+    def __init__(self, notebook: str, ename: str, evalue: str, failed=None):
+        self.notebook, self.ename, self.evalue, self.failed = notebook, ename, evalue, failed
+        super().__init__(f"error in notebook {notebook}: {ename}: {' '.join(str(evalue).split())}")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT stopped a notebook run. A KeyboardInterrupt, so that no ``except Exception`` on
+    the way swallows it and asyncio (papermill's kernel client) re-raises it at once, as it does Ctrl-C."""
+
+    def __init__(self, signum: int, notebook: str):
+        self.signum, self.notebook = signum, notebook
+        super().__init__(f"interrupted: notebook {notebook} stopped ({signal.Signals(signum).name}), nothing written")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention for a process ended by a signal
+
+
+# What the command line reports as one line (no traceback). ConfigError is a ValueError.
+REPORTED = (UserError, ValueError, FileNotFoundError, PermissionError)
+
+
+def describe(exc: BaseException) -> tuple[list[str], int] | None:
+    """The lines to print and the exit code for an error the user can fix, or None when ``exc`` is not one
+    of ``REPORTED`` or ``Interrupted`` (a bug: its traceback should show)."""
+    if isinstance(exc, Interrupted):
+        return [str(exc)], exc.exit_code
+    if isinstance(exc, NotebookFailed):
+        return [str(exc)] + ([f"full traceback: {exc.failed}"] if exc.failed else []), exc.exit_code
+    if isinstance(exc, PermissionError) and exc.filename:
+        return [f"error: permission denied writing {exc.filename}: make its folder writable, or set "
+                f"VARMIX_WORKDIR to write runs/ and results/ elsewhere"], 2
+    if isinstance(exc, REPORTED):
+        return [f"error: {exc}"], getattr(exc, "exit_code", 2)
+    return None
