@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from test_data import fake_fashion
-from varmix import data, errors, pipeline
+from varmix import config, data, errors, pipeline
 from varmix.__main__ import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -318,6 +318,8 @@ def test_relative_data_dir_is_the_project_roots_whatever_the_cwd(tmp_path, monke
       "to write runs/ and results/ elsewhere"], 2),
     (errors.Interrupted(signal.SIGTERM, "01_vae"), ["interrupted: notebook 01_vae stopped (SIGTERM), nothing written"], 143),
     (ValueError("params: lr = inf is invalid"), ["error: params: lr = inf is invalid"], 2),
+    (config.TrainingDiverged("training diverged: method mixup, epoch 1: train loss 7.7e+13; lower train.lr"),
+     ["error: training diverged: method mixup, epoch 1: train loss 7.7e+13; lower train.lr"], 2),
 ])
 def test_describe_maps_user_errors_to_lines_and_exit_codes(exc, lines, code):
     assert errors.describe(exc) == (lines, code)

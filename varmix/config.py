@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from varmix.errors import UserError
+
 # Names shared by the whole library (the modules that implement them check they agree).
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "tiny-imagenet")
 METHODS = ("erm", "mixup", "mixup_r", "manifold_mixup", "cutmix", "varmixup")
@@ -37,7 +39,7 @@ class ConfigError(ValueError):
     """A params.yaml value is missing, unknown or out of range."""
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """Training blew up with finite numbers (a loss far above its start, accuracy at chance): a setting,
     usually the learning rate, is too large. Raised by varmix.train and varmix.vae; the message names the
     run, the epoch, the loss, the lr and the params.yaml key to lower."""
