@@ -322,7 +322,8 @@ def test_every_stage_waits_for_the_check_and_none_lists_the_data():
     stages = _dvc_stages()
     check = stages.pop("check")
     assert check["always_changed"] is True and "params" not in check and "deps" not in check
-    stamp = check["outs"][0]
+    (stamp, opts), = check["outs"][0].items()
+    assert opts == {"persist": True}  # else DVC deletes the stamp before the check runs, even when it fails
     assert check["cmd"].startswith("python -m varmix verify-data ") and f"--stamp {stamp}" in check["cmd"]
     for name, st in stages.items():
         assert stamp in st["deps"], f"stage {name} does not wait for the check"
