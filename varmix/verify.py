@@ -67,7 +67,7 @@ def _ignored(root: Path):
 
     ignore = root / ".dvcignore"
     lines = ignore.read_text().splitlines() if ignore.is_file() else []
-    spec = pathspec.PathSpec.from_lines("gitwildmatch", lines)
+    spec = pathspec.GitIgnoreSpec.from_lines(lines)  # pathspec: DVC's own dependency and matcher
     return lambda rel: spec.match_file(rel)
 
 
@@ -76,15 +76,15 @@ def dir_entries(folder: str | os.PathLike, root: str | os.PathLike | None = None
     folder output; files that ``root``'s .dvcignore matches are left out, as DVC leaves them out."""
     folder = Path(folder)
     skip = _ignored(Path(root)) if root is not None else (lambda rel: False)
-    base = Path(root).resolve() if root is not None else None
+    prefix = Path(os.path.relpath(folder, root)).as_posix() if root is not None else ""
     entries = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
+    for dirpath, _, filenames in os.walk(folder):
         for name in filenames:
             path = Path(dirpath) / name
-            if base is not None and skip(path.resolve().relative_to(base).as_posix()):
+            rel = path.relative_to(folder).as_posix()
+            if prefix and not prefix.startswith("..") and skip(f"{prefix}/{rel}"):
                 continue
-            entries[path.relative_to(folder).as_posix()] = file_md5(path)
+            entries[rel] = file_md5(path)
     return entries
 
 
@@ -103,6 +103,14 @@ def _cached_manifest(root: Path, md5: str) -> dict[str, str] | None:
         return None
 
 
+def _shown(path: Path, root: Path) -> str:
+    """``path`` relative to the project root when it lies inside it (as the user would type it)."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def verify_data(root: str | os.PathLike, data_dir: str, dataset: str) -> str:
     """Check ``root/data_dir/<dataset>`` against its meta.json and, when data.dvc pins ``data_dir``, the
     whole folder against data.dvc's hash. Reads only. Returns the verified hash (or, for a folder that
@@ -111,32 +119,32 @@ def verify_data(root: str | os.PathLike, data_dir: str, dataset: str) -> str:
     folder = root / data_dir
     meta_path = folder / dataset / "meta.json"
     if not meta_path.is_file():
-        raise PinError(f"prepared {dataset} not found: {meta_path.relative_to(root)} is missing; {RESTORE}")
+        raise PinError(f"prepared {dataset} not found: {_shown(meta_path, root)} is missing; {RESTORE}")
     try:
         listed = json.loads(meta_path.read_text())["md5"]
         if not isinstance(listed, dict) or not listed:
             raise TypeError("md5 is not a mapping of file -> md5")
     except (ValueError, KeyError, TypeError) as exc:
-        raise PinError(f"{meta_path.relative_to(root)} is damaged ({type(exc).__name__}: {exc}); {RESTORE}") from None
+        raise PinError(f"{_shown(meta_path, root)} is damaged ({type(exc).__name__}: {exc}); {RESTORE}") from None
     entries = dir_entries(folder, root)
     for fname, md5 in sorted(listed.items()):
         rel = f"{dataset}/{fname}"
         if rel not in entries:
-            raise PinError(f"{(folder / rel).relative_to(root)} is missing; {RESTORE}")
+            raise PinError(f"{_shown(folder / rel, root)} is missing; {RESTORE}")
         if entries[rel] != md5:
-            raise PinError(f"{(folder / rel).relative_to(root)} is damaged (md5 {entries[rel]}, its meta.json "
+            raise PinError(f"{_shown(folder / rel, root)} is damaged (md5 {entries[rel]}, its meta.json "
                            f"says {md5}); {RESTORE}")
     got = dir_md5(entries)
     dvc_file = root / "data.dvc"
     if not dvc_file.is_file():
-        raise PinError(f"{dvc_file.relative_to(root)} not found: it pins the prepared data "
+        raise PinError(f"{_shown(dvc_file, root)} not found: it pins the prepared data "
                        f"(git checkout data.dvc)")
     pin = read_pin(dvc_file)
     if pin.path.resolve() != folder.resolve():
         return got  # data_dir is not the folder data.dvc pins: meta.json is the only record
     if got != pin.md5:
         raise PinError(f"{_first_difference(root, folder, entries, pin)} is not the data data.dvc pins "
-                       f"({folder.relative_to(root)} hashes to {got}, data.dvc pins {pin.md5}); {RESTORE}. "
+                       f"({_shown(folder, root)} hashes to {got}, data.dvc pins {pin.md5}); {RESTORE}. "
                        f"Nothing was re-pinned (to pin new data on purpose: `dvc commit data.dvc`, then "
                        f"commit data.dvc)")
     return got
@@ -149,8 +157,8 @@ def _first_difference(root: Path, folder: Path, entries: dict[str, str], pin: Pi
         for rel in sorted(set(entries) | set(pinned)):
             if entries.get(rel) != pinned.get(rel):
                 what = "an extra file" if rel not in pinned else ("missing" if rel not in entries else "changed")
-                return f"{(folder / rel).relative_to(root)} ({what})"
-    return f"{folder.relative_to(root)}/ ({len(entries)} files, data.dvc pins {pin.nfiles})"
+                return f"{_shown(folder / rel, root)} ({what})"
+    return f"{_shown(folder, root)}/ ({len(entries)} files, data.dvc pins {pin.nfiles})"
 
 
 def write_stamp(path: str | os.PathLike, dataset: str, data_md5: str) -> None:
