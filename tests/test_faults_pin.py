@@ -203,14 +203,18 @@ def clone(tmp_path_factory):
 
 @pytest.fixture
 def unchanged(clone):
-    """Asserts after the test that no committed file, model, pin or lock changed, and restores params.yaml."""
+    """Asserts after the test that no committed file, model, pin or lock changed (params.yaml, which the
+    tests edit, aside), then restores the clone for the next test whatever happened."""
     before = _snapshot(clone)
     assert _git_clean(clone) == ""
     yield clone
     after = _snapshot(clone)
     _run(clone, "git", "checkout", "--", "params.yaml", check=True)
+    status = _git_clean(clone)
+    _run(clone, "git", "checkout", "--", ".", check=True)
+    _dvc(clone, "checkout", "--force", "dvc.yaml")  # models and the VAE, from the cache the first repro filled
     assert {k: v for k, v in before.items() if after.get(k) != v} == {}, "files were deleted or changed"
-    assert _git_clean(clone) == ""
+    assert status == ""
 
 
 def test_damaged_data_stops_dvc_repro_before_anything_is_deleted_or_re_pinned(unchanged):
