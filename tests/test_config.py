@@ -141,3 +141,94 @@ def test_cli_check_params(tmp_path, capsys):
     bad.write_text(yaml.safe_dump(edit(RAW, ("dataset",), "svhn")))
     assert cli(["check-params", "--params", str(bad)]) == 2
     assert "dataset = 'svhn' is invalid" in capsys.readouterr().err
+
+
+# ---- the late cases of issue 15 (finding 6): each stops at validation with key, value and what is allowed
+@pytest.mark.parametrize("path,value,message", [
+    (("profiles", "smoke", "train", "alpha", "mixup"), float("inf"),
+     "profiles.smoke.train.alpha.mixup = inf is invalid: expected a finite number > 0"),
+    (("profiles", "smoke", "train", "lr"), float("inf"),
+     "profiles.smoke.train.lr = inf is invalid: expected a finite number > 0"),
+    (("profiles", "smoke", "vae", "gamma"), float("nan"),
+     "profiles.smoke.vae.gamma = nan is invalid: expected a finite number >= 0"),
+    (("profiles", "smoke", "train", "weight_decay"), float("inf"),
+     "profiles.smoke.train.weight_decay = inf is invalid: expected a finite number >= 0"),
+    (("profiles", "smoke", "vae", "latent_dim"), 10**9,
+     "profiles.smoke.vae.latent_dim = 1000000000 is invalid: expected an integer >= 1 and <= 4096"),
+    (("profiles", "smoke", "vae", "width"), 100_000,
+     "profiles.smoke.vae.width = 100000 is invalid: expected an integer >= 1 and <= 1024"),
+    (("profiles", "smoke", "train", "epochs"), 10**12,
+     "profiles.smoke.train.epochs = 1000000000000 is invalid: expected an integer >= 1 and <= 10000"),
+    (("profiles", "default", "train", "epochs", "cutmix"), 10**12,
+     "profiles.default.train.epochs.cutmix = 1000000000000 is invalid: expected an integer >= 1 and <= 10000"),
+    (("profiles", "smoke", "train", "batch_size"), 10**12,
+     "profiles.smoke.train.batch_size = 1000000000000 is invalid: expected an integer >= 2 and <= 65536"),
+    (("profiles", "smoke", "vae", "batch_size"), 65_537,
+     "profiles.smoke.vae.batch_size = 65537 is invalid: expected an integer >= 2 and <= 65536"),
+    (("profiles", "smoke", "eval", "batch_size"), 10**12,
+     "profiles.smoke.eval.batch_size = 1000000000000 is invalid: expected an integer >= 1 and <= 65536"),
+    (("profiles", "smoke", "train", "train_subset"), 10**12,
+     "profiles.smoke.train.train_subset = 1000000000000 is invalid: expected an integer >= 1 and <= 10000000"),
+    (("profiles", "smoke", "eval", "surface_points"), 10**6,
+     "profiles.smoke.eval.surface_points = 1000000 is invalid: expected an integer >= 3 and <= 1001"),
+    (("seeds",), [0, 0], "seeds = [0, 0] is invalid: expected each seed at most once"),
+    (("seeds",), [2**40], "seeds[0] = 1099511627776 is invalid: expected an integer >= 0 and <= 4294967295"),
+    # small_cnn has 4 mixable layers (0..3), the ResNets 5 (0..4); checked for the profile's own arch
+    (("profiles", "smoke", "train", "manifold_layers"), [0, 4],
+     "profiles.smoke.train.manifold_layers[1] = 4 is invalid: expected an integer >= 0 and <= 3"),
+    (("profiles", "paper", "train", "manifold_layers"), [5],
+     "profiles.paper.train.manifold_layers[0] = 5 is invalid: expected an integer >= 0 and <= 4"),
+    (("profiles", "smoke", "train", "manifold_layers"), [1, 1],
+     "profiles.smoke.train.manifold_layers = [1, 1] is invalid: expected each layer at most once"),
+])
+def test_late_cases_are_caught_at_validation(tmp_path, path, value, message):
+    test_bad_values_name_key_value_and_allowed(tmp_path, path, value, message)
+
+
+def test_bounds_admit_the_documented_caps(tmp_path):
+    raw = edit(RAW, ("profiles", "smoke", "vae", "latent_dim"), config.MAX_LATENT_DIM)
+    raw = edit(raw, ("profiles", "smoke", "train", "batch_size"), config.MAX_BATCH_SIZE)
+    raw = edit(raw, ("profiles", "paper", "train", "manifold_layers"), [0, 4])
+    raw = edit(raw, ("seeds",), [0, 1, config.MAX_SEED])
+    p = load(tmp_path, raw)
+    assert p.profiles["smoke"].vae.latent_dim == 4096 and p.profiles["smoke"].train.batch_size == 65536
+    assert p.profiles["paper"].train.manifold_layers == (0, 4) and p.seeds == (0, 1, 2**32 - 1)
+
+
+def test_config_mix_layers_are_the_models():
+    from varmix.models import build_model
+
+    for arch, n in config.NUM_MIX_LAYERS.items():
+        size = 28 if arch == "small_cnn" else 32
+        assert build_model(arch, 1, 10, size, (0.5,), (0.5,)).num_mix_layers == n
+
+
+def test_yaml_infinity_spelling_is_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text().replace("      lr: 1.0e-3\n", "      lr: .inf\n", 1))
+    with pytest.raises(config.ConfigError, match=r"profiles.smoke.train.lr = inf is invalid: expected a finite"):
+        config.load_params(path)
+
+
+@pytest.mark.parametrize("text,key,line,first", [
+    ("profile: smoke\nprofile: default\n", "profile", 2, 1),
+    ("profiles:\n  smoke:\n    train: {lr: 1, lr: 2}\n", "lr", 3, 3),
+])
+def test_duplicate_keys_are_refused_with_key_and_line(tmp_path, text, key, line, first):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError) as err:
+        config.load_params(path)
+    assert f"duplicate key {key!r} on line {line} (first given on line {first})" in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_duplicate_key_in_the_project_file_names_its_line(tmp_path):
+    text = (ROOT / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(text + "seeds: [1]\n")
+    with pytest.raises(config.ConfigError, match=r"duplicate key 'seeds' on line \d+ \(first given on line \d+\)"):
+        config.load_params(path)
+    # merge keys may be overridden (YAML's own rule), so they are not duplicates
+    path.write_text("base: &b {lr: 1}\nuse:\n  <<: *b\n  lr: 2\n")
+    assert config._UniqueKeyLoader(path.read_text()).get_single_data()["use"] == {"lr": 2}

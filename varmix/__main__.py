@@ -1,4 +1,4 @@
-"""Command line: ``python -m varmix prepare-data | check-params | notebook | refresh-notebooks``."""
+"""Command line: ``python -m varmix prepare-data | check-params | verify-data | notebook | refresh-notebooks``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--download", action="store_true", help="download with torchvision when missing")
     chk = sub.add_parser("check-params", help="validate params.yaml and print the selected profile")
     chk.add_argument("--params", default=None)
+    ver = sub.add_parser("verify-data", help="validate params.yaml, then check the prepared data against data.dvc "
+                                             "and meta.json without writing (dvc.yaml's check stage)")
+    ver.add_argument("--params", default=None)
+    ver.add_argument("--profile", default=None)
+    ver.add_argument("--dataset", default=None)
+    ver.add_argument("--stamp", default=None, help="write the verified data hash here (the check stage's output)")
     nb = sub.add_parser("notebook", help="execute one notebook with papermill into results/ (a dvc stage)")
     nb.add_argument("name", help="notebook name, e.g. 01_vae")
     nb.add_argument("--profile", default=None)
@@ -51,6 +57,17 @@ def _run(args: argparse.Namespace) -> int:
             print(f"wrote {out}")
         else:
             pipeline.refresh_notebooks(tuple(args.names) or pipeline.NOTEBOOKS)
+        return 0
+
+    if args.command == "verify-data":
+        from varmix import verify  # no torch: the first stage of every dvc repro
+
+        params = config.load_params(args.params, {"profile": args.profile, "dataset": args.dataset})
+        root = Path(args.params).resolve().parent if args.params else project_root()
+        md5 = verify.verify_data(root, params.data_dir, params.dataset)
+        if args.stamp:
+            verify.write_stamp(args.stamp, params.dataset, md5)
+        print(f"params OK (profile={params.profile}); data OK: {params.data_dir}/ = {md5}, as data.dvc pins")
         return 0
 
     params = config.load_params(args.params)

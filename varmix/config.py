@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,9 @@ from varmix.errors import UserError
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "tiny-imagenet")
 METHODS = ("erm", "mixup", "mixup_r", "manifold_mixup", "cutmix", "varmixup")
 ARCHS = ("small_cnn", "preact_resnet18", "resnet34")
+# Mixable layers per architecture for manifold mixup: the input + one per stage (varmix.models builds them).
+NUM_MIX_LAYERS = {"small_cnn": 4, "preact_resnet18": 5, "resnet34": 5}
+assert set(NUM_MIX_LAYERS) == set(ARCHS)
 PROFILES = ("smoke", "default", "paper")
 CPU_KERNELS = ("portable", "fast")  # see Profile.cpu_kernels
 MANIFOLD_LOSSES = ("soft_ce", "bce_softmax")  # see TrainConfig.manifold_loss (varmix.mixing.mixed_loss)
@@ -33,6 +37,17 @@ BENCHMARK_CORRUPTIONS = (
 )
 EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "saturate", "spatter")
 CORRUPTIONS = BENCHMARK_CORRUPTIONS + EXTRA_CORRUPTIONS
+
+# Upper bounds: far above any setting that makes sense on today's hardware, low enough that a typo (an
+# extra zero, 1e12) stops here with a message instead of as a terabyte allocation or a run that never ends.
+MAX_LATENT_DIM = 4096
+MAX_WIDTH = 1024            # base number of conv channels (the paper profile uses 64)
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+MAX_SUBSET = 10_000_000     # images; the largest supported dataset has 100,000 training images
+MAX_STEPS = 10_000          # linearity_steps, ece_bins, milestones (epochs)
+MAX_SURFACE_POINTS = 1_001  # per axis: points**2 loss evaluations
+MAX_SEED = 2**32 - 1        # numpy's seed range
 
 
 class ConfigError(ValueError):
@@ -71,7 +86,9 @@ def _num(key: str, v: Any, lo: float | None = None, hi: float | None = None,
     v = float(v)
     bad = (lo is not None and (v <= lo if lo_open else v < lo)) or (
         hi is not None and (v >= hi if hi_open else v > hi))
-    if bad or v != v:
+    if not math.isfinite(v):  # NaN, .inf, -.inf
+        raise _fail(key, v, "a finite number" + _range(lo, hi, lo_open, hi_open))
+    if bad:
         raise _fail(key, v, "a number" + _range(lo, hi, lo_open, hi_open))
     return v
 
@@ -97,8 +114,8 @@ def _choice(key: str, v: Any, allowed: tuple[str, ...]) -> str:
     return v
 
 
-def _opt_int(key: str, v: Any, lo: int = 1) -> int | None:
-    return None if v is None else _int(key, v, lo)
+def _opt_int(key: str, v: Any, lo: int = 1, hi: int | None = None) -> int | None:
+    return None if v is None else _int(key, v, lo, hi)
 
 
 def _list(key: str, v: Any, nonempty: bool = True) -> list:
@@ -161,16 +178,16 @@ class VAEConfig:
         d = _check_keys(key, d, cls)
         g = lambda k: d.get(k, getattr(cls, k))  # noqa: E731
         return cls(
-            latent_dim=_int(f"{key}.latent_dim", g("latent_dim"), 1),
+            latent_dim=_int(f"{key}.latent_dim", g("latent_dim"), 1, MAX_LATENT_DIM),
             objective=_choice(f"{key}.objective", g("objective"), ("mmd", "kl")),
             gamma=_num(f"{key}.gamma", g("gamma"), 0),
             beta=_num(f"{key}.beta", g("beta"), 0),
             likelihood=_choice(f"{key}.likelihood", g("likelihood"), ("bce", "mse")),
-            width=_int(f"{key}.width", g("width"), 1),
-            epochs=_int(f"{key}.epochs", g("epochs"), 1),
-            batch_size=_int(f"{key}.batch_size", g("batch_size"), 2),
+            width=_int(f"{key}.width", g("width"), 1, MAX_WIDTH),
+            epochs=_int(f"{key}.epochs", g("epochs"), 1, MAX_EPOCHS),
+            batch_size=_int(f"{key}.batch_size", g("batch_size"), 2, MAX_BATCH_SIZE),
             lr=_num(f"{key}.lr", g("lr"), 0, lo_open=True),
-            train_subset=_opt_int(f"{key}.train_subset", g("train_subset")),
+            train_subset=_opt_int(f"{key}.train_subset", g("train_subset"), hi=MAX_SUBSET),
         )
 
 
@@ -208,20 +225,26 @@ class TrainConfig:
         g = lambda k: d.get(k, getattr(cls, k) if k not in ("epochs", "alpha") else None)  # noqa: E731
         if "epochs" not in d or "alpha" not in d:
             raise ConfigError(f"params: missing key {key}.{'epochs' if 'epochs' not in d else 'alpha'}")
-        milestones = tuple(_int(f"{key}.milestones[{i}]", m, 1)
+        milestones = tuple(_int(f"{key}.milestones[{i}]", m, 1, MAX_STEPS)
                            for i, m in enumerate(_list(f"{key}.milestones", g("milestones") or [], False)))
-        layers = tuple(_int(f"{key}.manifold_layers[{i}]", m, 0)
+        arch = _choice(f"{key}.arch", g("arch"), ARCHS)
+        # checked against the profile's own arch whether or not manifold_mixup is among the methods: the
+        # value belongs to this profile, and a wrong one should not wait until someone adds the method
+        n_mix = NUM_MIX_LAYERS[arch]
+        layers = tuple(_int(f"{key}.manifold_layers[{i}]", m, 0, n_mix - 1)
                        for i, m in enumerate(_list(f"{key}.manifold_layers", list(g("manifold_layers")))))
+        if len(set(layers)) != len(layers):
+            raise _fail(f"{key}.manifold_layers", list(layers), "each layer at most once")
         return cls(
-            arch=_choice(f"{key}.arch", g("arch"), ARCHS),
+            arch=arch,
             optimizer=_choice(f"{key}.optimizer", g("optimizer"), ("adam", "sgd")),
             lr=_num(f"{key}.lr", g("lr"), 0, lo_open=True),
             momentum=_num(f"{key}.momentum", g("momentum"), 0, 1, hi_open=True),
             weight_decay=_num(f"{key}.weight_decay", g("weight_decay"), 0),
             milestones=milestones,
             lr_gamma=_num(f"{key}.lr_gamma", g("lr_gamma"), 0, 1, lo_open=True),
-            batch_size=_int(f"{key}.batch_size", g("batch_size"), 2),
-            epochs=_per_method(f"{key}.epochs", d["epochs"], lambda k, v: _int(k, v, 1)),
+            batch_size=_int(f"{key}.batch_size", g("batch_size"), 2, MAX_BATCH_SIZE),
+            epochs=_per_method(f"{key}.epochs", d["epochs"], lambda k, v: _int(k, v, 1, MAX_EPOCHS)),
             alpha=_per_method(f"{key}.alpha", d["alpha"], lambda k, v: _num(k, v, 0, lo_open=True)),
             mix_prob=_per_method(f"{key}.mix_prob", d.get("mix_prob", 1.0),
                                  lambda k, v: _num(k, v, 0, 1, lo_open=True)),
@@ -230,8 +253,8 @@ class TrainConfig:
             augment=_bool(f"{key}.augment", g("augment")),
             channels_last=_bool(f"{key}.channels_last", g("channels_last")),
             amp=_bool(f"{key}.amp", g("amp")),
-            train_subset=_opt_int(f"{key}.train_subset", g("train_subset")),
-            test_subset=_opt_int(f"{key}.test_subset", g("test_subset")),
+            train_subset=_opt_int(f"{key}.train_subset", g("train_subset"), hi=MAX_SUBSET),
+            test_subset=_opt_int(f"{key}.test_subset", g("test_subset"), hi=MAX_SUBSET),
         )
 
 
@@ -267,18 +290,18 @@ class EvalConfig:
         return cls(
             corruptions=corr,
             severities=sev,
-            test_subset=_opt_int(f"{key}.test_subset", g("test_subset")),
-            batch_size=_int(f"{key}.batch_size", g("batch_size"), 1),
-            ece_bins=_int(f"{key}.ece_bins", g("ece_bins"), 2),
+            test_subset=_opt_int(f"{key}.test_subset", g("test_subset"), hi=MAX_SUBSET),
+            batch_size=_int(f"{key}.batch_size", g("batch_size"), 1, MAX_BATCH_SIZE),
+            ece_bins=_int(f"{key}.ece_bins", g("ece_bins"), 2, MAX_STEPS),
             linearity_eps=eps,
-            linearity_steps=_int(f"{key}.linearity_steps", g("linearity_steps"), 1),
-            linearity_step_factor=_num(f"{key}.linearity_step_factor", g("linearity_step_factor"), 0,
+            linearity_steps=_int(f"{key}.linearity_steps", g("linearity_steps"), 1, MAX_STEPS),
+            linearity_step_factor=_num(f"{key}.linearity_step_factor", g("linearity_step_factor"), 0, 100,
                                        lo_open=True),
-            linearity_restarts=_int(f"{key}.linearity_restarts", g("linearity_restarts"), 1),
+            linearity_restarts=_int(f"{key}.linearity_restarts", g("linearity_restarts"), 1, MAX_STEPS),
             linearity_clip=_bool(f"{key}.linearity_clip", g("linearity_clip")),
-            linearity_images=_int(f"{key}.linearity_images", g("linearity_images"), 1),
-            surface_points=_int(f"{key}.surface_points", g("surface_points"), 3),
-            surface_images=_int(f"{key}.surface_images", g("surface_images"), 1),
+            linearity_images=_int(f"{key}.linearity_images", g("linearity_images"), 1, MAX_SUBSET),
+            surface_points=_int(f"{key}.surface_points", g("surface_points"), 3, MAX_SURFACE_POINTS),
+            surface_images=_int(f"{key}.surface_images", g("surface_images"), 1, MAX_SUBSET),
         )
 
 
@@ -350,7 +373,9 @@ class Params:
         methods = tuple(_choice(f"methods[{i}]", m, METHODS) for i, m in enumerate(_list("methods", d["methods"])))
         if len(set(methods)) != len(methods):
             raise _fail("methods", list(methods), "each method at most once")
-        seeds = tuple(_int(f"seeds[{i}]", s, 0) for i, s in enumerate(_list("seeds", d["seeds"])))
+        seeds = tuple(_int(f"seeds[{i}]", s, 0, MAX_SEED) for i, s in enumerate(_list("seeds", d["seeds"])))
+        if len(set(seeds)) != len(seeds):
+            raise _fail("seeds", list(seeds), "each seed at most once")
         data_dir = d.get("data_dir", "data")
         if not isinstance(data_dir, str) or not data_dir:
             raise _fail("data_dir", data_dir, "a folder path")
@@ -368,6 +393,24 @@ class Params:
         )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error: PyYAML keeps the last
+    value silently, while DVC refuses such a params.yaml, so the two would read different settings."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"duplicate key {key!r} on line {line} (first given on line {seen[key]}): "
+                                  f"give each key once")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def load_params(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> Params:
     """Read and validate params.yaml (default: the project's). ``overrides`` replace top-level keys,
     e.g. ``{"profile": "smoke"}`` as a notebook's parameters cell passes them."""
@@ -379,9 +422,11 @@ def load_params(path: str | os.PathLike | None = None, overrides: Mapping[str, A
     if not path.is_file():
         raise FileNotFoundError(f"params file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"params: {path} is not valid YAML: {exc}") from exc
+    except ConfigError as exc:  # _UniqueKeyLoader's duplicate key
+        raise ConfigError(f"params: {path}: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"params: {path} must hold a mapping at the top level")
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})

@@ -29,11 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from varmix.config import ARCHS
-
-# Mixable layers per architecture: input + one per stage.
-NUM_MIX_LAYERS = {"small_cnn": 4, "preact_resnet18": 5, "resnet34": 5}
-assert set(NUM_MIX_LAYERS) == set(ARCHS)
+# Mixable layers per architecture (input + one per stage): in config, which checks manifold_layers with it.
+from varmix.config import ARCHS, NUM_MIX_LAYERS  # noqa: F401  (NUM_MIX_LAYERS re-exported)
 
 # The ResNets downsample 8x: 16 px still leaves a 2x2 map before pooling.
 MIN_IMAGE_SIZE = 16
