@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from varmix.io import file_md5, write_json
 from varmix.errors import UserError
+from varmix.io import file_md5, write_json
 
 RESTORE = ("restore the pinned bytes with `dvc checkout data.dvc` (or `dvc pull data.dvc`), or re-create "
            "them with `python -m varmix prepare-data`")
