@@ -48,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGINT
 
 
+def _params_root(args: argparse.Namespace) -> Path:
+    """The folder params.yaml's relative paths (data_dir, raw_dir) start from: its own folder (the project
+    root, where dvc runs the stages), whatever the cwd. Folders given on the command line stay relative to
+    the cwd, as usual."""
+    return Path(args.params).resolve().parent if args.params else project_root()
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command in ("notebook", "refresh-notebooks"):
         from varmix import pipeline  # not varmix.data: running a notebook should not import torch here
@@ -63,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         from varmix import verify  # no torch: the first stage of every dvc repro
 
         params = config.load_params(args.params, {"profile": args.profile, "dataset": args.dataset})
-        root = Path(args.params).resolve().parent if args.params else project_root()
+        root = _params_root(args)
         md5 = verify.verify_data(root, params.data_dir, params.dataset)
         if args.stamp:
             verify.write_stamp(args.stamp, params.dataset, md5)
@@ -78,9 +85,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from varmix import data  # imports torch: only here
 
-    # params.yaml's folders are relative to its own folder (the project root, where dvc runs the stages),
-    # whatever the cwd; folders given on the command line are relative to the cwd, as usual.
-    root = Path(args.params).resolve().parent if args.params else project_root()
+    root = _params_root(args)
     name = args.dataset or params.dataset
     data_dir = args.data_dir or root / params.data_dir
     raw_dir = args.raw_dir or (root / params.raw_dir if params.raw_dir else None)
