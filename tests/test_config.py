@@ -1,6 +1,7 @@
 """params.yaml validation: every bad value is named with what is allowed."""
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,41 @@ def test_departure_switches_default_to_the_earlier_behaviour():
         assert paper == p.profiles["paper"]
 
 
+def test_arms_resolve_to_a_method_and_its_settings():
+    p = config.load_params(ROOT / "params.yaml")
+    assert len(p.arms) >= 9 and len(p.seeds) >= 5  # the deciding study (issue 11)
+    method, cfg = p.arm_train("mixup_half")
+    assert method == "mixup" and cfg.mix_prob["mixup"] == 0.5
+    assert p.arm_train("mixup")[1].mix_prob["mixup"] == 1.0
+    assert p.arm_train("varmixup")[1].mix_prob["varmixup"] == 0.5
+    assert p.arm_train("varmixup_full")[1].mix_prob["varmixup"] == 1.0
+    # every arm of a CPU profile trains for the same epochs on a decaying schedule
+    for name in ("smoke", "default"):
+        train = p.profiles[name].train
+        assert train.schedule == "cosine", name
+        assert len({train.epochs[p.arm(a).method] for a in p.arms}) == 1, name
+    # the other settings are the profile's, whatever the arm
+    assert dataclasses.replace(p.arm_train("mixup_half")[1], mix_prob=p.train.mix_prob) == p.train
+    # an arm named after a method needs no declaration (the old per-method names)
+    raw = edit(RAW, ("arms",), ["erm", "mixup"])
+    raw.pop("arm_settings")
+    raw.pop("comparisons")
+    q = config.Params.from_dict(raw)
+    assert q.arm_train("mixup")[0] == "mixup" and q.methods_of() == ("erm", "mixup")
+    with pytest.raises(ValueError, match="arm 'mixup_half' is not declared in params.yaml's arm_settings"):
+        q.arm("mixup_half")
+    # an arm may set its own alpha and epochs
+    raw = edit(RAW, ("arm_settings", "mixup_half"), {"method": "mixup", "alpha": 0.2, "epochs": 7})
+    m, cfg = config.Params.from_dict(raw).arm_train("mixup_half")
+    assert (cfg.alpha["mixup"], cfg.epochs["mixup"]) == (0.2, 7)
+
+
+def test_old_methods_key_is_named(tmp_path):
+    raw = edit(RAW, ("methods",), ["erm"])
+    with pytest.raises(config.ConfigError, match="the top-level key methods is now arms"):
+        load(tmp_path, raw)
+
+
 def test_override_switches_profile(tmp_path):
     p = config.load_params(ROOT / "params.yaml", overrides={"profile": "smoke"})
     assert p.profile == "smoke" and p.train.epochs["erm"] == 1
@@ -69,8 +105,28 @@ def edit(raw, path, value):
 @pytest.mark.parametrize("path,value,message", [
     (("dataset",), "mnist", "dataset = 'mnist' is invalid: expected one of fashion-mnist, cifar10"),
     (("profile",), "fast", "profile = 'fast' is invalid: expected one of smoke, default, paper"),
-    (("methods",), ["erm", "varmix"], "methods[1] = 'varmix' is invalid: expected one of erm, mixup"),
-    (("methods",), [], "methods = [] is invalid: expected a non-empty list"),
+    (("arms",), ["erm", "varmix"], "arms[1] = 'varmix' is invalid: expected an arm declared in arm_settings or named after a method (cutmix, erm, "),
+    (("arms",), [], "arms = [] is invalid: expected a non-empty list"),
+    (("arms",), ["erm", "erm"], "arms = ['erm', 'erm'] is invalid: expected each arm at most once"),
+    (("arm_settings", "mixup_half", "mix_prob"), 0,
+     "arm_settings.mixup_half.mix_prob = 0.0 is invalid: expected a number > 0 and <= 1"),
+    (("arm_settings", "mixup_half", "method"), "mixupp",
+     "arm_settings.mixup_half.method = 'mixupp' is invalid: expected one of erm, mixup"),
+    (("arm_settings", "mixup_half", "epochs"), 0,
+     "arm_settings.mixup_half.epochs = 0 is invalid: expected an integer >= 1"),
+    (("arm_settings", "Mixup-2"), {"method": "mixup"},
+     "arm_settings = 'Mixup-2' is invalid: expected an arm name of lower-case letters"),
+    (("comparisons", "varmixup"), ["mixup", "cutmixx"],
+     "comparisons.varmixup[1] = 'cutmixx' is invalid: expected one of the other arms (cutmix, erm, "),
+    (("comparisons", "varmixup"), ["varmixup"],
+     "comparisons.varmixup[0] = 'varmixup' is invalid: expected one of the other arms (cutmix, erm, "
+     "manifold_mixup, mixup, mixup_half, mixup_r, mixup_r_full, varmixup_full)"),
+    (("profiles", "smoke", "train", "schedule"), "linear",
+     "profiles.smoke.train.schedule = 'linear' is invalid: expected one of constant, step, cosine"),
+    (("profiles", "smoke", "train", "milestones"), [1],
+     "profiles.smoke.train.milestones = [1] is invalid: expected none with schedule cosine"),
+    (("profiles", "smoke", "cpu_threads"), 0,
+     "profiles.smoke.cpu_threads = 0 is invalid: expected an integer >= 1"),
     (("seeds",), [0, -1], "seeds[1] = -1 is invalid: expected an integer >= 0"),
     (("profiles", "smoke", "train", "alpha", "mixup"), 0.0,
      "profiles.smoke.train.alpha.mixup = 0.0 is invalid: expected a number > 0"),
@@ -78,8 +134,8 @@ def edit(raw, path, value):
      "profiles.smoke.train.alpha.cutmix = -1.0 is invalid: expected a number > 0"),
     (("profiles", "smoke", "train", "epochs"), 0,
      "profiles.smoke.train.epochs = 0 is invalid: expected an integer >= 1"),
-    (("profiles", "default", "train", "epochs", "erm"), 2.5,
-     "profiles.default.train.epochs.erm = 2.5 is invalid: expected an integer >= 1"),
+    (("profiles", "paper", "train", "epochs", "erm"), 2.5,
+     "profiles.paper.train.epochs.erm = 2.5 is invalid: expected an integer >= 1"),
     (("profiles", "smoke", "train", "arch"), "vgg", "profiles.smoke.train.arch = 'vgg' is invalid"),
     (("profiles", "smoke", "train", "lr"), 0, "profiles.smoke.train.lr = 0.0 is invalid: expected a number > 0"),
     (("profiles", "smoke", "eval", "severities"), [1, 6],
@@ -88,9 +144,9 @@ def edit(raw, path, value):
      "profiles.smoke.eval.corruptions[1] = 'rain' is invalid: expected one of gaussian_noise"),
     (("profiles", "smoke", "vae", "objective"), "elbo", "profiles.smoke.vae.objective = 'elbo' is invalid"),
     (("profiles", "smoke", "vae", "latent_dim"), 0, "profiles.smoke.vae.latent_dim = 0 is invalid"),
-    (("profiles", "smoke", "train", "mix_prob", "varmixup"), 0,
-     "profiles.smoke.train.mix_prob.varmixup = 0.0 is invalid: expected a number > 0 and <= 1"),
-    (("profiles", "smoke", "train", "mix_prob", "mixup"), 1.5,
+    (("profiles", "smoke", "train", "mix_prob"), 0,
+     "profiles.smoke.train.mix_prob = 0.0 is invalid: expected a number > 0 and <= 1"),
+    (("profiles", "smoke", "train", "mix_prob"), {**{m: 1.0 for m in config.METHODS}, "mixup": 1.5},
      "profiles.smoke.train.mix_prob.mixup = 1.5 is invalid: expected a number > 0 and <= 1"),
     (("profiles", "smoke", "train", "augment"), "false",
      "profiles.smoke.train.augment = 'false' is invalid: expected true or false"),
@@ -120,8 +176,8 @@ def test_unknown_and_missing_keys(tmp_path):
         load(tmp_path, edit(RAW, ("epoch",), 3))
     with pytest.raises(config.ConfigError, match=r"missing key profiles.smoke.train.alpha"):
         load(tmp_path, edit(RAW, ("profiles", "smoke", "train", "alpha"), KeyError))
-    with pytest.raises(config.ConfigError, match=r"missing key profiles.default.train.epochs.varmixup"):
-        load(tmp_path, edit(RAW, ("profiles", "default", "train", "epochs", "varmixup"), KeyError))
+    with pytest.raises(config.ConfigError, match=r"missing key profiles.paper.train.epochs.varmixup"):
+        load(tmp_path, edit(RAW, ("profiles", "paper", "train", "epochs", "varmixup"), KeyError))
     with pytest.raises(config.ConfigError, match=r"profiles.default.train.alpha.mixupp = 1.0 is invalid"):
         load(tmp_path, edit(RAW, ("profiles", "default", "train", "alpha", "mixupp"), 1.0))
 
@@ -159,8 +215,8 @@ def test_cli_check_params(tmp_path, capsys):
      "profiles.smoke.vae.width = 100000 is invalid: expected an integer >= 1 and <= 1024"),
     (("profiles", "smoke", "train", "epochs"), 10**12,
      "profiles.smoke.train.epochs = 1000000000000 is invalid: expected an integer >= 1 and <= 10000"),
-    (("profiles", "default", "train", "epochs", "cutmix"), 10**12,
-     "profiles.default.train.epochs.cutmix = 1000000000000 is invalid: expected an integer >= 1 and <= 10000"),
+    (("profiles", "paper", "train", "epochs", "cutmix"), 10**12,
+     "profiles.paper.train.epochs.cutmix = 1000000000000 is invalid: expected an integer >= 1 and <= 10000"),
     (("profiles", "smoke", "train", "batch_size"), 10**12,
      "profiles.smoke.train.batch_size = 1000000000000 is invalid: expected an integer >= 2 and <= 65536"),
     (("profiles", "smoke", "vae", "batch_size"), 65_537,

@@ -41,9 +41,9 @@ def _dvc_stages(profile: str = "default", dataset: str = "fashion-mnist") -> dic
     for name, st in stages.items():
         if "matrix" in st:
             body = {k: v for k, v in st.items() if k != "matrix"}
-            for method in params["methods"]:
+            for arm in params["arms"]:
                 for seed in params["seeds"]:
-                    out[f"{name}@{method}-{seed}"] = fill(body, {"method": method, "seed": seed})
+                    out[f"{name}@{arm}-{seed}"] = fill(body, {"arm": arm, "seed": seed})
         else:
             out[name] = fill(st)
     return out
@@ -68,14 +68,15 @@ def test_dvc_outputs_are_the_layouts_paths(layout):
     assert _rel(layout.vae_dir) in _paths(stages["vae"]["outs"])
     assert _rel(layout.notebook("01_vae")) in _paths(stages["vae"]["outs"])
     assert _paths(stages["vae"]["metrics"]) == [_rel(layout.metrics("vae"))]
-    for m in params.methods:
+    for m in params.arms:
         for sd in params.seeds:
             st = stages[f"train@{m}-{sd}"]
             name = pipeline.run_name(m, sd)
             assert _paths(st["outs"]) == [_rel(layout.model_dir(m, sd)), _rel(layout.notebook(f"02_train-{name}"))]
             assert _paths(st["metrics"]) == [_rel(layout.metrics(f"train-{name}"))]
             assert _paths(st["plots"]) == [_rel(layout.plot_data(f"train-{name}"))]
-            assert f"--method {m} --seed {sd}" in st["cmd"]
+            assert f"--arm {m} --seed {sd}" in st["cmd"]
+            assert f"arm_settings.{m}" in st["params"]  # an arm's stage depends on its own settings only
     assert _paths(stages["corruptions"]["metrics"]) == [_rel(layout.metrics("corruptions"))]
     assert _rel(layout.plot_data("corruption_grid")) in stages["calibration"]["deps"]
     assert _paths(stages["landscape"]["metrics"]) == [_rel(layout.metrics("linearity"))]
@@ -133,12 +134,12 @@ def test_notebooks_are_thin_parameterised_drivers(name):
 def test_run_notebook_checks_arguments_before_any_kernel():
     with pytest.raises(ValueError, match="notebook '07_extra' is unknown: expected one of 01_vae"):
         pipeline.run_notebook("07_extra", "smoke")
-    with pytest.raises(ValueError, match="method and seed go together and only with 02_train"):
-        pipeline.run_notebook("03_corruptions", "smoke", method="erm", seed=0)
-    with pytest.raises(ValueError, match="method = 'bogus' is not in params.yaml's methods"):
-        pipeline.run_notebook("02_train", "smoke", method="bogus", seed=0)
-    with pytest.raises(ValueError, match=r"seed = 7 is not in params.yaml's seeds \[0\]"):
-        pipeline.run_notebook("02_train", "smoke", method="erm", seed=7)
+    with pytest.raises(ValueError, match="arm and seed go together and only with 02_train"):
+        pipeline.run_notebook("03_corruptions", "smoke", arm="erm", seed=0)
+    with pytest.raises(ValueError, match="arm = 'bogus' is not in params.yaml's arms"):
+        pipeline.run_notebook("02_train", "smoke", arm="bogus", seed=0)
+    with pytest.raises(ValueError, match=r"seed = 77 is not in params.yaml's seeds \[0, 1, 2, 3, 4\]"):
+        pipeline.run_notebook("02_train", "smoke", arm="erm", seed=77)
     with pytest.raises(config.ConfigError, match="profile"):
         pipeline.run_notebook("01_vae", "huge")
 
@@ -177,7 +178,7 @@ def test_session_writes_to_workdir_and_lists_runs(tmp_path, monkeypatch):
     monkeypatch.setenv(pipeline.WORKDIR_ENV, str(tmp_path))
     s = pipeline.start("smoke")
     assert s.layout.results == tmp_path / "results" / "fashion-mnist" / "smoke"
-    assert s.runs() == [(m, 0) for m in s.params.methods]
+    assert s.runs() == [(a, sd) for a in s.params.arms for sd in s.params.seeds]
     assert s.runs("cutmix", 0) == [("cutmix", 0)]
     path = s.save_metrics("x", {"erm-s0": {"acc": pd.Series([0.25]).iloc[0], "n": pd.Series([3]).iloc[0]}})
     saved = json.loads(path.read_text())
@@ -196,10 +197,11 @@ def test_session_writes_to_workdir_and_lists_runs(tmp_path, monkeypatch):
 
 def test_start_pins_the_avx2_cpu_kernels_in_a_fresh_process(tmp_path):
     # AVX-512 kernels round differently from AVX2 ones: start() must choose the kernels before torch does;
-    # the smoke profile (cpu_kernels: portable) also turns oneDNN off, the default one (fast) keeps it
+    # the smoke and default profiles (cpu_kernels: portable) also turn oneDNN off, the paper one (fast) keeps it
     code = ("import os, sys, torch\nfrom varmix import pipeline\ns = pipeline.start(sys.argv[1])\n"
             "torch.ones(3).sum()\n"
-            "print(torch.backends.cpu.get_cpu_capability(), os.environ['MKL_CBWR'], torch.backends.mkldnn.enabled)")
+            "print(torch.backends.cpu.get_cpu_capability(), os.environ['MKL_CBWR'], torch.backends.mkldnn.enabled,"
+            " torch.get_num_threads())")
     env = {k: v for k, v in os.environ.items() if k not in pipeline.CPU_KERNELS}
     env[pipeline.WORKDIR_ENV] = str(tmp_path)
 
@@ -208,8 +210,10 @@ def test_start_pins_the_avx2_cpu_kernels_in_a_fresh_process(tmp_path):
                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
 
     out = run("smoke")
-    assert out[0] != "AVX512" and out[1:] == ["AVX2", "False"]
-    assert run("default")[1:] == ["AVX2", "True"]
+    # portable kernels and the profile's thread count, whatever the machine's cores (bit-for-bit studies)
+    assert out[0] != "AVX512" and out[1:] == ["AVX2", "False", "2"]
+    assert run("default")[1:] == ["AVX2", "False", "2"]
+    assert run("paper")[1:3] == ["AVX2", "True"]  # fast kernels: oneDNN stays on
     env["MKL_CBWR"] = "COMPATIBLE"  # what the user sets stays
     assert run("smoke")[1] == "COMPATIBLE"
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -117,7 +118,7 @@ def test_checkpoint_of_another_run_or_corrupt_is_refused(reference, fmnist, tmp_
         train.train_classifier("mixup", _cfg(3, lr=1e-2), fmnist, out, seed=1, device="cpu")
     with pytest.raises(ValueError, match=r"different run: seed = 1 there, 2 now"):
         train.train_classifier("mixup", _cfg(3), fmnist, out, seed=2, device="cpu")
-    with pytest.raises(ValueError, match=r"different run: method = 'mixup' there, 'cutmix' now"):
+    with pytest.raises(ValueError, match=r"different run: arm = 'mixup' there, 'cutmix' now"):
         train.train_classifier("cutmix", _cfg(3), fmnist, out, seed=1, device="cpu")
     (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"checkpoint .*checkpoint.pt is corrupt"):
@@ -126,7 +127,7 @@ def test_checkpoint_of_another_run_or_corrupt_is_refused(reference, fmnist, tmp_
 
 
 def test_sgd_schedule_and_determinism(fmnist, tmp_path):
-    cfg = _cfg(2, optimizer="sgd", lr=0.05, milestones=(1,), lr_gamma=0.1, weight_decay=1e-4,
+    cfg = _cfg(2, optimizer="sgd", lr=0.05, schedule="step", milestones=(1,), lr_gamma=0.1, weight_decay=1e-4,
                train_subset=256, test_subset=64, augment=False, channels_last=False)
     a = train.train_classifier("erm", cfg, fmnist, tmp_path / "a", seed=3, device="cpu")
     b = train.train_classifier("erm", cfg, fmnist, tmp_path / "b", seed=3, device="cpu")
@@ -137,6 +138,49 @@ def test_sgd_schedule_and_determinism(fmnist, tmp_path):
     c = train.train_classifier("erm", cfg, fmnist, tmp_path / "c", seed=4, device="cpu")
     assert not torch.equal(_weights(tmp_path / "a")["head.weight"], _weights(tmp_path / "c")["head.weight"])
     assert c["seed"] == 4
+
+
+def test_cosine_schedule_decays_per_step_to_zero(fmnist, tmp_path):
+    cfg = _cfg(2, schedule="cosine", lr=1e-3, train_subset=256, test_subset=64, augment=False)
+    steps = 2  # 256 images in batches of 128
+    factor = train.lr_factor(cfg, 2, steps)
+    assert [factor(t) for t in range(5)] == pytest.approx([1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5,
+                                                         (1 + math.cos(3 * math.pi / 4)) / 2, 0.0])
+    train.train_classifier("erm", cfg, fmnist, tmp_path / "a", seed=0, device="cpu")
+    hist = json.loads((tmp_path / "a" / "history.json").read_text())
+    assert [h["lr"] for h in hist] == pytest.approx([1e-3, 0.5e-3])  # each epoch's first step
+    state = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # the end: lr 0
+    # a cosine run's length is its schedule's: continuing it to more epochs is refused
+    with pytest.raises(ValueError, match=r"trained for 2 epochs on a cosine schedule.*continuing to 3"):
+        train.train_classifier("erm", dataclasses.replace(cfg, epochs={m: 3 for m in METHODS}), fmnist,
+                               tmp_path / "a", seed=0, device="cpu")
+
+
+def test_arms_of_one_seed_see_the_same_images_crops_and_flips(fmnist, tmp_path, monkeypatch):
+    # the study pairs arms by seed: the order and augmentation streams do not depend on what the method draws
+    seen = {}
+    real = train.augment_batch
+
+    def record(x, gen, pad):
+        out = real(x, gen, pad)
+        seen.setdefault(current[0], []).append(out.clone())
+        return out
+
+    monkeypatch.setattr(train, "augment_batch", record)
+    cfg = _cfg(2, train_subset=256, test_subset=64)
+    current = ["erm"]
+    train.train_classifier("erm", cfg, fmnist, tmp_path / "erm", seed=5, device="cpu")
+    for method in ("mixup", "cutmix"):
+        current[0] = method
+        train.train_classifier(method, dataclasses.replace(cfg, mix_prob={m: 0.5 for m in METHODS}), fmnist,
+                               tmp_path / method, seed=5, device="cpu")
+    assert len(seen["erm"]) == 4
+    for method in ("mixup", "cutmix"):
+        assert all(torch.equal(a, b) for a, b in zip(seen["erm"], seen[method], strict=True)), method
+    current[0] = "erm6"
+    train.train_classifier("erm", cfg, fmnist, tmp_path / "erm6", seed=6, device="cpu")
+    assert not torch.equal(seen["erm"][0], seen["erm6"][0])  # another seed, another order
 
 
 def test_non_finite_loss_names_method_epoch_and_step(fmnist, tmp_path, monkeypatch):

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     nb.add_argument("name", help="notebook name, e.g. 01_vae")
     nb.add_argument("--profile", default=None)
     nb.add_argument("--dataset", default=None)
-    nb.add_argument("--method", default=None, help="02_train only: the method to train")
+    nb.add_argument("--arm", "--method", dest="arm", default=None,
+                    help="02_train only: the arm to train (params.yaml's arms; --method is the old name)")
     nb.add_argument("--seed", type=int, default=None, help="02_train only: the seed")
     ref = sub.add_parser("refresh-notebooks", help="re-execute notebooks/ in place (smoke): nbval's reference outputs")
     ref.add_argument("names", nargs="*", help="notebook names (default: all, in order)")
@@ -60,7 +61,7 @@ def _run(args: argparse.Namespace) -> int:
         from varmix import pipeline  # not varmix.data: running a notebook should not import torch here
 
         if args.command == "notebook":
-            out = pipeline.run_notebook(args.name, args.profile, args.dataset, args.method, args.seed)
+            out = pipeline.run_notebook(args.name, args.profile, args.dataset, args.arm, args.seed)
             print(f"wrote {out}")
         else:
             pipeline.refresh_notebooks(tuple(args.names) or pipeline.NOTEBOOKS)
@@ -79,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
 
     params = config.load_params(args.params)
     if args.command == "check-params":
-        print(f"params OK: profile={params.profile} dataset={params.dataset} methods={','.join(params.methods)}"
+        print(f"params OK: profile={params.profile} dataset={params.dataset} arms={','.join(params.arms)}"
               f" seeds={','.join(map(str, params.seeds))}")
         return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,6 +27,10 @@ ARCHS = ("small_cnn", "preact_resnet18", "resnet34")
 NUM_MIX_LAYERS = {"small_cnn": 4, "preact_resnet18": 5, "resnet34": 5}
 assert set(NUM_MIX_LAYERS) == set(ARCHS)
 PROFILES = ("smoke", "default", "paper")
+SCHEDULES = ("constant", "step", "cosine")  # see TrainConfig.schedule (varmix.train.make_optimizer)
+# An arm's name: lower-case letters, digits and underscores, starting with a letter (it names folders and
+# metrics keys "<arm>-s<seed>").
+ARM_NAME = r"[a-z][a-z0-9_]*"
 CPU_KERNELS = ("portable", "fast")  # see Profile.cpu_kernels
 MANIFOLD_LOSSES = ("soft_ce", "bce_softmax")  # see TrainConfig.manifold_loss (varmix.mixing.mixed_loss)
 # The 15 benchmark corruptions of CIFAR-10-C (Hendrycks & Dietterich), then the 4 extras.
@@ -48,6 +53,7 @@ MAX_SUBSET = 10_000_000     # images; the largest supported dataset has 100,000 
 MAX_STEPS = 10_000          # linearity_steps, ece_bins, milestones (epochs)
 MAX_SURFACE_POINTS = 1_001  # per axis: points**2 loss evaluations
 MAX_SEED = 2**32 - 1        # numpy's seed range
+MAX_THREADS = 1024
 
 
 class ConfigError(ValueError):
@@ -111,6 +117,14 @@ def _bool(key: str, v: Any) -> bool:
 def _choice(key: str, v: Any, allowed: tuple[str, ...]) -> str:
     if v not in allowed:
         raise _fail(key, v, "one of " + ", ".join(allowed))
+    return v
+
+
+def _arm_name(key: str, v: Any, allowed: tuple[str, ...], other: str = "") -> str:
+    if v not in allowed:
+        names = ", ".join(sorted(allowed))
+        raise _fail(key, v, f"one of the {other}arms ({names})" if key.startswith("comparisons")
+                    else f"an arm declared in arm_settings or named after a method ({names})")
     return v
 
 
@@ -200,7 +214,11 @@ class TrainConfig:
     lr: float = 1e-3
     momentum: float = 0.9            # sgd only
     weight_decay: float = 0.0
-    milestones: tuple[int, ...] = ()  # epochs at which lr is multiplied by lr_gamma
+    # lr schedule: constant; step (x lr_gamma at each of milestones, in epochs); cosine (per step, from lr to
+    # 0 over the run's epochs: torch's CosineAnnealingLR with T_max = all steps, Loshchilov & Hutter without
+    # restarts). The paper gives no schedule for its Adam runs; ours is our choice (params.yaml says so).
+    schedule: str = "constant"
+    milestones: tuple[int, ...] = ()  # epochs at which lr is multiplied by lr_gamma (schedule: step)
     lr_gamma: float = 0.1
     batch_size: int = 128
     epochs: Mapping[str, int] = field(default_factory=lambda: {m: 1 for m in METHODS})
@@ -227,6 +245,10 @@ class TrainConfig:
             raise ConfigError(f"params: missing key {key}.{'epochs' if 'epochs' not in d else 'alpha'}")
         milestones = tuple(_int(f"{key}.milestones[{i}]", m, 1, MAX_STEPS)
                            for i, m in enumerate(_list(f"{key}.milestones", g("milestones") or [], False)))
+        schedule = _choice(f"{key}.schedule", d.get("schedule", "step" if milestones else "constant"), SCHEDULES)
+        if milestones and schedule != "step":
+            raise _fail(f"{key}.milestones", list(milestones), f"none with schedule {schedule} (milestones "
+                        f"belong to schedule: step)")
         arch = _choice(f"{key}.arch", g("arch"), ARCHS)
         # checked against the profile's own arch whether or not manifold_mixup is among the methods: the
         # value belongs to this profile, and a wrong one should not wait until someone adds the method
@@ -241,6 +263,7 @@ class TrainConfig:
             lr=_num(f"{key}.lr", g("lr"), 0, lo_open=True),
             momentum=_num(f"{key}.momentum", g("momentum"), 0, 1, hi_open=True),
             weight_decay=_num(f"{key}.weight_decay", g("weight_decay"), 0),
+            schedule=schedule,
             milestones=milestones,
             lr_gamma=_num(f"{key}.lr_gamma", g("lr_gamma"), 0, 1, lo_open=True),
             batch_size=_int(f"{key}.batch_size", g("batch_size"), 2, MAX_BATCH_SIZE),
@@ -314,6 +337,10 @@ class Profile:
     # because oneDNN is off (its convolutions block by the CPU's cache sizes, so the summation order
     # follows the machine); ~1.4x slower. "fast": oneDNN on, the same bits on the same machine.
     cpu_kernels: str = "fast"
+    # CPU runs only: torch's intra-op threads (null: torch's default, one per core). A reduction split over
+    # another number of threads sums in another order, so bit-for-bit results need the same count on every
+    # machine; pipeline.start sets it (a machine with fewer cores still gets the same bits, only slower).
+    cpu_threads: int | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], key: str) -> "Profile":
@@ -321,7 +348,50 @@ class Profile:
         return cls(vae=VAEConfig.from_dict(d["vae"], f"{key}.vae"),
                    train=TrainConfig.from_dict(d["train"], f"{key}.train"),
                    eval=EvalConfig.from_dict(d["eval"], f"{key}.eval"),
-                   cpu_kernels=_choice(f"{key}.cpu_kernels", d.get("cpu_kernels", "fast"), CPU_KERNELS))
+                   cpu_kernels=_choice(f"{key}.cpu_kernels", d.get("cpu_kernels", "fast"), CPU_KERNELS),
+                   cpu_threads=_opt_int(f"{key}.cpu_threads", d.get("cpu_threads"), hi=MAX_THREADS))
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of the study: a method with its settings (params.yaml's ``arm_settings``). Settings left out
+    come from the profile's ``train`` section (``alpha``/``epochs``/``mix_prob`` per method); ``mix_prob``
+    is the share of batches that are mixed (the rest are clean ERM batches)."""
+
+    name: str
+    method: str
+    mix_prob: float | None = None  # None: the profile's train.mix_prob[method] (1 unless set)
+    alpha: float | None = None   # None: the profile's train.alpha[method]
+    epochs: int | None = None    # None: the profile's train.epochs[method]
+
+    @classmethod
+    def from_dict(cls, name: Any, d: Any, key: str) -> "Arm":
+        if not isinstance(name, str) or not re.fullmatch(ARM_NAME, name):
+            raise _fail(key, name, "an arm name of lower-case letters, digits and underscores, starting "
+                                   "with a letter")
+        if not isinstance(d, Mapping):
+            raise _fail(f"{key}.{name}", d, "a mapping with keys method, mix_prob, alpha, epochs")
+        unknown = sorted(set(d) - {"method", "mix_prob", "alpha", "epochs"})
+        if unknown:
+            raise ConfigError(f"params: unknown key {key}.{name}.{unknown[0]}; allowed keys in {key}.{name}: "
+                              f"alpha, epochs, method, mix_prob")
+        if "method" not in d:
+            raise ConfigError(f"params: missing key {key}.{name}.method")
+        k = f"{key}.{name}"
+        return cls(name=name, method=_choice(f"{k}.method", d["method"], METHODS),
+                   mix_prob=None if d.get("mix_prob") is None else _num(f"{k}.mix_prob", d["mix_prob"], 0, 1,
+                                                                        lo_open=True),
+                   alpha=None if d.get("alpha") is None else _num(f"{k}.alpha", d["alpha"], 0, lo_open=True),
+                   epochs=_opt_int(f"{k}.epochs", d.get("epochs"), hi=MAX_EPOCHS))
+
+    def train_config(self, train: "TrainConfig") -> "TrainConfig":
+        """The profile's ``train`` with this arm's settings for its method: what the trainer gets."""
+        m = self.method
+        return dataclasses.replace(
+            train,
+            mix_prob={**train.mix_prob, m: train.mix_prob[m] if self.mix_prob is None else self.mix_prob},
+            alpha={**train.alpha, m: train.alpha[m] if self.alpha is None else self.alpha},
+            epochs={**train.epochs, m: train.epochs[m] if self.epochs is None else self.epochs})
 
 
 @dataclass(frozen=True)
@@ -332,9 +402,12 @@ class Params:
     dataset: str
     data_dir: str
     raw_dir: str | None
-    methods: tuple[str, ...]
+    arms: tuple[str, ...]                 # the arms dvc repro trains (dvc.yaml's matrix: arms x seeds)
     seeds: tuple[int, ...]
     profiles: Mapping[str, Profile]
+    arm_settings: Mapping[str, Arm] = field(default_factory=dict)  # every declared arm, by name
+    # the report's family of comparisons, fixed before looking: arm -> its rivals
+    comparisons: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def selected(self) -> Profile:
@@ -352,15 +425,35 @@ class Params:
     def eval(self) -> EvalConfig:
         return self.selected.eval
 
+    def arm(self, name: str) -> Arm:
+        """The declared arm ``name`` (a ValueError naming the declared ones otherwise)."""
+        if name not in self.arm_settings:
+            raise ValueError(f"arm {name!r} is not declared in params.yaml's arm_settings (declared: "
+                             f"{', '.join(self.arm_settings)})")
+        return self.arm_settings[name]
+
+    def arm_train(self, name: str) -> tuple[str, TrainConfig]:
+        """(method, TrainConfig) that train the arm ``name`` under the selected profile."""
+        a = self.arm(name)
+        return a.method, a.train_config(self.train)
+
+    def methods_of(self, arms: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        """The methods the given arms (default: ``arms``) use, each once, in order."""
+        return tuple(dict.fromkeys(self.arm(a).method for a in (self.arms if arms is None else arms)))
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Params":
-        top = ("profile", "dataset", "data_dir", "raw_dir", "methods", "seeds", "profiles")
+        top = ("profile", "dataset", "data_dir", "raw_dir", "arms", "arm_settings", "comparisons", "seeds",
+               "profiles")
         if not isinstance(d, Mapping):
             raise ConfigError(f"params: expected a mapping at the top level, got {type(d).__name__}")
+        if "methods" in d:
+            raise ConfigError("params: the top-level key methods is now arms (named arms declared in "
+                              "arm_settings; an arm named after a method needs no declaration)")
         unknown = sorted(set(d) - set(top))
         if unknown:
             raise ConfigError(f"params: unknown key {unknown[0]}; allowed top-level keys: {', '.join(top)}")
-        for k in ("profile", "dataset", "methods", "seeds", "profiles"):
+        for k in ("profile", "dataset", "arms", "seeds", "profiles"):
             if k not in d:
                 raise ConfigError(f"params: missing key {k}")
         profiles_raw = d["profiles"]
@@ -370,9 +463,26 @@ class Params:
         if bad:
             raise _fail(f"profiles.{bad[0]}", "...", "profile names among " + ", ".join(PROFILES))
         profile = _choice("profile", d["profile"], tuple(p for p in PROFILES if p in profiles_raw))
-        methods = tuple(_choice(f"methods[{i}]", m, METHODS) for i, m in enumerate(_list("methods", d["methods"])))
-        if len(set(methods)) != len(methods):
-            raise _fail("methods", list(methods), "each method at most once")
+        settings_raw = d.get("arm_settings") or {}
+        if not isinstance(settings_raw, Mapping):
+            raise _fail("arm_settings", settings_raw, "a mapping of arm name -> {method, mix_prob, alpha, epochs}")
+        settings = {name: Arm.from_dict(name, v, "arm_settings") for name, v in settings_raw.items()}
+        for m in METHODS:  # an arm named after a method, not declared: that method as the profile sets it
+            settings.setdefault(m, Arm(name=m, method=m))
+        arms = tuple(_arm_name(f"arms[{i}]", a, tuple(settings)) for i, a in enumerate(_list("arms", d["arms"])))
+        if len(set(arms)) != len(arms):
+            raise _fail("arms", list(arms), "each arm at most once")
+        comparisons_raw = d.get("comparisons") or {}
+        if not isinstance(comparisons_raw, Mapping):
+            raise _fail("comparisons", comparisons_raw, "a mapping of arm -> list of rival arms")
+        comparisons = {}
+        for arm, rivals in comparisons_raw.items():
+            _arm_name("comparisons", arm, arms)
+            rivals = tuple(_arm_name(f"comparisons.{arm}[{i}]", r, tuple(a for a in arms if a != arm), "other ")
+                           for i, r in enumerate(_list(f"comparisons.{arm}", rivals)))
+            if len(set(rivals)) != len(rivals):
+                raise _fail(f"comparisons.{arm}", list(rivals), "each rival at most once")
+            comparisons[arm] = rivals
         seeds = tuple(_int(f"seeds[{i}]", s, 0, MAX_SEED) for i, s in enumerate(_list("seeds", d["seeds"])))
         if len(set(seeds)) != len(seeds):
             raise _fail("seeds", list(seeds), "each seed at most once")
@@ -387,9 +497,11 @@ class Params:
             dataset=_choice("dataset", d["dataset"], DATASETS),
             data_dir=data_dir,
             raw_dir=raw_dir,
-            methods=methods,
+            arms=arms,
             seeds=seeds,
             profiles={name: Profile.from_dict(p, f"profiles.{name}") for name, p in profiles_raw.items()},
+            arm_settings=settings,
+            comparisons=comparisons,
         )
 
 

@@ -60,8 +60,8 @@ class Layout:
     def vae_dir(self) -> Path:
         return self.runs / "vae"
 
-    def model_dir(self, method: str, seed: int) -> Path:
-        return self.runs / "models" / run_name(method, seed)
+    def model_dir(self, arm: str, seed: int) -> Path:
+        return self.runs / "models" / run_name(arm, seed)
 
     def notebook(self, name: str) -> Path:
         return self.results / "notebooks" / f"{name}.ipynb"
@@ -78,9 +78,9 @@ class Layout:
         return self.results / "timings" / f"{name}.json"
 
 
-def run_name(method: str, seed: int) -> str:
-    """The name of one trained model: ``<method>-s<seed>`` (model folder, metrics, plot data)."""
-    return f"{method}-s{seed}"
+def run_name(arm: str, seed: int) -> str:
+    """The name of one trained model: ``<arm>-s<seed>`` (model folder, metrics, plot data)."""
+    return f"{arm}-s{seed}"
 
 
 @dataclass
@@ -105,29 +105,28 @@ class Session:
         path = self.layout.vae_dir / "vae.pt"
         if not path.is_file():
             raise FileNotFoundError(
-                f"the VAE {path} is missing (mixup_r and varmixup need it): train it first with `dvc repro vae` "
+                f"the VAE {path} is missing (the mixup_r and varmixup arms need it): train it first with `dvc repro vae` "
                 f"(or `python -m varmix notebook 01_vae --profile {self.params.profile} --dataset {self.params.dataset}`)")
         return load_vae(path, self.device)
 
-    def runs(self, method: str = "all", seed: int | str = "all") -> list[tuple[str, int]]:
-        """The (method, seed) pairs a notebook works on: ``"all"`` expands to params.yaml's lists;
-        a named method or seed must be one of them."""
-        methods = self.params.methods if method == "all" else (method,)
+    def runs(self, arm: str = "all", seed: int | str = "all") -> list[tuple[str, int]]:
+        """The (arm, seed) pairs a notebook works on: ``"all"`` expands to params.yaml's ``arms`` and
+        ``seeds``; a named arm or seed must be one of them."""
+        arms = self.params.arms if arm == "all" else (arm,)
         seeds = self.params.seeds if seed == "all" else (seed,)
-        for m in methods:
-            if m not in self.params.methods:
-                raise ValueError(f"method = {m!r} is not in params.yaml's methods "
-                                 f"({', '.join(self.params.methods)})")
+        for a in arms:
+            if a not in self.params.arms:
+                raise ValueError(f"arm = {a!r} is not in params.yaml's arms ({', '.join(self.params.arms)})")
         for sd in seeds:
             if sd not in self.params.seeds:
                 raise ValueError(f"seed = {sd!r} is not in params.yaml's seeds {list(self.params.seeds)}")
-        return [(m, sd) for m in methods for sd in seeds]
+        return [(a, sd) for a in arms for sd in seeds]
 
     def load_models(self, seed: int) -> dict[str, torch.nn.Module]:
-        """Every method's trained classifier for ``seed``, in params.yaml's order, on the device."""
+        """Every arm's trained classifier for ``seed``, in params.yaml's order, on the device."""
         from varmix.train import load_classifier
 
-        return {m: load_classifier(self.layout.model_dir(m, seed), self.device) for m in self.params.methods}
+        return {a: load_classifier(self.layout.model_dir(a, seed), self.device) for a in self.params.arms}
 
     def eval_set(self, d: data.ImageData) -> tuple[torch.Tensor, torch.Tensor]:
         """The test images (uint8) and labels the evaluation chapters use: the first ``eval.test_subset``."""
@@ -203,6 +202,8 @@ def start(profile: str | None = None, dataset: str | None = None, device: str | 
     if dev.type == "cpu":
         _check_cpu_kernels(torch.backends.cpu.get_cpu_capability())
         torch.backends.mkldnn.enabled = params.selected.cpu_kernels != "portable"
+        if params.selected.cpu_threads is not None:
+            torch.set_num_threads(params.selected.cpu_threads)
     torch.use_deterministic_algorithms(dev.type == "cpu", warn_only=True)
     os.environ.setdefault("TQDM_DISABLE", "1")
     pd.set_option("display.precision", 4)
@@ -391,28 +392,28 @@ def _on_parent_death(parent: int, done: threading.Event, every: float = 0.5) -> 
 
 
 def run_notebook(name: str, profile: str | None = None, dataset: str | None = None,
-                 method: str | None = None, seed: int | None = None) -> Path:
+                 arm: str | None = None, seed: int | None = None) -> Path:
     """Execute ``notebooks/<name>.ipynb`` with papermill (a dvc.yaml stage) and write it, cleaned, to
-    ``results/<dataset>/<profile>/notebooks/<name>[-<method>-s<seed>].ipynb``. Parameters are checked
+    ``results/<dataset>/<profile>/notebooks/<name>[-<arm>-s<seed>].ipynb``. Parameters are checked
     before the kernel starts; a cell that raises fails the run, writes nothing to the output and leaves the
     executed notebook at ``failed_path(out)`` (see ``_execute``)."""
     if name not in NOTEBOOKS:
         raise ValueError(f"notebook {name!r} is unknown: expected one of {', '.join(NOTEBOOKS)}")
-    if (method is None) != (seed is None) or (method is not None and name != "02_train"):
-        raise ValueError(f"method and seed go together and only with 02_train (got method={method!r}, "
+    if (arm is None) != (seed is None) or (arm is not None and name != "02_train"):
+        raise ValueError(f"arm and seed go together and only with 02_train (got arm={arm!r}, "
                          f"seed={seed!r} for {name})")
     params, layout = _resolve(profile, dataset)  # validates params.yaml with these overrides
-    if method is not None:
-        Session(params, layout, None).runs(method, seed)  # names must be among params.yaml's lists
+    if arm is not None:
+        Session(params, layout, None).runs(arm, seed)  # names must be among params.yaml's lists
     parameters: dict[str, Any] = {"profile": params.profile, "dataset": params.dataset}
     out_name = name
-    if method is not None:
-        parameters.update(method=method, seed=seed)
-        out_name = f"{name}-{run_name(method, seed)}"
+    if arm is not None:
+        parameters.update(arm=arm, seed=seed)
+        out_name = f"{name}-{run_name(arm, seed)}"
     out = layout.notebook(out_name)
     for folder in (layout.results, layout.runs):
         _check_writable(folder)
-    label = name if method is None else f"{name} (method {method}, seed {seed})"
+    label = name if arm is None else f"{name} (arm {arm}, seed {seed})"
     _execute(project_root() / "notebooks" / f"{name}.ipynb", out, parameters, label)
     return out
 

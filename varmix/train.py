@@ -3,24 +3,25 @@
 The loop follows torchvision's references/classification/train.py, with the data kept on the device:
 
 - The (subset of the) dataset lives on the device as one uint8 tensor; each epoch draws a permutation
-  from a CPU ``torch.Generator`` seeded from ``seed``; each batch is augmented on the device (random crop
-  with zero padding + horizontal flip, one vectorised gather, offsets drawn from the same generator),
-  converted to float [0, 1], mixed by ``varmix.mixing`` and fed to the model; the loss is the soft-target
-  cross-entropy (for Manifold Mixup ``cfg.manifold_loss`` may choose its reference's BCE on the softmax
-  instead; the history's train_loss is then that loss). Random numbers are drawn on the CPU in a fixed
-  order (permutation; per batch: crop offsets, flips, then whatever the mixer draws), so CPU and GPU runs
-  see the same stream.
+  from a CPU ``torch.Generator`` seeded from ``seed`` (the "order" stream); each batch is augmented on the
+  device (random crop with zero padding + horizontal flip, one vectorised gather, offsets drawn from the
+  "augment" stream), converted to float [0, 1], mixed by ``varmix.mixing`` (its draws from the "mix"
+  stream) and fed to the model; the loss is the soft-target cross-entropy (for Manifold Mixup
+  ``cfg.manifold_loss`` may choose its reference's BCE on the softmax instead; the history's train_loss is
+  then that loss). Random numbers are drawn on the CPU, so CPU and GPU runs see the same streams.
 - Init: ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng`` (the caller's global RNG state is left
-  alone). The data generator is seeded with a value derived from ``seed`` (numpy SeedSequence), so that
-  weight init and data order are not the same Mersenne-Twister stream.
+  alone). The three data generators are seeded with values derived from ``seed`` (numpy SeedSequence), so
+  that weight init and data are not the same Mersenne-Twister stream, and so that arms are paired: one
+  seed gives every method the same initial weights, image order, crops and flips (``_data_seed``).
 - CUDA: bf16 autocast (``cfg.amp``), channels_last (``cfg.channels_last``), fused optimisers, the training
   loss accumulated on the device and read once per epoch. CPU: the same code in fp32. Evaluation is
   always fp32 (no autocast), so reported test numbers do not depend on ``cfg.amp``.
-- Each epoch writes ``checkpoint.pt`` (model, optimiser, scheduler, generator state, history) and
+- Each epoch writes ``checkpoint.pt`` (model, optimiser, scheduler, generator states, history) and
   ``history.json`` atomically. A run finding a checkpoint of the same run in ``out_dir`` resumes from it;
   on CPU the resumed run ends with bit-identical weights to an uninterrupted one. A checkpoint may also
   be continued with more epochs (``cfg.epochs[method]`` is the only setting allowed to differ), which
-  equals training that many epochs in one go as long as the lr schedule (milestones) agrees.
+  equals training that many epochs in one go as long as the lr schedule agrees (milestones; a cosine
+  schedule's length is its epochs, so a cosine run is never continued).
 - Every file in ``out_dir`` depends only on the weights and settings (equal runs, resumed or not, give
   equal bytes, so DVC sees an unchanged folder); the per-epoch seconds go to the ``timings`` file, which
   must lie outside ``out_dir``. Stale temporaries of killed writes in ``out_dir`` are removed at the start.
@@ -35,9 +36,10 @@ Choices the paper leaves open (see also params.yaml):
   classes). Mixing comes after augmentation, as in mixup-cifar10.
 - Batches: a shuffled pass over the data per epoch; a last partial batch is kept when it holds at least
   2 images (mixing needs a partner, batch norm more than one value) and dropped otherwise.
-- Optimiser: ``adam`` (the paper: Adam, lr 1e-3, no schedule unless ``milestones`` are set) or ``sgd``
-  (momentum, weight decay, MultiStepLR at ``milestones`` x ``lr_gamma``: mixup-cifar10's recipe). Both use
-  one MultiStepLR, stepped once per epoch, which is constant when ``milestones`` is empty.
+- Optimiser: ``adam`` (the paper: Adam, lr 1e-3, no schedule) or ``sgd`` (momentum, weight decay:
+  mixup-cifar10's recipe with ``schedule: step`` at its ``milestones`` x ``lr_gamma``). The schedule
+  (``cfg.schedule``: constant, step, cosine) is one LambdaLR stepped after every optimiser step
+  (``make_optimizer``).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ from varmix import config, io, mixing
 from varmix.data import ImageData, to_float
 from varmix.models import NUM_MIX_LAYERS, build_model
 
-CHECKPOINT_FORMAT = "varmix-classifier-checkpoint-1"
+CHECKPOINT_FORMAT = "varmix-classifier-checkpoint-2"  # 2: three generators (order, augmentation, mixing)
 MODEL_FORMAT = "varmix-classifier-1"
 VAE_METHODS = ("mixup_r", "varmixup")
 EVAL_BATCH_SIZE = 500
@@ -93,12 +95,13 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tens
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, mixer, x: torch.Tensor, y: torch.Tensor,
                gen: torch.Generator, *, pad: int | None, amp: bool, channels_last: bool,
-               loss: str = "soft_ce") -> torch.Tensor:
+               loss: str = "soft_ce", aug_gen: torch.Generator | None = None) -> torch.Tensor:
     """One optimisation step on a uint8 batch already on the model's device; returns the (detached)
     loss as a device tensor (no host sync). ``pad=None`` switches augmentation off. ``loss`` names the
-    training loss (``varmix.mixing.mixed_loss``; see ``loss_for``)."""
+    training loss (``varmix.mixing.mixed_loss``; see ``loss_for``). The mixer draws from ``gen``, the
+    augmentation from ``aug_gen`` (default: ``gen`` too)."""
     if pad is not None:
-        x = augment_batch(x, gen, pad)
+        x = augment_batch(x, gen if aug_gen is None else aug_gen, pad)
     x = to_float(x)
     with torch.no_grad():  # the mixed batch is an input: no gradient into the (frozen) VAE
         mb = mixer(x, y, gen)
@@ -117,8 +120,14 @@ def loss_for(method: str, cfg: config.TrainConfig) -> str:
     return cfg.manifold_loss if method == "manifold_mixup" else "soft_ce"
 
 
-def make_optimizer(cfg: config.TrainConfig, model: nn.Module, device: torch.device):
-    """Adam or SGD (cfg.optimizer) and a MultiStepLR at cfg.milestones (constant when there are none)."""
+def make_optimizer(cfg: config.TrainConfig, model: nn.Module, device: torch.device, epochs: int = 1,
+                   steps_per_epoch: int = 1):
+    """Adam or SGD (cfg.optimizer) and the lr schedule of cfg.schedule: a LambdaLR stepped once per
+    optimiser step, over ``epochs`` x ``steps_per_epoch`` steps.
+
+    - constant: lr throughout;
+    - step: lr x lr_gamma at each of cfg.milestones (epochs; the step count is milestone x steps/epoch);
+    - cosine: lr x (1 + cos(pi t / total_steps)) / 2 at step t: from lr down to 0 at the run's end."""
     fused = device.type == "cuda"  # fused kernels on CUDA; the plain loop on CPU (deterministic)
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -126,8 +135,19 @@ def make_optimizer(cfg: config.TrainConfig, model: nn.Module, device: torch.devi
     else:
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                               weight_decay=cfg.weight_decay, fused=fused or None)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.lr_gamma)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, epochs, steps_per_epoch))
     return opt, sched
+
+
+def lr_factor(cfg: config.TrainConfig, epochs: int, steps_per_epoch: int):
+    """The schedule's multiplier of cfg.lr as a function of the optimiser step t (0-based)."""
+    total = max(int(epochs) * int(steps_per_epoch), 1)
+    if cfg.schedule == "cosine":
+        return lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
+    if cfg.schedule == "step":
+        bounds = [m * int(steps_per_epoch) for m in cfg.milestones]
+        return lambda t: cfg.lr_gamma ** sum(t >= b for b in bounds)
+    return lambda t: 1.0
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -154,9 +174,16 @@ def _tqdm_disable(progress: bool | None) -> bool | None:
     return None
 
 
-def _data_seed(seed: int) -> int:
-    """The data generator's seed: derived from ``seed`` so it is not the init's stream."""
-    return int(np.random.SeedSequence([seed, 0x6461_7461]).generate_state(1)[0])
+def _data_seed(seed: int, stream: int = 0) -> int:
+    """The seed of a data generator: derived from ``seed`` so it is not the init's stream. Streams: 0 the
+    order of the training images, 1 augmentation, 2 the method's own draws (lambda, partners, boxes, layers,
+    clean-or-mixed coins). Separate streams pair the arms of a study: for one seed every arm sees the same
+    images in the same order with the same crops and flips, whatever its method draws."""
+    key = [seed, 0x6461_7461] if stream == 0 else [seed, 0x6461_7461, stream]
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
+
+
+GENERATORS = ("order", "augment", "mix")  # _data_seed's streams 0, 1, 2
 
 
 def _state_md5(module: nn.Module) -> str:
@@ -279,6 +306,12 @@ def _check_resume(state: Any, params: dict, epochs: int, path: Path) -> None:
         raise ValueError(f"{path} is not a varmix classifier checkpoint (format {found!r}, expected "
                          f"{CHECKPOINT_FORMAT!r}); delete it or choose another out_dir")
     old = state["params"]
+    if params.get("schedule") == "cosine" and old.get("epochs") != params.get("epochs"):
+        m = params["method"]
+        raise ValueError(f"{path} was trained for {old.get('epochs', {}).get(m)!r} epochs on a cosine schedule, "
+                         f"and the schedule's length is fixed by its epochs: continuing to {epochs} would not give "
+                         f"the same run as training {epochs} from the start. Delete the checkpoint (or the folder) "
+                         f"to start afresh")
     for key in sorted(set(old) | set(params)):
         if key == "epochs":  # more (or the same) epochs may continue a run
             continue
@@ -294,13 +327,16 @@ def _check_resume(state: Any, params: dict, epochs: int, path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_dir: str | os.PathLike,
                      seed: int, vae: nn.Module | None = None, device: str | torch.device | None = None,
-                     progress: bool | None = None, timings: str | os.PathLike | None = None) -> dict:
+                     progress: bool | None = None, timings: str | os.PathLike | None = None,
+                     arm: str | None = None) -> dict:
     """Train ``cfg.arch`` on ``data`` with ``method`` for ``cfg.epochs[method]`` epochs; write the
     trained-model folder (docs/ARCHITECTURE.md) into ``out_dir`` and return a summary dict.
 
     ``vae`` (a frozen ``varmix.vae.ConvVAE``) is required by mixup_r and varmixup and is moved to
     ``device``. ``progress``: None shows tqdm bars on a TTY only, True/False forces them on/off.
-    ``timings``: a JSON file (outside ``out_dir``) for the per-epoch seconds and images/s."""
+    ``timings``: a JSON file (outside ``out_dir``) for the per-epoch seconds and images/s.
+    ``arm``: the study's name for this method + settings (params.yaml's arms; default: the method's name),
+    recorded with the run and shown in progress bars and messages."""
     d, epochs, alpha = _check_inputs(method, cfg, data, seed, vae)
     dev = resolve_device(device)
     out = Path(out_dir)
@@ -313,7 +349,9 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
         raise ValueError(f"{data.name}: spec mean {data.spec.mean} has {len(build['mean'])} channel(s), "
                          f"the images have {c}")
     use_vae = method in VAE_METHODS
-    params = {**config.to_dict(cfg), "method": method, "seed": seed, "arch": cfg.arch, "dataset": data.name,
+    arm = arm or method
+    params = {**config.to_dict(cfg), "arm": arm, "method": method, "seed": seed, "arch": cfg.arch,
+              "dataset": data.name,
               "n_train": len(d.train_x), "n_test": len(d.test_x), "image_shape": [c, s, s],
               "vae_md5": _state_md5(vae) if use_vae else None}
 
@@ -330,8 +368,11 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
         model = build_model(**build)
     channels_last = cfg.channels_last
     model.to(dev, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    optimizer, scheduler = make_optimizer(cfg, model, dev)
-    gen = torch.Generator().manual_seed(_data_seed(seed))
+    n = len(d.train_x)
+    bs = min(cfg.batch_size, n)
+    starts = [i for i in range(0, n, bs) if n - i >= 2]  # drop a last batch of one image
+    optimizer, scheduler = make_optimizer(cfg, model, dev, epochs, len(starts))
+    gens = {name: torch.Generator().manual_seed(_data_seed(seed, i)) for i, name in enumerate(GENERATORS)}
     history: list[dict] = []
     start_epoch = 0
     first_loss = None  # the first step's loss (the untrained model's): divergence is measured against it
@@ -339,7 +380,8 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
+        for name, g in gens.items():
+            g.set_state(state["generators"][name])
         history = list(state["history"])
         start_epoch = int(state["epoch"])
         first_loss = float(state.get("first_loss", history[0]["train_loss"]))
@@ -357,20 +399,17 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
     pad = crop_padding(s) if cfg.augment else None
     train_x, train_y = d.train_x.to(dev), d.train_y.to(dev)
     test_x, test_y = d.test_x.to(dev), d.test_y
-    n = len(train_x)
-    bs = min(cfg.batch_size, n)
-    starts = [i for i in range(0, n, bs) if n - i >= 2]  # drop a last batch of one image
     n_seen = sum(min(bs, n - i) for i in starts)
     check_each_step = dev.type == "cpu"  # a host sync is free on the CPU; on CUDA check once per epoch
 
     disable = _tqdm_disable(progress)
     logits = None
-    epoch_bar = tqdm(range(start_epoch + 1, epochs + 1), desc=f"{method} seed {seed}", unit="epoch",
+    epoch_bar = tqdm(range(start_epoch + 1, epochs + 1), desc=f"{arm} seed {seed}", unit="epoch",
                      initial=start_epoch, total=epochs, disable=disable)
     for epoch in epoch_bar:
         model.train()
         lr = optimizer.param_groups[0]["lr"]
-        perm = torch.randperm(n, generator=gen).to(dev)
+        perm = torch.randperm(n, generator=gens["order"]).to(dev)
         loss_sum = torch.zeros((), device=dev)
         first_bad = torch.full((), -1, device=dev, dtype=torch.long)
         first_step = None
@@ -378,8 +417,9 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
         for step, i in enumerate(tqdm(starts, desc=f"epoch {epoch}", unit="batch", leave=False,
                                       disable=disable), start=1):
             idx = perm[i:i + bs]
-            loss = train_step(model, optimizer, mixer, train_x[idx], train_y[idx], gen, pad=pad, amp=amp,
-                              channels_last=channels_last, loss=loss_name)
+            loss = train_step(model, optimizer, mixer, train_x[idx], train_y[idx], gens["mix"], pad=pad,
+                              amp=amp, channels_last=channels_last, loss=loss_name, aug_gen=gens["augment"])
+            scheduler.step()
             if check_each_step:
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{method}: training loss is {loss.item()} at epoch {epoch}, "
@@ -397,7 +437,6 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
                                      f"step {int(first_bad)} of {len(starts)} (lr {lr:g})")
         if first_loss is None:
             first_loss = float(first_step)
-        scheduler.step()
         logits, test_loss, test_acc = _evaluate(model, test_x, test_y, dev)
         check_divergence(method, epoch, train_loss, first_loss, test_acc, k, lr)
         history.append({"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss,
@@ -408,7 +447,8 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
         _save_checkpoint(ckpt_path, {
             "format": CHECKPOINT_FORMAT, "params": params, "epoch": epoch,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "generator": gen.get_state(), "history": history,
+            "scheduler": scheduler.state_dict(), "generators": {k: g.get_state() for k, g in gens.items()},
+            "history": history,
             "first_loss": first_loss})
         io.write_json(out / "history.json", history)
         epoch_bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{test_acc:.3f}")
@@ -418,12 +458,12 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
         logits, test_loss, test_acc = _evaluate(model, test_x, test_y, dev)
         io.write_json(out / "history.json", history)
     io.save_torch(out / "model.pt", {
-        "format": MODEL_FORMAT, "build": build, "method": method, "seed": seed, "dataset": data.name,
+        "format": MODEL_FORMAT, "build": build, "arm": arm, "method": method, "seed": seed, "dataset": data.name,
         "epochs": epochs, "state_dict": {k_: v.detach().cpu().contiguous() for k_, v in model.state_dict().items()}})
     io.write_npy(out / "test_logits.npy", logits.numpy().astype(np.float32))
     io.write_npy(out / "test_labels.npy", test_y.numpy().astype(np.int64))
     last = history[-1]
-    return {"method": method, "seed": seed, "arch": cfg.arch, "dataset": data.name, "epochs": epochs,
+    return {"arm": arm, "method": method, "seed": seed, "arch": cfg.arch, "dataset": data.name, "epochs": epochs,
             "resumed_from_epoch": start_epoch, "train_loss": last["train_loss"], "test_loss": test_loss,
             "test_acc": test_acc, "seconds": sum(t["seconds"] for t in times),
             "images_per_s": times[-1]["images_per_s"] if times else None, "device": str(dev),
