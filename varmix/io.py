@@ -197,9 +197,11 @@ def project_root(start: str | os.PathLike | None = None) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
-# numpy archives with stable bytes: np.savez_compressed stamps every member with the current time (and
-# numpy's own zip settings), so two writes of the same arrays differ; write_npz builds the same .npz
-# layout (one ``<key>.npy`` member per array, readable by np.load) with zipfile and fixed metadata
+# numpy archives with stable bytes. np.savez_compressed (numpy 2.4.6 on Python 3.11) happens to give equal
+# bytes for equal arrays too: it opens each member by name, so zipfile's default date 1980-01-01 is used;
+# but that is an implementation detail numpy does not document, and it cannot write atomically. write_npz
+# builds the same .npz layout (one ``<key>.npy`` member per array, readable by np.load) with zipfile and
+# sets every header field that could vary itself (date, creating system, permissions, compression level)
 _NPZ_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip header can hold
 _NPZ_LEVEL = 9
 
