@@ -283,3 +283,96 @@ def test_bad_temperature_arguments():
         C.fit_temperature(logits, y, max_iter=0)
     with pytest.raises(ValueError, match="finite logits"):
         C.fit_temperature(torch.tensor([[0.0, -math.inf]], dtype=torch.float64), torch.tensor([0]))
+
+
+# ----------------------------------------------------------------------------------------------
+# per-sample rows for a bootstrap, temperature scaling on held-out data, the regime in words
+def test_conf_correct_rows_give_exactly_the_ece():
+    logits, y = crafted()
+    rows = C.conf_correct(logits, y)
+    assert rows.shape == (5, 2) and rows.dtype == np.float64
+    np.testing.assert_allclose(rows[:, 0], [0.70, 0.50, 0.90, 0.75, 0.45], atol=1e-12)
+    assert rows[:, 1].tolist() == [1.0, 0.0, 1.0, 0.0, 1.0]
+    assert C.ece_from_conf_correct(rows, 5) == pytest.approx(0.12, abs=1e-12)
+    z, lab = _synthetic(5000, 0.05, seed=4)
+    for bins in (1, 7, 15):
+        assert C.ece_from_conf_correct(C.conf_correct(z, lab), bins) == C.ece(z, lab, bins)
+    # a bootstrap resample is just rows[idx]
+    idx = np.random.default_rng(0).integers(0, 5000, 5000)
+    assert C.ece_from_conf_correct(C.conf_correct(z, lab)[idx], 15) == C.ece(z[idx], lab[idx], 15)
+
+
+def test_conf_correct_rows_bin_an_edge_confidence_like_ece():
+    # confidence exactly 0.5 (an inner edge for 2 bins) belongs to the lower bin (0, .5]: a correct one
+    # there and a wrong one at .75 give |1 - .5|/2 + |0 - .75|/2; the upper-bin convention would give .125
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.75, 0.25, 0.0]], dtype=torch.float64))
+    y = torch.tensor([0, 1])
+    rows = C.conf_correct(logits, y)
+    assert rows[0, 0] == 0.5
+    assert C.ece_from_conf_correct(rows, 2) == C.ece(logits, y, 2) == pytest.approx(0.625, abs=1e-12)
+
+
+@pytest.mark.parametrize("rows, match", [
+    (np.zeros((3, 3)), r"rows \[N, 2\]"),
+    (np.zeros((0, 2)), "N >= 1"),
+    (np.array([[0.5, 2.0]]), "0/1"),
+    (np.array([[1.5, 1.0]]), "outside"),
+])
+def test_ece_from_conf_correct_errors(rows, match):
+    with pytest.raises(ValueError, match=match):
+        C.ece_from_conf_correct(rows)
+
+
+def test_temperature_scaled_metrics_fit_on_first_part_evaluate_on_the_rest():
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(4001, 10, generator=g, dtype=torch.float64) * 2.0
+    y = torch.multinomial(torch.softmax(z, 1), 1, generator=g).squeeze(1)
+    seen = z * 2.5
+    out = C.temperature_scaled_metrics(seen, y, 15)
+    assert out["n_fit"] == 2000 and out["n_eval"] == 2001
+    assert out["temperature"] == C.fit_temperature(seen[:2000], y[:2000])
+    assert out["temperature"] == pytest.approx(2.5, rel=0.1)
+    scaled = C.calibration_metrics(seen[2000:] / out["temperature"], y[2000:], 15)
+    assert out["ece_temperature_scaled"] == scaled["ece"]
+    assert out["nll_temperature_scaled"] == scaled["nll"]
+    assert out["overconfidence_temperature_scaled"] == scaled["overconfidence"]
+    assert out["accuracy_temperature_scaled"] == C.accuracy(seen[2000:], y[2000:])
+    assert out["regime_temperature_scaled"] == C.regime(scaled["overconfidence"])
+    assert out["ece_temperature_scaled"] < C.ece(seen[2000:], y[2000:], 15)
+    # the notebook's former inline computation (first half / second half) is fit_fraction 0.5
+    other = C.temperature_scaled_metrics(seen.numpy().astype(np.float32), y.numpy(), 15, fit_fraction=0.25)
+    assert other["n_fit"] == 1000 and other["n_eval"] == 3001
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"fit_fraction": 0.0}, "fit_fraction = 0.0"),
+    ({"fit_fraction": 1}, "fit_fraction = 1"),
+    ({"fit_fraction": True}, "fit_fraction = True"),
+    ({"fit_fraction": 0.1}, "leave 0 to fit"),
+    ({"tol": 0}, "tol = 0"),
+    ({"n_bins": 0}, "n_bins = 0"),
+])
+def test_temperature_scaled_metrics_errors(kw, match):
+    logits, y = crafted()
+    with pytest.raises(ValueError, match=match):
+        C.temperature_scaled_metrics(logits, y, **kw)
+
+
+def test_regime_in_words():
+    assert C.REGIME_TOL == 0.01
+    assert C.regime(0.05) == "over-confident"
+    assert C.regime(0.01) == "over-confident"
+    assert C.regime(-0.01) == "under-confident"
+    assert C.regime(-0.2) == "under-confident"
+    assert C.regime(0.0099) == "calibrated (|gap| < 0.01)"
+    assert C.regime(-0.0099) == "calibrated (|gap| < 0.01)"
+    assert C.regime(0.03, tol=0.05) == "calibrated (|gap| < 0.05)"
+    logits, y = crafted()  # mean confidence .66, accuracy .6
+    assert C.regime(C.calibration_metrics(logits, y)["overconfidence"]) == "over-confident"
+    for bad, match in ((float("nan"), "overconfidence = nan"), ("0.1", "overconfidence = '0.1'"),
+                       (True, "overconfidence = True")):
+        with pytest.raises(ValueError, match=match):
+            C.regime(bad)
+    for tol in (0, -0.1, 1.0, None):
+        with pytest.raises(ValueError, match="tol = "):
+            C.regime(0.0, tol)

@@ -307,6 +307,7 @@ def test_linearity_table_long_and_summary():
         model, x, y, eps=8 / 255, steps=3, step_size=8 / 255 / 3, gen=gen(4), restarts=3, clip=False).double())
     summary = L.linearity_table(model, x, y, eps_list_255=(2, 8), steps=3, gen_seed=4)
     pd.testing.assert_frame_equal(summary, L.summarize_linearity(long))
+    assert list(summary.columns) == ["eps_255", "eps", "n", "mean", "median", "std", "q25", "q75", "max"]
     row = summary[summary.eps_255 == 8].iloc[0]
     g = long[long.eps_255 == 8].gamma
     assert row.n == 8
@@ -322,6 +323,42 @@ def test_linearity_table_long_and_summary():
         L.linearity_table(model, x, y, eps_list_255=(1, -2))
     with pytest.raises(ValueError, match="columns"):
         L.summarize_linearity(pd.DataFrame({"x": [1]}))
+
+
+def test_gamma_per_image_is_a_fixed_image_order_for_every_model():
+    x, y = images(), labels()
+    tables = {}
+    for m, model in (("erm", mlp()), ("varmixup_full", cnn())):
+        for sd in (0, 1):
+            tables[m, sd] = L.linearity_table(model, x, y, eps_list_255=(8, 2), steps=2, gen_seed=sd,
+                                              per_example=True).assign(method=m, seed=sd)
+    long = pd.concat(tables.values(), ignore_index=True).sample(frac=1.0, random_state=0)  # row order must not matter
+    eps, per = L.gamma_per_image(long)
+    assert eps.tolist() == [2.0, 8.0]
+    assert list(per) == list(dict.fromkeys(zip(long["method"], long["seed"])))
+    for key, t in tables.items():
+        assert per[key].shape == (2, 8) and per[key].dtype == np.float64
+        for i, e in enumerate(eps):
+            np.testing.assert_array_equal(per[key][i], t[t.eps_255 == e].sort_values("image").gamma.to_numpy())
+    # the mean over images is the summary's mean
+    summary = L.summarize_linearity(long.drop(columns="eps")).set_index(["method", "seed", "eps_255"])
+    assert per["erm", 1][1].mean() == pytest.approx(summary.loc[("erm", 1, 8), "mean"], abs=1e-12)
+    # one model's table needs no keys
+    e1, one = L.gamma_per_image(tables["erm", 0].drop(columns=["method", "seed"]), by=())
+    np.testing.assert_array_equal(one[()], per["erm", 0])
+    with pytest.raises(ValueError, match="several values in column 'seed'"):
+        L.gamma_per_image(long, by=["method"])
+    with pytest.raises(ValueError, match="more than one γ"):
+        L.gamma_per_image(pd.concat([tables["erm", 0], tables["erm", 0]]))
+    short = pd.concat([tables["erm", 0], tables["erm", 1][tables["erm", 1].image < 7]])
+    with pytest.raises(ValueError, match="expected the images 0..7"):
+        L.gamma_per_image(short)
+    with pytest.raises(ValueError, match="lacks a value"):
+        L.gamma_per_image(long[~((long.method == "erm") & (long.seed == 0) & (long.eps_255 == 2) & (long.image == 3))])
+    with pytest.raises(ValueError, match="by = 'method'"):
+        L.gamma_per_image(long, by="method")
+    with pytest.raises(ValueError, match="columns eps_255, image and gamma"):
+        L.gamma_per_image(long.drop(columns="image"))
 
 
 # ----------------------------------------------------------------------------------------------

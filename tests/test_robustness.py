@@ -365,3 +365,159 @@ def test_explicit_device_gives_the_same_grid(data):
     a = grid({"erm": Linear(1)}, data, corruptions=("gaussian_noise",), severities=(2,))
     b = grid({"erm": Linear(1)}, data, corruptions=("gaussian_noise",), severities=(2,), device="cpu")
     pd.testing.assert_frame_equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------
+# per-image correctness, corruption families
+FAM_CORR = ("gaussian_noise", "defocus_blur", "brightness", "contrast")
+
+
+def test_per_image_option_returns_the_same_grid_and_matching_counts(data):
+    x, y = data
+    models = {"erm": Linear(1), "varmixup_full": Linear(2)}
+    g, per = grid(models, data, corruptions=FAM_CORR, per_image=True)
+    pd.testing.assert_frame_equal(g, grid(models, data, corruptions=FAM_CORR))  # default path unchanged
+    assert list(per) == ["erm", "varmixup_full"]
+    s = R.summarize(g, FAM_CORR)
+    fam = R.family_summary(g, FAM_CORR)
+    for m, p in per.items():
+        assert p.corruption_names == FAM_CORR and p.severities == SEV
+        assert p.clean.dtype == np.bool_ and p.clean.shape == (N,)
+        assert p.corruptions.dtype == np.uint8 and p.corruptions.shape == (N, len(FAM_CORR))
+        with torch.no_grad():
+            np.testing.assert_array_equal(p.clean, (models[m](x.float() / 255).argmax(1) == y).numpy())
+        rows = g[g["method"] == m].set_index(["corruption", "severity"])["accuracy"]
+        assert p.clean.mean() == rows[("clean", 0)]
+        for j, c in enumerate(FAM_CORR):  # counts are the grid's accuracies times n, summed over severities
+            assert int(p.corruptions[:, j].sum()) == round(sum(rows[(c, sv)] for sv in SEV) * N)
+        acc = R.per_image_accuracy(p.corruptions, p.corruption_names, len(p.severities))
+        assert acc.shape == (N,) and acc.mean() == pytest.approx(s.loc[m, "corruption_accuracy"], abs=1e-12)
+        for col, values in R.family_per_image(p).items():
+            expected = s.loc[m, "clean_accuracy"] if col == "clean_accuracy" else fam.loc[m, col]
+            if np.isnan(expected):
+                assert np.isnan(values).all()
+            else:
+                assert values.mean() == pytest.approx(expected, abs=1e-12)
+    assert not (per["erm"].corruptions == per["varmixup_full"].corruptions).all()
+
+
+def test_per_image_counts_severities_of_each_corruption(data):
+    # a model that is always right counts every severity; one that is never right counts none
+    x, y = data
+
+    class Oracle(nn.Module):
+        def __init__(self, right: bool):
+            super().__init__()
+            self.shift = 0 if right else 1
+
+        def forward(self, xb):  # one batch of all N images (batch_size=N): predicts y, or y + 1
+            return torch.nn.functional.one_hot((y + self.shift) % K, K).float() * 5
+
+    _, per = grid({"right": Oracle(True), "wrong": Oracle(False)}, data, corruptions=FAM_CORR[:2],
+                  batch_size=N, per_image=True)
+    assert (per["right"].corruptions == len(SEV)).all() and per["right"].clean.all()
+    assert (per["wrong"].corruptions == 0).all() and not per["wrong"].clean.any()
+
+
+def test_per_image_argument_errors(data):
+    with pytest.raises(ValueError, match="per_image = 1 is invalid"):
+        grid({"erm": Linear(1)}, data, per_image=1)
+    counts = np.array([[2, 0], [1, 2]], dtype=np.uint8)
+    np.testing.assert_allclose(R.per_image_accuracy(counts, CORR, 2), [0.5, 0.75])
+    np.testing.assert_allclose(R.per_image_accuracy(counts, CORR, 2, ["contrast"]), [0.0, 1.0])
+    np.testing.assert_allclose(R.per_image_accuracy(counts, CORR, 2, ["contrast", "fog"]), [0.0, 1.0])  # fog skipped
+    for args, match in [((counts, CORR, 6), "n_severities = 6"), ((counts, CORR, 1), "counts range 0..2"),
+                        ((counts, CORR[:1], 2), "shape"), ((counts.astype(float), CORR, 2), "integer counts"),
+                        ((counts, ("fogg", "fog"), 2), "unknown corruption 'fogg'"),
+                        ((counts, CORR, 2, ["fog"]), "no corruption among")]:
+        with pytest.raises(ValueError, match=match):
+            R.per_image_accuracy(*args)
+    with pytest.raises(ValueError, match="expected uint8"):
+        R.PerImage(np.ones(2, bool), counts.astype(np.int64), CORR, SEV)
+    with pytest.raises(ValueError, match="expected bool"):
+        R.PerImage(np.ones(2, int), counts, CORR, SEV)
+    with pytest.raises(ValueError, match="count of 3"):
+        R.PerImage(np.ones(2, bool), counts + 1, CORR, SEV)
+    with pytest.raises(ValueError, match="expected a PerImage"):
+        R.family_per_image(counts)
+
+
+def test_families_are_the_benchmark_grouping():
+    from varmix.config import BENCHMARK_CORRUPTIONS
+
+    assert list(R.FAMILIES) == ["noise", "blur", "weather", "digital"]
+    members = [c for fam in R.FAMILIES.values() for c in fam]
+    assert sorted(members) == sorted(BENCHMARK_CORRUPTIONS) and len(members) == 15
+    assert R.FAMILIES["weather"] == ("snow", "frost", "fog", "brightness")
+    assert R.FAMILIES["digital"] == ("contrast", "elastic_transform", "pixelate", "jpeg_compression")
+    assert set(R.INTENSITY_SHIFT) == {"brightness", "contrast", "fog", "frost"}
+
+
+def _grid_of(acc: dict) -> pd.DataFrame:
+    return pd.DataFrame([{"method": m, "corruption": c, "severity": s, "accuracy": a, "ece": 0.0}
+                         for m, table in acc.items() for (c, s), a in table.items()])
+
+
+def test_family_summary_by_hand():
+    table = {("clean", 0): 0.9, ("gaussian_noise", 1): 0.8, ("gaussian_noise", 2): 0.6,  # noise .7
+             ("shot_noise", 1): 0.5, ("shot_noise", 2): 0.3,                                # noise .4
+             ("fog", 1): 0.4, ("fog", 2): 0.2,                                              # weather, intensity .3
+             ("contrast", 1): 0.2, ("contrast", 2): 0.0,                                    # digital, intensity .1
+             ("pixelate", 1): 0.9, ("pixelate", 2): 0.7,                                    # digital .8
+             ("speckle_noise", 1): 0.0, ("speckle_noise", 2): 0.0}                          # extra, no family
+    g = _grid_of({"varmixup_full": table, "erm": {k: v / 2 for k, v in table.items()}})
+    f = R.family_summary(g)
+    assert list(f.index) == ["varmixup_full", "erm"]
+    assert list(f.columns) == ["accuracy_noise", "accuracy_blur", "accuracy_weather", "accuracy_digital",
+                               "corruption_accuracy", "corruption_accuracy_no_intensity",
+                               "corruption_accuracy_intensity"]
+    v = f.loc["varmixup_full"]
+    assert v["accuracy_noise"] == pytest.approx(0.55)
+    assert np.isnan(v["accuracy_blur"])  # no blur in the grid
+    assert v["accuracy_weather"] == pytest.approx(0.3)
+    assert v["accuracy_digital"] == pytest.approx(0.45)
+    assert v["corruption_accuracy"] == pytest.approx((0.7 + 0.4 + 0.3 + 0.1 + 0.8) / 5)
+    assert v["corruption_accuracy_no_intensity"] == pytest.approx((0.7 + 0.4 + 0.8) / 3)
+    assert v["corruption_accuracy_intensity"] == pytest.approx(0.2)
+    pd.testing.assert_series_equal(f.loc["erm"], v / 2, check_names=False)
+    pd.testing.assert_series_equal(f["corruption_accuracy"], R.summarize(g)["corruption_accuracy"])
+    # explicit corruptions, the extra included: it counts in the overall and no-intensity means only
+    f2 = R.family_summary(g, ["gaussian_noise", "speckle_noise"])
+    assert f2.loc["varmixup_full", "accuracy_noise"] == pytest.approx(0.7)
+    assert f2.loc["varmixup_full", "corruption_accuracy"] == pytest.approx(0.35)
+    assert f2.loc["varmixup_full", "corruption_accuracy_no_intensity"] == pytest.approx(0.35)
+    assert f2.loc["varmixup_full", ["accuracy_digital", "corruption_accuracy_intensity"]].isna().all()
+    pd.testing.assert_series_equal(f2["corruption_accuracy"],
+                                   R.summarize(g, ["gaussian_noise", "speckle_noise"])["corruption_accuracy"])
+    with pytest.raises(ValueError, match="'snow' has no rows"):
+        R.family_summary(g, ["snow"])
+
+
+def test_save_and_load_per_image_for_a_study(data, tmp_path):
+    _, per = grid({"erm": Linear(1), "varmixup_full": Linear(2)}, data, corruptions=FAM_CORR[:2], per_image=True)
+    _, per1 = grid({"erm": Linear(3), "varmixup_full": Linear(4)}, data, corruptions=FAM_CORR[:2], per_image=True)
+    runs = {f"{m}-s{sd}": p for sd, pp in ((0, per), (1, per1)) for m, p in pp.items()}
+    R.save_per_image(tmp_path / "per_image.npz", runs)
+    back = R.load_per_image(tmp_path / "per_image.npz")
+    assert list(back) == list(runs)
+    for k, p in runs.items():
+        assert back[k].corruption_names == p.corruption_names and back[k].severities == p.severities
+        np.testing.assert_array_equal(back[k].clean, p.clean)
+        np.testing.assert_array_equal(back[k].corruptions, p.corruptions)
+        assert back[k].corruptions.dtype == np.uint8 and back[k].clean.dtype == np.bool_
+    first = (tmp_path / "per_image.npz").read_bytes()
+    R.save_per_image(tmp_path / "per_image.npz", dict(runs))
+    assert (tmp_path / "per_image.npz").read_bytes() == first
+    other = R.PerImage(p.clean, p.corruptions[:, :1], p.corruption_names[:1], p.severities)
+    with pytest.raises(ValueError, match="expected the same for every run"):
+        R.save_per_image(tmp_path / "x.npz", {"erm-s0": p, "erm-s1": other})
+    with pytest.raises(ValueError, match="run key 'erm/s0'"):
+        R.save_per_image(tmp_path / "x.npz", {"erm/s0": p})
+    with pytest.raises(ValueError, match="expected a PerImage"):
+        R.save_per_image(tmp_path / "x.npz", {"erm-s0": p.corruptions})
+    assert not (tmp_path / "x.npz").exists()
+    from varmix import io as vio
+
+    vio.write_npz(tmp_path / "y.npz", {"erm-s0/clean": p.clean})
+    with pytest.raises(ValueError, match="lacks 'corruption_names'"):
+        R.load_per_image(tmp_path / "y.npz")

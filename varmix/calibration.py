@@ -33,9 +33,10 @@ import numpy as np
 import torch
 
 __all__ = [
-    "accuracy", "apply_temperature", "bin_edges", "brier", "calibration_metrics", "confidences",
-    "ece", "fit_temperature", "mce", "mean_confidence", "nll", "overconfidence", "probabilities",
-    "reliability_bins", "reliability_diagram",
+    "REGIME_TOL", "accuracy", "apply_temperature", "bin_edges", "brier", "calibration_metrics", "conf_correct",
+    "confidences", "ece", "ece_from_conf_correct", "fit_temperature", "mce", "mean_confidence", "nll",
+    "overconfidence", "probabilities", "regime", "reliability_bins", "reliability_diagram",
+    "temperature_scaled_metrics",
 ]
 
 
@@ -129,7 +130,11 @@ def _conf_correct(t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch
 
 def _bin_stats(t: torch.Tensor, y: torch.Tensor, n_bins: int):
     """Per-bin count, mean accuracy and mean confidence (NaN for empty bins)."""
-    conf, correct = _conf_correct(t, y)
+    return _bin_stats_of(*_conf_correct(t, y), n_bins)
+
+
+def _bin_stats_of(conf: torch.Tensor, correct: torch.Tensor, n_bins: int):
+    """:func:`_bin_stats` from per-sample confidences and 0/1 correctness (float64)."""
     idx = _bin_index(conf, n_bins)
     count = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, torch.ones_like(conf))
     acc_sum = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, correct)
@@ -151,14 +156,41 @@ def mean_confidence(logits: Any, labels: Any) -> float:
     return float(torch.softmax(t, dim=1).max(dim=1).values.mean())
 
 
+def _ece_of(count: torch.Tensor, acc: torch.Tensor, cbin: torch.Tensor) -> float:
+    nonempty = count > 0
+    gap = (acc[nonempty] - cbin[nonempty]).abs()
+    return float((count[nonempty] / count.sum() * gap).sum())
+
+
 def ece(logits: Any, labels: Any, n_bins: int = 15) -> float:
     """Expected calibration error, Σ_b (n_b/N)|acc_b − conf_b| over ``n_bins`` (lower, upper] bins."""
     n_bins = _check_bins(n_bins)
     t, y = _check(logits, labels)
-    count, acc, cbin = _bin_stats(t, y, n_bins)
-    nonempty = count > 0
-    gap = (acc[nonempty] - cbin[nonempty]).abs()
-    return float((count[nonempty] / count.sum() * gap).sum())
+    return _ece_of(*_bin_stats(t, y, n_bins))
+
+
+def conf_correct(logits: Any, labels: Any) -> np.ndarray:
+    """Per-sample rows ``[N, 2]`` (float64): the top-label confidence and 1.0/0.0 for a correct/wrong
+    prediction, exactly the values :func:`ece` bins. For a bootstrap of the ECE over test images:
+    resample rows and call :func:`ece_from_conf_correct` on them."""
+    t, y = _check(logits, labels)
+    conf, correct = _conf_correct(t, y)
+    return torch.stack([conf, correct], dim=1).numpy()
+
+
+def ece_from_conf_correct(rows: Any, n_bins: int = 15) -> float:
+    """The ECE of per-sample rows from :func:`conf_correct` (same bins and arithmetic as :func:`ece`, so
+    ``ece_from_conf_correct(conf_correct(logits, labels)) == ece(logits, labels)`` exactly)."""
+    n_bins = _check_bins(n_bins)
+    r = np.asarray(rows)
+    if r.ndim != 2 or r.shape[1] != 2 or r.shape[0] < 1 or not np.issubdtype(r.dtype, np.floating):
+        raise ValueError(f"rows is {r.dtype} of shape {r.shape}: expected float rows [N, 2] "
+                         f"(confidence, correct) from conf_correct with N >= 1")
+    conf, correct = (torch.from_numpy(np.ascontiguousarray(r[:, j], dtype=np.float64)) for j in (0, 1))
+    if not ((conf >= 0) & (conf <= 1)).all() or not ((correct == 0) | (correct == 1)).all():
+        raise ValueError("rows hold a confidence outside [0, 1] or a correctness other than 0/1: expected "
+                         "rows from conf_correct")
+    return _ece_of(*_bin_stats_of(conf, correct, n_bins))
 
 
 def mce(logits: Any, labels: Any, n_bins: int = 15) -> float:
@@ -196,7 +228,7 @@ def calibration_metrics(logits: Any, labels: Any, n_bins: int = 15) -> dict[str,
     n_bins = _check_bins(n_bins)
     t, y = _check(logits, labels)
     conf, correct = _conf_correct(t, y)
-    count, acc, cbin = _bin_stats(t, y, n_bins)
+    count, acc, cbin = _bin_stats_of(conf, correct, n_bins)
     nonempty = count > 0
     gap = (acc[nonempty] - cbin[nonempty]).abs()
     logp = torch.log_softmax(t, dim=1)
@@ -204,7 +236,7 @@ def calibration_metrics(logits: Any, labels: Any, n_bins: int = 15) -> dict[str,
     onehot = torch.nn.functional.one_hot(y, t.shape[1]).to(torch.float64)
     return {
         "accuracy": float(correct.mean()),
-        "ece": float((count[nonempty] / count.sum() * gap).sum()),
+        "ece": _ece_of(count, acc, cbin),
         "mce": float(gap.max()),
         "nll": float(-logp.gather(1, y[:, None]).mean()),
         "brier": float(((p - onehot) ** 2).sum(dim=1).mean()),
@@ -362,3 +394,70 @@ def fit_temperature(logits: Any, labels: Any, init: float = 1.5, max_iter: int =
     if not (math.isfinite(value) and value > 0):
         raise RuntimeError(f"temperature fit diverged (T = {value}); the logits may be perfectly separable")
     return value
+
+
+def temperature_scaled_metrics(logits: Any, labels: Any, n_bins: int = 15, fit_fraction: float = 0.5,
+                               tol: float | None = None) -> dict[str, Any]:
+    """Temperature scaling evaluated on data it was not fitted on (docs/DEPARTURES.md, row 12).
+
+    ``T = fit_temperature`` on the first ``floor(N · fit_fraction)`` samples (in the given order), then
+    the metrics of ``logits / T`` on the remaining ones. Returns ``temperature``, ``n_fit``, ``n_eval``,
+    ``ece_temperature_scaled``, ``nll_temperature_scaled``, ``overconfidence_temperature_scaled``,
+    ``accuracy_temperature_scaled`` (the accuracy of the evaluated part: T > 0 keeps every prediction)
+    and ``regime_temperature_scaled`` (:func:`regime` of the scaled overconfidence with ``tol``, default
+    :data:`REGIME_TOL`).
+    """
+    n_bins = _check_bins(n_bins)
+    if isinstance(fit_fraction, bool) or not isinstance(fit_fraction, (int, float, np.integer, np.floating)) \
+            or not 0 < float(fit_fraction) < 1:
+        raise ValueError(f"fit_fraction = {fit_fraction!r} is invalid: expected a number in (0, 1)")
+    tol = REGIME_TOL if tol is None else _check_tol(tol)
+    t, y = _check(logits, labels)
+    n_fit = int(math.floor(t.shape[0] * float(fit_fraction)))
+    if n_fit < 1 or n_fit >= t.shape[0]:
+        raise ValueError(f"{t.shape[0]} samples with fit_fraction = {fit_fraction!r} leave {n_fit} to fit and "
+                         f"{t.shape[0] - n_fit} to evaluate: expected at least 1 in each part")
+    temp = fit_temperature(t[:n_fit], y[:n_fit])
+    scaled = calibration_metrics(t[n_fit:] / temp, y[n_fit:], n_bins)
+    return {
+        "temperature": temp,
+        "n_fit": n_fit,
+        "n_eval": int(t.shape[0] - n_fit),
+        "ece_temperature_scaled": scaled["ece"],
+        "nll_temperature_scaled": scaled["nll"],
+        "overconfidence_temperature_scaled": scaled["overconfidence"],
+        "accuracy_temperature_scaled": scaled["accuracy"],
+        "regime_temperature_scaled": regime(scaled["overconfidence"], tol),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# the sign of the calibration gap, in words
+REGIME_TOL = 0.01
+"""|overconfidence| below which :func:`regime` calls a model calibrated: one percentage point, the
+resolution the accuracy tables report. It is also about two standard errors of a test accuracy near 0.9
+on 5,000 images (sqrt(0.9 · 0.1 / 5000) = 0.0042), the size of gap one test set cannot tell from zero."""
+
+
+def _check_tol(tol: Any) -> float:
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)) \
+            or not (0 < float(tol) < 1):
+        raise ValueError(f"tol = {tol!r} is invalid: expected a number in (0, 1)")
+    return float(tol)
+
+
+def regime(overconfidence: float, tol: float = REGIME_TOL) -> str:
+    """``"over-confident"`` when ``overconfidence`` (mean confidence − accuracy, as in
+    :func:`calibration_metrics`) is >= ``tol``, ``"under-confident"`` when it is <= −``tol``, else
+    ``"calibrated (|gap| < {tol:g})"``. ``tol``: :data:`REGIME_TOL` (0.01) by default."""
+    tol = _check_tol(tol)
+    if isinstance(overconfidence, bool) or not isinstance(overconfidence, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(float(overconfidence)):
+        raise ValueError(f"overconfidence = {overconfidence!r} is invalid: expected a finite number "
+                         f"(mean confidence − accuracy)")
+    gap = float(overconfidence)
+    if gap >= tol:
+        return "over-confident"
+    if gap <= -tol:
+        return "under-confident"
+    return f"calibrated (|gap| < {tol:g})"

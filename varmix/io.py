@@ -11,8 +11,9 @@ import json
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -193,3 +194,133 @@ def project_root(start: str | os.PathLike | None = None) -> Path:
         if (folder / "params.yaml").is_file():
             return folder
     raise FileNotFoundError(f"no params.yaml found in {here} or any folder above it")
+
+
+# ----------------------------------------------------------------------------------------------
+# numpy archives with stable bytes. np.savez_compressed (numpy 2.4.6 on Python 3.11) happens to give equal
+# bytes for equal arrays too: it opens each member by name, so zipfile's default date 1980-01-01 is used;
+# but that is an implementation detail numpy does not document, and it cannot write atomically. write_npz
+# builds the same .npz layout (one ``<key>.npy`` member per array, readable by np.load) with zipfile and
+# sets every header field that could vary itself (date, creating system, permissions, compression level)
+_NPZ_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip header can hold
+_NPZ_LEVEL = 9
+
+
+def _check_npz_key(key: Any) -> str:
+    if not isinstance(key, str) or not key or key.startswith("/") or key.endswith("/") or "//" in key \
+            or any(part in (".", "..") for part in key.split("/")) or "\\" in key or "\x00" in key:
+        raise ValueError(f"array key {key!r} is invalid: expected a non-empty string of '/'-separated names "
+                         f"(e.g. 'erm-s0/corruptions'), without '.', '..', backslashes or empty parts")
+    return key
+
+
+def write_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
+    """Write ``arrays`` (key -> array) as one deflate-compressed .npz, atomically, that ``np.load`` and
+    :func:`read_npz` read back. Keys may contain '/' (e.g. ``"erm-s0/corruptions"``). Members are
+    written in the mapping's order with a fixed date (1980-01-01), permissions and compression level,
+    so equal arrays under equal keys in the same order give byte-identical files (with the same zlib).
+    Object arrays are refused (they would need pickle)."""
+    if not isinstance(arrays, Mapping) or not arrays:
+        raise ValueError(f"arrays must be a non-empty mapping key -> numpy array, got "
+                         f"{type(arrays).__name__ if not isinstance(arrays, Mapping) else 'an empty mapping'}")
+    members = []
+    for key, value in arrays.items():
+        key = _check_npz_key(key)
+        arr = np.asarray(value)
+        if arr.dtype.hasobject:
+            raise ValueError(f"arrays[{key!r}] has dtype {arr.dtype}: expected numbers, booleans or strings "
+                             f"(object arrays need pickle, which .npz files here never hold)")
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, np.ascontiguousarray(arr), version=(1, 0), allow_pickle=False)
+        members.append((key, buf.getvalue()))
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=_NPZ_LEVEL) as zf:
+            for key, data in members:
+                info = zipfile.ZipInfo(f"{key}.npy", date_time=_NPZ_DATE)
+                info.create_system = 3              # unix, whatever the writing platform
+                info.external_attr = 0o644 << 16    # -rw-r--r--
+                zf.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=_NPZ_LEVEL)
+
+
+def read_npz(path: str | os.PathLike, what: str = "archive") -> dict[str, np.ndarray]:
+    """All arrays of an .npz (as written by :func:`write_npz` or np.savez), in the file's order, loaded
+    into memory; a missing file or a corrupt one gives a clear error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except Exception as exc:  # zipfile.BadZipFile, ValueError, EOFError, zlib.error: all mean "corrupt"
+        raise ValueError(f"{what} {path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
+                         f"delete it and re-run the step that writes it") from exc
+
+
+# ----------------------------------------------------------------------------------------------
+# clean test logits of every run in one committed file. Stored as float16: a study's 45 runs x 10,000
+# images x 10 classes fit in 10 MB that way (measured in docs/EVALUATION_DATA.md). Every number computed
+# from these logits must be computed from the float16-rounded values read_logits returns, so that
+# recomputing from the committed file gives the committed numbers exactly.
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
+def _check_run_key(key: Any) -> str:
+    if not isinstance(key, str) or not key or "/" in key:
+        raise ValueError(f"run key {key!r} is invalid: expected a non-empty string without '/' (e.g. 'erm-s0')")
+    return _check_npz_key(key)
+
+
+def write_logits(path: str | os.PathLike, runs: Mapping[str, tuple[Any, Any]]) -> None:
+    """Write ``{run_key: (logits [N, K], labels [N])}`` to one compressed .npz (:func:`write_npz`): the
+    logits as float16 under ``<run>/logits``, the labels as int64 once under ``labels`` when every run
+    has the same ones, else per run under ``<run>/labels``. Logits must be finite and within float16's
+    range (|x| <= 65504); labels integers in 0..K-1. Equal inputs give byte-identical files."""
+    if not isinstance(runs, Mapping) or not runs:
+        raise ValueError("runs must be a non-empty mapping run key -> (logits, labels)")
+    checked = {}
+    for key, pair in runs.items():
+        key = _check_run_key(key)
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"runs[{key!r}] is a {type(pair).__name__}: expected a (logits, labels) pair")
+        logits, labels = (np.asarray(v.detach().cpu() if hasattr(v, "detach") else v) for v in pair)
+        if logits.ndim != 2 or logits.shape[0] < 1 or logits.shape[1] < 2 \
+                or not np.issubdtype(logits.dtype, np.floating):
+            raise ValueError(f"runs[{key!r}] logits are {logits.dtype} of shape {logits.shape}: expected "
+                             f"float logits [N, K] with N >= 1 and K >= 2")
+        if not np.isfinite(logits).all() or np.abs(logits).max() > _F16_MAX:
+            raise ValueError(f"runs[{key!r}] logits hold values outside float16's finite range "
+                             f"(max |x| = {np.abs(logits).max()}); expected finite |x| <= {_F16_MAX:g}")
+        if labels.shape != (logits.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"runs[{key!r}] labels are {labels.dtype} of shape {labels.shape}: expected "
+                             f"{logits.shape[0]} integer labels (one per logits row)")
+        if labels.min() < 0 or labels.max() >= logits.shape[1]:
+            raise ValueError(f"runs[{key!r}] labels range {labels.min()}..{labels.max()}: expected "
+                             f"0..{logits.shape[1] - 1} (the number of classes)")
+        checked[key] = (logits.astype(np.float16), labels.astype(np.int64))
+    first = next(iter(checked.values()))[1]
+    shared = all(np.array_equal(lab, first) for _, lab in checked.values())
+    arrays: dict[str, np.ndarray] = {"labels": first} if shared else {}
+    for key, (logits, labels) in checked.items():
+        arrays[f"{key}/logits"] = logits
+        if not shared:
+            arrays[f"{key}/labels"] = labels
+    write_npz(path, arrays)
+
+
+def read_logits(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{run_key: (logits float32 [N, K], labels int64 [N])}`` from a :func:`write_logits` file, in the
+    order written; the float32 logits are exactly the stored float16 values."""
+    arrays = read_npz(path, "logits file")
+    out = {}
+    for name, arr in arrays.items():
+        if not name.endswith("/logits"):
+            continue
+        key = name[:-len("/logits")]
+        labels = arrays.get(f"{key}/labels", arrays.get("labels"))
+        if labels is None or arr.dtype != np.float16:
+            raise ValueError(f"{path} is not a logits file written by varmix.io.write_logits "
+                             f"(run {key!r}: logits {arr.dtype}, labels {'missing' if labels is None else 'present'})")
+        out[key] = (arr.astype(np.float32), labels.astype(np.int64))
+    if not out:
+        raise ValueError(f"{path} holds no '<run>/logits' arrays: expected a file written by write_logits")
+    return out

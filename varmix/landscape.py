@@ -5,7 +5,8 @@
   ascent (steps, step size, random restarts and clipping the ball to [0, 1] are arguments; their
   defaults, 10 steps of 2.5·ε/steps from 1 start in the clipped ball, are measured against the
   alternatives in docs/DEPARTURES.md). ``linearity_table`` runs it over a list of ε (in 1/255) and
-  ``summarize_linearity`` reduces the per-example values to mean / std / median / quartiles per ε.
+  ``summarize_linearity`` reduces the per-example values to mean / median / std / quartiles per ε;
+  ``gamma_per_image`` lays them out as [ε, image] arrays per model for a paired bootstrap over images.
 - ``input_surface(model, x, y, span, points, gen)``: the mean loss ℓ(x + a·u + b·v) over a grid in input
   space, u = sign(∇ₓℓ) per example, v a random sign direction.
 - ``weight_surface(model, x, y, points, dims, span, gen)``: Li et al. (2018)'s weight-space loss surface
@@ -279,7 +280,9 @@ def linearity_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def summarize_linearity(long):
     """Summary of a long-form γ table: one row per ε (and per any extra column, e.g. method or seed)
-    with n, mean, std (ddof 1), median, q25, q75, max."""
+    with n, mean, median, std (ddof 1), q25, q75, max. γ over images is right-skewed (in the committed
+    default study, results/fashion-mnist/default/plots/linearity.csv, the mean exceeds the median for every
+    method and ε, up to 2.7× at ε = 1/255), so the median is reported beside the mean."""
     import pandas as pd
 
     if not isinstance(long, pd.DataFrame) or not {"eps_255", "gamma"} <= set(long.columns):
@@ -287,9 +290,56 @@ def summarize_linearity(long):
         raise ValueError(f"long = {cols} is invalid: expected a DataFrame with columns eps_255 and gamma")
     keys = [c for c in long.columns if c not in ("image", "gamma")]
     g = long.groupby(keys, sort=True)["gamma"]
-    out = g.agg(n="count", mean="mean", std="std", median="median",
+    out = g.agg(n="count", mean="mean", median="median", std="std",
                 q25=lambda s: s.quantile(0.25), q75=lambda s: s.quantile(0.75), max="max")
     return out.reset_index()
+
+
+def gamma_per_image(long, by: Sequence[str] = ("method", "seed")):
+    """Per-image γ of a long-form table (``linearity_table(..., per_example=True)``, optionally with
+    ``by`` columns such as method and seed), for a paired bootstrap over images.
+
+    Returns ``(eps_255, gammas)``: the ε values ascending (float64 [E]) and a dict from each ``by`` key
+    (a tuple, in first-appearance order; ``()`` when ``by`` is empty) to float64 γ [E, n] with column i
+    the image numbered i. Every key must have γ for every ε and the same images 0..n−1, so column i is
+    the same test image for every model (linearity_table numbers the images of x in order).
+    """
+    import pandas as pd
+
+    if not isinstance(long, pd.DataFrame) or not {"eps_255", "image", "gamma"} <= set(long.columns):
+        cols = list(long.columns) if isinstance(long, pd.DataFrame) else type(long).__name__
+        raise ValueError(f"long = {cols} is invalid: expected a DataFrame with columns eps_255, image and gamma "
+                         f"(linearity_table(..., per_example=True))")
+    if isinstance(by, str) or not all(isinstance(c, str) and c in long.columns for c in by):
+        raise ValueError(f"by = {by!r} is invalid: expected a list of columns of long "
+                         f"({', '.join(c for c in long.columns if c not in ('eps_255', 'eps', 'image', 'gamma'))})")
+    by = list(by)
+    other = [c for c in long.columns if c not in (*by, "eps_255", "eps", "image", "gamma") and long[c].nunique() > 1]
+    if other:
+        raise ValueError(f"long has several values in column {other[0]!r}, which is not in by = {by}: "
+                         f"add it to by or select one value first")
+    if long.empty:
+        raise ValueError("long is empty: expected at least one γ")
+    eps = np.sort(long["eps_255"].unique()).astype(np.float64)
+    images = None
+    out = {}
+    groups = long.groupby(by, sort=False) if by else [((), long)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        if g.duplicated(["eps_255", "image"]).any():
+            raise ValueError(f"long has more than one γ for one (ε, image) at {dict(zip(by, key))}: "
+                             f"expected one (group by the columns that tell them apart)")
+        wide = g.pivot(index="eps_255", columns="image", values="gamma")
+        n = wide.shape[1]
+        if not np.array_equal(wide.columns.to_numpy(), np.arange(n)) or (images is not None and n != images):
+            raise ValueError(f"γ at {dict(zip(by, key))} is for images {wide.columns.tolist()[:5]}… ({n}): "
+                             f"expected the images 0..{(images or n) - 1}, the same for every key")
+        if not np.array_equal(wide.index.to_numpy(np.float64), eps) or wide.isna().any().any():
+            raise ValueError(f"γ at {dict(zip(by, key))} lacks a value for some (ε, image): expected every "
+                             f"ε in {eps.tolist()} for every image")
+        images = n
+        out[key] = wide.to_numpy(np.float64)
+    return eps, out
 
 
 # ----------------------------------------------------------------------------------------------

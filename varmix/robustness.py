@@ -31,6 +31,8 @@ Summary metrics (the conventions AugMix reports for CIFAR-10-C; see the shared r
 from __future__ import annotations
 
 import hashlib
+import os
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -38,19 +40,62 @@ import pandas as pd
 import torch
 from torch import nn
 
-from varmix.calibration import _check_bins, calibration_metrics
+from varmix.calibration import _check_bins, calibration_metrics, conf_correct
 from varmix.config import BENCHMARK_CORRUPTIONS, CORRUPTIONS
 
 __all__ = [
-    "CLEAN", "KEYS", "METRICS", "corruption_errors", "corruption_grid", "corruption_seed",
-    "grid_from_images", "grid_from_logits", "mce_unnormalised", "relative_mce", "severity_calibration",
-    "summarize",
+    "CLEAN", "FAMILIES", "INTENSITY_SHIFT", "KEYS", "METRICS", "PerImage", "corruption_errors",
+    "corruption_grid", "corruption_seed", "family_per_image", "family_summary", "grid_from_images",
+    "grid_from_logits", "load_per_image", "mce_unnormalised", "per_image_accuracy", "relative_mce",
+    "save_per_image", "severity_calibration", "summarize",
 ]
 
 CLEAN = "clean"
 KEYS = ("method", "corruption", "severity")
 METRICS = ("accuracy", "ece", "mce", "nll", "brier", "overconfidence", "mean_confidence")
 SEVERITIES = (1, 2, 3, 4, 5)
+
+# Hendrycks & Dietterich (2019)'s grouping of the 15 benchmark corruptions (their Figure 1)
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
+    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur"),
+    "weather": ("snow", "frost", "fog", "brightness"),
+    "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression"),
+}
+# the corruptions that change the global intensity: on Fashion-MNIST they turn the black background grey
+INTENSITY_SHIFT = ("brightness", "contrast", "fog", "frost")
+
+
+@dataclass(frozen=True)
+class PerImage:
+    """One model's correctness per test image, in the order of the images evaluated.
+
+    ``clean``: bool [n], whether the clean image is classified correctly. ``corruptions``: uint8
+    [n, len(corruption_names)], at how many of ``severities`` the image is classified correctly under
+    each corruption (0..len(severities)). The predictions are those the grid's accuracy counts, so
+    ``clean.mean()`` is the clean accuracy and ``corruptions[:, j].sum()`` is Σ_s accuracy(c_j, s) · n."""
+
+    clean: np.ndarray
+    corruptions: np.ndarray
+    corruption_names: tuple[str, ...]
+    severities: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        clean, counts = np.asarray(self.clean), np.asarray(self.corruptions)
+        names = _check_corruptions(self.corruption_names)
+        sev = _check_severities(self.severities, needed=bool(names))
+        if clean.dtype != np.bool_ or clean.ndim != 1 or clean.shape[0] < 1:
+            raise ValueError(f"clean is {clean.dtype} of shape {clean.shape}: expected bool [n] with n >= 1")
+        if counts.dtype != np.uint8 or counts.shape != (clean.shape[0], len(names)):
+            raise ValueError(f"corruptions is {counts.dtype} of shape {counts.shape}: expected uint8 "
+                             f"[{clean.shape[0]}, {len(names)}] (images × corruption_names)")
+        if counts.size and int(counts.max()) > len(sev):
+            raise ValueError(f"corruptions holds a count of {int(counts.max())}: expected at most "
+                             f"{len(sev)} (the number of severities)")
+        object.__setattr__(self, "clean", clean)
+        object.__setattr__(self, "corruptions", counts)
+        object.__setattr__(self, "corruption_names", names)
+        object.__setattr__(self, "severities", sev)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,8 +226,10 @@ def _progress_bar(total: int, progress: bool | None, desc: str):
 
 def _evaluate(models: dict[str, nn.Module], conditions: Sequence[tuple[str, int, Callable[[], Iterator]]],
               labels: Mapping[tuple[str, int], torch.Tensor], n_batches: int, device: Any, n_bins: int,
-              progress: bool | None) -> pd.DataFrame:
-    """Run every model on every batch of every condition; ``conditions`` yields float batches."""
+              progress: bool | None, per_image: bool = False):
+    """Run every model on every batch of every condition; ``conditions`` yields float batches. With
+    ``per_image`` also return each model's :class:`PerImage` (``conditions``: the clean one first, then
+    corruptions × severities, every corruption with the same severities)."""
     states = {name: m.training for name, m in models.items()}
     if device is not None:
         device = torch.device(device)
@@ -217,14 +264,33 @@ def _evaluate(models: dict[str, nn.Module], conditions: Sequence[tuple[str, int,
             y = labels[(corruption, severity)]
             rows.append({"method": name, "corruption": corruption, "severity": severity, "n": len(y),
                          **calibration_metrics(lg, y, n_bins)})
-    return pd.DataFrame(rows, columns=[*KEYS, "n", *METRICS])
+    grid = pd.DataFrame(rows, columns=[*KEYS, "n", *METRICS])
+    if not per_image:
+        return grid
+    return grid, {name: _per_image_of(logits, name, conditions, labels) for name in models}
+
+
+def _per_image_of(logits: Mapping[tuple[str, str, int], list[torch.Tensor]], name: str,
+                  conditions: Sequence[tuple[str, int, Any]], labels: Mapping[tuple[str, int], torch.Tensor]):
+    """One model's correctness per image, by the predictions calibration_metrics scores (conf_correct)."""
+    def correct(corruption: str, severity: int) -> np.ndarray:
+        return conf_correct(torch.cat(logits[(name, corruption, severity)]), labels[(corruption, severity)])[:, 1] == 1
+
+    names = tuple(dict.fromkeys(c for c, _, _ in conditions if c != CLEAN))
+    severities = tuple(dict.fromkeys(s for c, s, _ in conditions if c != CLEAN))
+    clean = correct(CLEAN, 0)
+    counts = np.zeros((len(clean), len(names)), dtype=np.uint8)
+    for corruption, severity, _ in conditions:
+        if corruption != CLEAN:
+            counts[:, names.index(corruption)] += correct(corruption, severity)
+    return PerImage(clean, counts, names, severities)
 
 
 def corruption_grid(models: Mapping[str, nn.Module], x: Any, y: Any,
                     corruptions: Sequence[str] = BENCHMARK_CORRUPTIONS,
                     severities: Sequence[int] = SEVERITIES, seed: int = 0, batch_size: int = 500,
                     device: str | torch.device | None = None, n_bins: int = 15, progress: bool | None = None,
-                    quantize: bool = True) -> pd.DataFrame:
+                    quantize: bool = True, per_image: bool = False):
     """Accuracy and calibration of every model on the clean images and on every (corruption, severity).
 
     ``x``: uint8 images [N, C, H, W] (tensor or array), ``y``: labels [N]. Each batch of ``batch_size``
@@ -239,6 +305,10 @@ def corruption_grid(models: Mapping[str, nn.Module], x: Any, y: Any,
     force it on/off. Returns the grid described in the module docstring: the clean rows (``"clean"``,
     severity 0) first, then ``corruptions`` × ``severities`` in the given order, per method in ``models``
     order.
+
+    ``per_image=True`` returns ``(grid, {model name: PerImage})`` instead: per model, which images it
+    classifies correctly when clean and at how many of the ``severities`` of each corruption (the
+    predictions the grid's accuracy counts), for a bootstrap over test images (:class:`PerImage`).
     """
     models = _check_models(models)
     x = _check_images(x)
@@ -248,6 +318,8 @@ def corruption_grid(models: Mapping[str, nn.Module], x: Any, y: Any,
     seed = _check_seed(seed)
     batch_size = _check_batch_size(batch_size)
     n_bins = _check_bins(n_bins)
+    if not isinstance(per_image, bool):
+        raise ValueError(f"per_image = {per_image!r} is invalid: expected True or False")
     from varmix import corruptions as vc  # imported here: the grid is the only user
 
     missing = [c for c in corruptions if c not in vc.CORRUPTIONS]
@@ -273,7 +345,7 @@ def corruption_grid(models: Mapping[str, nn.Module], x: Any, y: Any,
     conditions = [(CLEAN, 0, clean_batches)]
     conditions += [(c, s, corrupted_batches(c, s)) for c in corruptions for s in severities]
     labels = {(c, s): y for c, s, _ in conditions}
-    return _evaluate(models, conditions, labels, len(starts), device, n_bins, progress)
+    return _evaluate(models, conditions, labels, len(starts), device, n_bins, progress, per_image)
 
 
 def _check_condition(key: Any, what: str) -> tuple[str, int]:
@@ -486,3 +558,122 @@ def severity_calibration(grid: pd.DataFrame, metric: str = "ece",
     out.columns = pd.Index([int(c) for c in out.columns], name="severity")
     out.index.name = "method"
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# corruption families and the intensity shift
+def _subsets(corruptions: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Column name -> the pooled corruptions it averages (only those in ``corruptions``, in its order)."""
+    def among(names: Iterable[str]) -> tuple[str, ...]:
+        names = set(names)
+        return tuple(c for c in corruptions if c in names)
+
+    out = {f"accuracy_{fam}": among(members) for fam, members in FAMILIES.items()}
+    out["corruption_accuracy"] = tuple(corruptions)
+    out["corruption_accuracy_no_intensity"] = tuple(c for c in corruptions if c not in INTENSITY_SHIFT)
+    out["corruption_accuracy_intensity"] = among(INTENSITY_SHIFT)
+    return out
+
+
+def family_summary(grid: pd.DataFrame, corruptions: Sequence[str] | None = None) -> pd.DataFrame:
+    """Corruption accuracy by family, one row per method (index ``method``, in grid order).
+
+    Columns: ``accuracy_noise``, ``accuracy_blur``, ``accuracy_weather``, ``accuracy_digital``
+    (:data:`FAMILIES`), ``corruption_accuracy`` (all pooled corruptions: equal to :func:`summarize`'s),
+    ``corruption_accuracy_no_intensity`` (without :data:`INTENSITY_SHIFT`) and
+    ``corruption_accuracy_intensity`` (only those). Each is the mean over its corruptions of the mean over
+    severities, over the pooled corruptions it contains (``corruptions``, default: the benchmark ones in
+    the grid); one that contains none is NaN. Extras outside FAMILIES count only in the last three.
+    """
+    rows, methods, corruptions, _ = _prepare(grid, ("accuracy",), corruptions, need_clean=False)
+    out = pd.DataFrame(index=pd.Index(methods, name="method"))
+    for column, names in _subsets(corruptions).items():
+        out[column] = (_pooled(rows[rows["corruption"].isin(names)], "accuracy", methods) if names
+                       else pd.Series(np.nan, index=methods))
+    return out
+
+
+def per_image_accuracy(counts: Any, corruption_names: Sequence[str], n_severities: int,
+                       subset: Sequence[str] | None = None) -> np.ndarray:
+    """Per image, the fraction of (corruption, severity) pairs classified correctly, over the
+    corruptions in ``subset`` (default: all of ``corruption_names``; names not among them are skipped,
+    as :func:`family_summary` does). ``counts``: :attr:`PerImage.corruptions` [n, len(corruption_names)].
+    Returns float64 [n]; its mean over images is the grid's pooled accuracy over the same corruptions (up
+    to float rounding), and a bootstrap resamples its entries."""
+    names = _check_corruptions(corruption_names)
+    if not _is_int(n_severities) or not 1 <= n_severities <= 5:
+        raise ValueError(f"n_severities = {n_severities!r} is invalid: expected an integer 1..5")
+    c = np.asarray(counts)
+    if c.ndim != 2 or c.shape[1] != len(names) or not np.issubdtype(c.dtype, np.integer):
+        raise ValueError(f"counts is {c.dtype} of shape {c.shape}: expected integer counts [n, {len(names)}] "
+                         f"(one column per corruption name)")
+    if c.size and (int(c.min()) < 0 or int(c.max()) > n_severities):
+        raise ValueError(f"counts range {int(c.min())}..{int(c.max())}: expected 0..{n_severities} "
+                         f"(correct severities per image)")
+    chosen = names if subset is None else tuple(x for x in _check_corruptions(subset) if x in names)
+    if not chosen:
+        raise ValueError(f"subset {list(subset)} has no corruption among {list(names)}; expected at least one")
+    cols = [names.index(x) for x in chosen]
+    return c[:, cols].sum(axis=1, dtype=np.int64) / float(len(cols) * n_severities)
+
+
+def family_per_image(per_image: PerImage) -> dict[str, np.ndarray]:
+    """:func:`family_summary`'s columns per image: column name -> float64 [n] (all NaN for a column with no
+    corruption in ``per_image``), plus ``clean_accuracy`` (0.0/1.0 per image)."""
+    if not isinstance(per_image, PerImage):
+        raise ValueError(f"per_image is a {type(per_image).__name__}: expected a PerImage (corruption_grid(..., "
+                         f"per_image=True))")
+    n = per_image.clean.shape[0]
+    out = {"clean_accuracy": per_image.clean.astype(np.float64)}
+    for column, names in _subsets(per_image.corruption_names).items():
+        out[column] = (per_image_accuracy(per_image.corruptions, per_image.corruption_names,
+                                          len(per_image.severities), names) if names else np.full(n, np.nan))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# per-image correctness of a whole study in one file
+def save_per_image(path: str | os.PathLike, runs: Mapping[str, PerImage]) -> None:
+    """Write ``{run_key: PerImage}`` (e.g. ``"varmixup_full-s0"``) atomically to one compressed .npz with
+    stable bytes (``varmix.io.write_npz``): ``<run>/clean``, ``<run>/corruptions`` and, once,
+    ``corruption_names`` and ``severities``, which every run must share, as must the number of images."""
+    from varmix import io as vio
+
+    if not isinstance(runs, Mapping) or not runs:
+        raise ValueError("runs must be a non-empty mapping run key -> PerImage")
+    first = None
+    arrays: dict[str, np.ndarray] = {}
+    for key, p in runs.items():
+        if not isinstance(key, str) or not key or "/" in key:
+            raise ValueError(f"run key {key!r} is invalid: expected a non-empty string without '/' (e.g. 'erm-s0')")
+        if not isinstance(p, PerImage):
+            raise ValueError(f"runs[{key!r}] is a {type(p).__name__}: expected a PerImage")
+        first = first or (key, p)
+        k0, p0 = first
+        if (p.corruption_names, p.severities, p.clean.shape) != (p0.corruption_names, p0.severities, p0.clean.shape):
+            raise ValueError(f"runs[{key!r}] has corruptions {list(p.corruption_names)}, severities "
+                             f"{list(p.severities)} and {p.clean.shape[0]} images, runs[{k0!r}] "
+                             f"{list(p0.corruption_names)}, {list(p0.severities)} and {p0.clean.shape[0]}: "
+                             f"expected the same for every run")
+        arrays[f"{key}/clean"] = p.clean
+        arrays[f"{key}/corruptions"] = p.corruptions
+    arrays["corruption_names"] = np.array(first[1].corruption_names, dtype=str)
+    arrays["severities"] = np.array(first[1].severities, dtype=np.int64)
+    vio.write_npz(path, arrays)
+
+
+def load_per_image(path: str | os.PathLike) -> dict[str, PerImage]:
+    """The ``{run_key: PerImage}`` written by :func:`save_per_image`, in the order written."""
+    from varmix import io as vio
+
+    arrays = vio.read_npz(path, "per-image file")
+    if "corruption_names" not in arrays or "severities" not in arrays:
+        raise ValueError(f"{path} lacks 'corruption_names' or 'severities': expected a file written by "
+                         f"varmix.robustness.save_per_image")
+    names = tuple(str(c) for c in arrays["corruption_names"])
+    severities = tuple(int(s) for s in arrays["severities"])
+    runs = [k[:-len("/clean")] for k in arrays if k.endswith("/clean")]
+    try:
+        return {k: PerImage(arrays[f"{k}/clean"], arrays[f"{k}/corruptions"], names, severities) for k in runs}
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{path} is not a valid per-image file ({exc})") from exc
