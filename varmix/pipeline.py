@@ -72,6 +72,11 @@ class Layout:
     def plot_data(self, name: str) -> Path:
         return self.results / "plots" / f"{name}.csv"
 
+    def per_image(self, name: str) -> Path:
+        """Per-image arrays of every run (compressed .npz, committed): the clean test logits
+        (``logits``), corruption correctness (``corruptions``); what the report's bootstrap resamples."""
+        return self.results / "per_image" / f"{name}.npz"
+
     def timings(self, name: str) -> Path:
         """Wall-clock seconds (different on every run): kept apart from the metrics, and no stage
         depends on them, so a re-run with the same results changes nothing downstream."""
