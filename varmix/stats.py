@@ -295,7 +295,7 @@ def holm(pvalues: Sequence[float], alpha: float = 0.05) -> tuple[np.ndarray, np.
     p = np.asarray(pvalues, dtype=np.float64).ravel()
     bad = np.nonzero(~((p >= 0) & (p <= 1)))[0]
     if bad.size:
-        raise ValueError(f"p-value {p[bad[0]]!r} at position {int(bad[0])} is invalid: expected 0 <= p <= 1")
+        raise ValueError(f"p-value {float(p[bad[0]])!r} at position {int(bad[0])} is invalid: expected 0 <= p <= 1")
     m = p.size
     if m == 0:
         return np.zeros(0), np.zeros(0, dtype=bool)
