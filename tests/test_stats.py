@@ -170,16 +170,16 @@ def test_ece_from_conf_correct_matches_calibration_ece():
         assert stats.ece_from_conf_correct(conf.numpy(), correct.numpy(), n_bins) == pytest.approx(
             calibration.ece(logits, labels, n_bins), abs=1e-12)
     # confidences on bin edges go to the lower bin, as calibration's (lower, upper] bins
-    edge = np.array([0.2, 0.4, 0.4, 1.0])
-    ok = np.array([1.0, 0.0, 1.0, 1.0])
-    assert stats.ece_from_conf_correct(edge, ok, 5) == pytest.approx((0.8 + 0.2 + 0.0) / 4)
+    edge = np.array([0.2, 0.1, 1.0])  # 0.2 shares bin (0, 0.2] with 0.1; (0.2, 0.4] would give 0.9 / 3
+    ok = np.array([1.0, 0.0, 1.0])
+    assert stats.ece_from_conf_correct(edge, ok, 5) == pytest.approx((abs(0.8 - 0.1) + 0.0) / 3)
     # batched over rows = one call per row
     rows = np.stack([conf.numpy(), correct.numpy()], 1)
     idx = np.random.default_rng(0).integers(0, 500, (6, 500))
     batch = stats.ECE(15).batch(rows, idx)
     assert batch == pytest.approx([stats.ECE(15)(rows[i]) for i in idx], abs=1e-12)
     with pytest.raises(ValueError, match="same non-empty shape"):
-        stats.ece_from_conf_correct(edge, ok[:3])
+        stats.ece_from_conf_correct(edge, ok[:2])
     with pytest.raises(ValueError, match="n_bins = 0 is invalid"):
         stats.ece_from_conf_correct(edge, ok, 0)
 
