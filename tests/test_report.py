@@ -79,6 +79,24 @@ def test_formatted_comparisons_scale_units_and_reasons():
     assert f.loc[2, "verdict"] == "not tested (cutmix did not run)" and f.loc[2, "t 95% CI"] == "–"
 
 
+def test_forest_plot_one_panel_per_claim_one_row_per_pair():
+    table = _compared()
+    fig = figures.forest_plot(table)
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    top = fig.axes[0]
+    top_down = sorted(top.get_yticklabels(), key=lambda t: -t.get_position()[1])
+    assert [t.get_text() for t in top_down] == [  # the table's order, read from the top
+        "varmixup_full vs mixup_half", "varmixup_full vs erm", "varmixup_full vs cutmix"]
+    assert top.get_title() == "1. robustness"
+    assert top.get_xlabel() == "difference (positive = paper's direction), %"
+    points = [l for l in top.get_lines() if l.get_marker() == "o"]
+    assert sorted(float(l.get_xdata()[0]) for l in points) == pytest.approx(sorted(table["diff"].iloc[:2] * 100))
+    assert {l.get_color() for l in points} == {figures.VERDICT_COLOURS["holds"]}
+    assert any(t.get_text() == "not tested: cutmix did not run" for t in top.texts)
+    with pytest.raises(ValueError, match="columns \\['boot_lo'\\] are not among the table's columns"):
+        figures.forest_plot(table.drop(columns="boot_lo"))
+
+
 def test_gamma_columns_in_eps_order():
     assert report.gamma_columns(["method", "gamma_16", "gamma_2", "gamma_1", "gamma_0.5", "gammas"]) == [
         "gamma_0.5", "gamma_1", "gamma_2", "gamma_16"]
