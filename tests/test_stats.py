@@ -173,8 +173,14 @@ def test_ece_from_conf_correct_matches_calibration_ece():
     edge = np.array([0.2, 0.1, 1.0])  # 0.2 shares bin (0, 0.2] with 0.1; (0.2, 0.4] would give 0.9 / 3
     ok = np.array([1.0, 0.0, 1.0])
     assert stats.ece_from_conf_correct(edge, ok, 5) == pytest.approx((abs(0.8 - 0.1) + 0.0) / 3)
+    rows = stats.conf_correct(logits, labels)
+    assert rows[:, 1].mean() == pytest.approx(calibration.accuracy(logits, labels))
+    assert stats.ECE(15)(rows) == pytest.approx(calibration.ece(logits, labels, 15), abs=1e-12)
+    assert stats.ECE(15)(stats.conf_correct(logits.float().numpy(), labels.numpy())) == pytest.approx(
+        calibration.ece(logits.float().numpy(), labels.numpy(), 15), abs=1e-12)
+    with pytest.raises(ValueError, match="labels has 3 entries but logits has 500 rows"):
+        stats.conf_correct(logits, labels[:3])
     # batched over rows = one call per row
-    rows = np.stack([conf.numpy(), correct.numpy()], 1)
     idx = np.random.default_rng(0).integers(0, 500, (6, 500))
     batch = stats.ECE(15).batch(rows, idx)
     assert batch == pytest.approx([stats.ECE(15)(rows[i]) for i in idx], abs=1e-12)

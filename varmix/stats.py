@@ -34,6 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import stats as _sps
 
 VERDICTS = ("holds", "contradicted", "inconclusive", "not tested")
@@ -148,6 +149,17 @@ def _binned_ece(bins: np.ndarray, gap: np.ndarray, n_bins: int) -> np.ndarray | 
     sums = np.bincount(flat, weights=gap.reshape(-1), minlength=rows * n_bins).reshape(rows, n_bins)
     out = np.abs(sums).sum(axis=1) / n
     return float(out[0]) if not lead else out.reshape(lead)
+
+
+def conf_correct(logits: Any, labels: Any) -> np.ndarray:
+    """Per-image rows ``[n, 2]`` = (top-label confidence, 1.0 if the arg-max is the label else 0.0) from
+    logits ``[n, classes]``: the per-image values :class:`ECE` (and, column 1, accuracy) resample. The
+    softmax is calibration's (float64), so ``ECE()(conf_correct(l, y)) == calibration.ece(l, y)``."""
+    from varmix.calibration import _check
+
+    t, y = _check(logits, labels)
+    conf, pred = torch.softmax(t, dim=1).max(dim=1)
+    return np.stack([conf.numpy(), (pred == y).to(torch.float64).numpy()], axis=1)
 
 
 @dataclass(frozen=True)
