@@ -12,7 +12,11 @@ Two intervals per comparison:
   (n seeds, n - 1 degrees of freedom). Its only source of noise is the seed.
 - **hierarchical bootstrap** (:func:`hierarchical_bootstrap`): resample seeds, then test images within
   each drawn seed, with the same image indices for the arm and the rival (paired twice: by seed and by
-  image). It adds the test set's sampling noise to the seed's.
+  image). It adds the test set's sampling noise to the seed's. Resampling both levels counts the image
+  noise twice (it is already part of the seed-to-seed spread), so the interval is conservative: in a
+  null simulation (5 seeds, 500 Bernoulli(0.7) images per run, arms independent per image, 300
+  datasets, 400 replicates) it rejected at 0.05 in 0.3% of datasets without a seed effect and 3.7% with
+  a seed effect of sd 0.02 (the t test: 2.3% and 6.3%).
 
 The verdict rule, fixed before looking at any result
 -----------------------------------------------------
