@@ -261,5 +261,5 @@ def test_compare_errors_before_work():
     with pytest.raises(ValueError, match="sign = 2 is invalid"):
         stats.Claim("x", "acc", 2)
     missing = {k: v for k, v in per.items() if k != ("best", 2)}
-    with pytest.raises(ValueError, match="per_image has no run \\('best', 2\\)"):
+    with pytest.raises(ValueError, match="claim 'accuracy': per_image\\['acc'\\] has no run \\('best', 2\\)"):
         stats.compare(runs, {"acc": missing}, [("best", "base")], [c], 10, 0)

@@ -394,6 +394,13 @@ def compare(runs: pd.DataFrame, per_image: Mapping[str, Mapping[tuple[str, int],
             raise ValueError(f"family pair {pair!r} is invalid: expected (arm, rival) with two different arms")
 
     seeds_of = {a: set(g["seed"].astype(int)) for a, g in runs.groupby("arm", sort=False)}
+    for c in claims:  # every per-image run a test will need, before any resampling
+        for arm, rival in family:
+            for name in (arm, rival):
+                for s in sorted(seeds_of.get(arm, set()) & seeds_of.get(rival, set())):
+                    if (name, s) not in per_image[c.metric]:
+                        raise ValueError(f"claim {c.name!r}: per_image[{c.metric!r}] has no run ({name!r}, {s}), "
+                                         f"which the runs table has; expected one per arm and seed")
     rows = []
     for c in claims:
         for arm, rival in family:
