@@ -1,4 +1,4 @@
-"""The report's tables and verdicts, the method figure's mixing helper, and the figures."""
+"""The report's tables and verdict summaries, the method figure's mixing helper, and the figures."""
 
 from __future__ import annotations
 
@@ -10,55 +10,91 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from varmix import figures, mixing, paper, report
+from varmix import figures, mixing, paper, report, stats
 from varmix.vae import ConvVAE, latent_metrics
 
 
 def _runs():
     return report.per_run({
         "erm-s0": {"acc": 0.50, "ece": 0.20}, "erm-s1": {"acc": 0.54, "ece": 0.22},
-        "mixup-s0": {"acc": 0.60, "ece": 0.10}, "mixup-s1": {"acc": 0.62, "ece": 0.12},
-        "varmixup-s0": {"acc": 0.70, "ece": 0.15}, "varmixup-s1": {"acc": 0.71, "ece": 0.13},
-        "wall_seconds": 3.0,
+        "mixup_half-s0": {"acc": 0.60, "ece": 0.10}, "mixup_half-s1": {"acc": 0.62, "ece": 0.12},
+        "varmixup2-s0": {"acc": 0.70, "ece": 0.15}, "varmixup2-s1": {"acc": 0.71, "ece": 0.13},
+        "wall_seconds": 3.0, "2mixup-s0": {"acc": 0.1}, "Mixup-s0": {"acc": 0.1}, "erm-s": {"acc": 0.1},
     })
 
 
-def test_per_run_parses_keys_and_ignores_the_rest():
+def test_per_run_parses_arm_keys_and_ignores_the_rest():
     runs = _runs()
-    assert list(runs.columns) == ["method", "seed", "acc", "ece"]
-    assert runs[["method", "seed"]].values.tolist()[:2] == [["erm", 0], ["erm", 1]]
-    with pytest.raises(ValueError, match="no '<method>-s<seed>' entries"):
+    assert list(runs.columns) == ["arm", "seed", "acc", "ece"]
+    assert runs[["arm", "seed"]].values.tolist() == [["erm", 0], ["erm", 1], ["mixup_half", 0],
+                                                     ["mixup_half", 1], ["varmixup2", 0], ["varmixup2", 1]]
+    with pytest.raises(ValueError, match="no '<arm>-s<seed>' entries"):
         report.per_run({"wall_seconds": 1.0})
 
 
 def test_mean_std_and_formatting():
-    t = report.mean_std(_runs(), ["acc", "ece"], ["varmixup", "erm", "mixup", "cutmix"])
-    assert list(t.index) == ["varmixup", "erm", "mixup"]
+    t = report.mean_std(_runs(), ["acc", "ece"], ["varmixup2", "erm", "mixup_half", "cutmix"])
+    assert list(t.index) == ["varmixup2", "erm", "mixup_half"]
     assert t.loc["erm", ("acc", "mean")] == pytest.approx(0.52)
     assert t.loc["erm", ("acc", "std")] == pytest.approx(math.sqrt(0.0008))
     f = report.formatted(t, scale={"acc": 100})
     assert f.loc["erm", "acc"] == "52.00 ± 2.83"
-    assert f.loc["mixup", "ece"] == "0.1100 ± 0.0141"
+    assert f.loc["mixup_half", "ece"] == "0.1100 ± 0.0141"
     one = report.formatted(report.mean_std(_runs().query("seed == 0"), ["acc"], ["erm"]), scale={"acc": 100})
     assert one.loc["erm", "acc"] == "50.00"
 
 
-def test_verdicts():
-    runs = _runs()
-    v = report.verdict(runs, "acc", True, "robustness", scale=100, unit="%")
-    assert v.holds is True
-    assert v.text.startswith("HOLDS here: varmixup is better than mixup (70.5% vs 61%; gap larger than")
-    v = report.verdict(runs, "ece", False, "calibration")
-    assert v.holds is False and "not better than mixup" in v.text and "better than erm" in v.text
-    assert "gap within the seed spread" in v.text or "gap larger" in v.text
-    assert report.verdict(runs.query("method != 'mixup'"), "acc", True, "x").holds is None
-    one = report.verdict(runs.query("seed == 0"), "acc", True, "x")
-    assert "one seed, no spread to compare" in one.text
-    with pytest.raises(ValueError, match="metric 'nll' is not among the columns"):
-        report.verdict(runs, "nll", False, "x")
-    table = report.verdict_table([v])
-    assert table.to_dict("records") == [{"claim": "calibration", "metric": "ece", "beats mixup": "no",
-                                         "beats erm": "yes", "verdict": "does not hold"}]
+def _compared():
+    runs = pd.DataFrame([{"arm": a, "seed": s, "acc": base + 0.01 * s + (0.002 if s % 2 else 0)}
+                         for a, base in (("erm", 0.5), ("mixup_half", 0.6), ("varmixup_full", 0.7))
+                         for s in range(5)])
+    rng = np.random.default_rng(0)
+    per = {(a, s): (rng.random(200) < v).astype(float) for a, s, v in runs[["arm", "seed", "acc"]].itertuples(index=False)}
+    claims = [stats.Claim("robustness", "acc", 1, label="1. robustness", unit="%", scale=100),
+              stats.Claim("error", "acc", -1, label="error")]
+    family = [("varmixup_full", "mixup_half"), ("varmixup_full", "erm"), ("varmixup_full", "cutmix")]
+    return stats.compare(runs, {"acc": per}, family, claims, n_boot=200, seed=0)
+
+
+def test_verdict_summary_is_claim_by_pair():
+    table = _compared()
+    v = report.verdict_summary(table)
+    assert list(v.index) == ["robustness", "error"]
+    assert list(v.columns) == ["varmixup_full vs mixup_half", "varmixup_full vs erm", "varmixup_full vs cutmix"]
+    assert v.loc["robustness", "varmixup_full vs erm"] == "holds" == table.loc[1, "verdict"]
+    assert v.loc["error", "varmixup_full vs mixup_half"] == "contradicted" == table.loc[3, "verdict"]
+    assert v.loc["error", "varmixup_full vs cutmix"] == "not tested"
+    with pytest.raises(ValueError, match="columns \\['rival'\\] are not among the table's columns"):
+        report.verdict_summary(table.drop(columns="rival"))
+
+
+def test_formatted_comparisons_scale_units_and_reasons():
+    table = _compared()
+    f = report.formatted_comparisons(table)
+    first = table.iloc[0]
+    assert f.loc[0, "claim"] == "1. robustness" and f.loc[0, "pair"] == "varmixup_full vs mixup_half"
+    assert f.loc[0, "difference"] == f"{first['diff'] * 100:+.2f}%"
+    assert f.loc[0, "t 95% CI"] == f"[{first['t_lo'] * 100:+.2f}, {first['t_hi'] * 100:+.2f}]"
+    assert f.loc[0, "bootstrap p (Holm)"] == f"{first['boot_p_holm']:.3g}"
+    assert f.loc[2, "verdict"] == "not tested (cutmix did not run)" and f.loc[2, "t 95% CI"] == "–"
+
+
+def test_forest_plot_one_panel_per_claim_one_row_per_pair():
+    table = _compared()
+    fig = figures.forest_plot(table)
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    top = fig.axes[0]
+    top_down = sorted(top.get_yticklabels(), key=lambda t: -t.get_position()[1])
+    assert [t.get_text() for t in top_down] == [  # the table's order, read from the top
+        "varmixup_full vs mixup_half", "varmixup_full vs erm", "varmixup_full vs cutmix"]
+    assert top.get_title() == "1. robustness"
+    assert top.get_xlabel() == "difference (positive = paper's direction), %"
+    points = [l for l in top.get_lines() if l.get_marker() == "o"]
+    assert sorted(float(l.get_xdata()[0]) for l in points) == pytest.approx(sorted(table["diff"].iloc[:2] * 100))
+    assert {l.get_color() for l in points} == {figures.VERDICT_COLOURS["holds"]}
+    assert any(t.get_text() == "not tested: cutmix did not run" for t in top.texts)
+    with pytest.raises(ValueError, match="columns \\['boot_lo'\\] are not among the table's columns"):
+        figures.forest_plot(table.drop(columns="boot_lo"))
 
 
 def test_gamma_columns_in_eps_order():

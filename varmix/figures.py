@@ -244,3 +244,54 @@ def weight_surfaces(lines: Mapping[str, Mapping[str, np.ndarray]], planes: Mappi
         axes[k // (cols - 1), 1 + k % (cols - 1)].set_visible(False)
     fig.tight_layout()
     return fig
+
+
+VERDICT_COLOURS = {"holds": "#1b9e77", "contradicted": "#d95f02", "inconclusive": "#7f7f7f",
+                   "not tested": "#c7c7c7"}
+
+
+def forest_plot(table: pd.DataFrame):
+    """``varmix.stats.compare``'s table as a forest plot: one panel per claim, one row per arm-vs-rival
+    pair; the mean paired difference (×``scale``, in the claim's ``unit``) with the t interval as a thick
+    line and the bootstrap interval as a thin one, a vertical line at 0, points coloured by verdict.
+    Pairs that were not tested keep their row, with the reason written in it."""
+    from matplotlib.lines import Line2D
+
+    need = ["claim", "arm", "rival", "diff", "t_lo", "t_hi", "boot_lo", "boot_hi", "verdict", "reason",
+            "label", "unit", "scale"]
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise ValueError(f"forest_plot: columns {missing} are not among the table's columns; "
+                         f"expected varmix.stats.compare's table")
+    if table.empty:
+        raise ValueError("forest_plot: the table has no rows")
+    claims = list(dict.fromkeys(table["claim"]))
+    sizes = [int((table["claim"] == c).sum()) for c in claims]
+    fig, axes = _subplots(len(claims), 1, figsize=(7.5, 0.42 * sum(sizes) + 1.1 * len(claims) + 0.6),
+                          squeeze=False, gridspec_kw={"height_ratios": sizes})
+    for ax, claim in zip(axes[:, 0], claims):
+        rows = table[table["claim"] == claim].reset_index(drop=True)
+        k, unit = float(rows["scale"].iloc[0]), str(rows["unit"].iloc[0] or "")
+        y = np.arange(len(rows))[::-1]
+        for yi, r in zip(y, rows.itertuples()):
+            colour = VERDICT_COLOURS.get(r.verdict, "black")
+            if r.verdict == "not tested":
+                ax.text(0.5, yi, f"not tested: {r.reason}", ha="center", va="center", fontsize=8, color="dimgray",
+                        transform=ax.get_yaxis_transform())  # x in axes fractions: mid-panel, whatever the data
+                continue
+            ax.hlines(yi, r.t_lo * k, r.t_hi * k, color=colour, linewidth=5, alpha=0.55)
+            ax.hlines(yi, r.boot_lo * k, r.boot_hi * k, color=colour, linewidth=1.3)
+            ax.plot([r.diff * k], [yi], marker="o", markersize=6, color=colour, markeredgecolor="black",
+                    markeredgewidth=0.6, linestyle="none")
+        ax.axvline(0, color="black", linewidth=0.9)
+        ax.set_yticks(y, [f"{r.arm} vs {r.rival}" for r in rows.itertuples()], fontsize=8)
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.set_title(str(rows["label"].iloc[0] or claim), fontsize=10)
+        ax.set_xlabel("difference (positive = paper's direction)" + (f", {unit}" if unit else ""), fontsize=9)
+    handles = [Line2D([], [], marker="o", linestyle="none", color=c, markeredgecolor="black",
+                      markeredgewidth=0.6, label=v) for v, c in VERDICT_COLOURS.items() if v != "not tested"]
+    handles += [Line2D([], [], color="grey", linewidth=5, alpha=0.55, label="t 95% CI (seeds)"),
+                Line2D([], [], color="grey", linewidth=1.3, label="bootstrap 95% CI (seeds × images)")]
+    axes[0, 0].legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(1.01, 0.0), frameon=False)
+    fig.tight_layout()
+    return fig

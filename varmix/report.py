@@ -1,16 +1,15 @@
-"""The report: every method × every metric in one table, beside the paper's numbers, and a verdict per claim.
+"""The report: every arm × every metric in one table, beside the paper's numbers, and the claims' verdicts.
 
 Inputs are the metrics JSON files the evaluation chapters write (one entry per trained model, keyed
-``<method>-s<seed>``), read into a long table with :func:`per_run`. Verdicts compare VarMixup with Mixup
-and ERM on the seeds that ran: a claim *holds* when VarMixup's mean is better than each rival's, and
-the verdict says whether the gap exceeds the seed spread (the larger of the two standard deviations;
-with one seed there is no spread to compare against, and the verdict says so).
+``<arm>-s<seed>``), read into a long table with :func:`per_run` (columns ``arm``, ``seed`` and one per
+metric). The verdicts themselves (paired differences over seeds, two intervals, Holm over the family,
+the rule fixed before looking) are :func:`varmix.stats.compare`; :func:`verdict_summary` lays its
+table out as claim × pair.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -18,29 +17,30 @@ import pandas as pd
 
 from varmix import paper
 
-_RUN = re.compile(r"^(?P<method>[a-z_]+)-s(?P<seed>\d+)$")
+_RUN = re.compile(r"^(?P<arm>[a-z][a-z0-9_]*)-s(?P<seed>\d+)$")
 
 
 def per_run(metrics: Mapping[str, object]) -> pd.DataFrame:
-    """A metrics dict ``{"<method>-s<seed>": {name: value}}`` (other keys ignored) as a long table with
-    columns method, seed and one per metric."""
+    """A metrics dict ``{"<arm>-s<seed>": {name: value}}`` (other keys ignored) as a long table with
+    columns arm, seed and one per metric."""
     rows = []
     for key, values in metrics.items():
         m = _RUN.match(key)
         if m and isinstance(values, Mapping):
-            rows.append({"method": m["method"], "seed": int(m["seed"]),
+            rows.append({"arm": m["arm"], "seed": int(m["seed"]),
                          **{k: v for k, v in values.items() if not isinstance(v, Mapping)}})
     if not rows:
-        raise ValueError(f"no '<method>-s<seed>' entries among the metrics keys {sorted(metrics)}")
+        raise ValueError(f"no '<arm>-s<seed>' entries among the metrics keys {sorted(metrics)}")
     return pd.DataFrame(rows)
 
 
-def mean_std(runs: pd.DataFrame, columns: Sequence[str], methods: Sequence[str]) -> pd.DataFrame:
-    """Mean and std (ddof 1; NaN for one seed) over seeds: a frame with a (metric, mean/std) column index."""
-    g = runs.groupby("method", sort=False)[list(columns)]
+def mean_std(runs: pd.DataFrame, columns: Sequence[str], arms: Sequence[str]) -> pd.DataFrame:
+    """Mean and std (ddof 1; NaN for one seed) over seeds per arm, rows in the order of ``arms`` (those
+    that ran): a frame with a (metric, mean/std) column index."""
+    g = runs.groupby("arm", sort=False)[list(columns)]
     out = pd.concat({"mean": g.mean(), "std": g.std(ddof=1)}, axis=1).swaplevel(axis=1)
     out = out.reindex(columns=pd.MultiIndex.from_product([list(columns), ["mean", "std"]]))
-    return out.reindex([m for m in methods if m in out.index])
+    return out.reindex([a for a in arms if a in out.index])
 
 
 def formatted(table: pd.DataFrame, scale: Mapping[str, float] | None = None, digits: int = 4) -> pd.DataFrame:
@@ -78,54 +78,36 @@ def gamma_columns(columns) -> list[str]:
     return sorted((c for c in columns if re.fullmatch(r"gamma_[0-9.]+", str(c))), key=lambda c: float(c[6:]))
 
 
-@dataclass(frozen=True)
-class Verdict:
-    claim: str
-    metric: str
-    holds: bool | None          # None: a method it needs did not run
-    text: str
-    beats: dict | None = None   # rival -> whether the method's mean is better
-
-
-def verdict(runs: pd.DataFrame, metric: str, higher_is_better: bool, claim: str,
-            method: str = "varmixup", rivals: Sequence[str] = ("mixup", "erm"), scale: float = 1.0,
-            unit: str = "") -> Verdict:
-    """Does ``method`` beat every rival on ``metric`` (mean over seeds)? The text gives the numbers, the
-    gap and whether it exceeds the seed spread."""
-    if metric not in runs.columns:
-        raise ValueError(f"metric {metric!r} is not among the columns {list(runs.columns)}")
-    stats = runs.groupby("method")[metric].agg(["mean", "std", "count"])
-    missing = [m for m in (method, *rivals) if m not in stats.index]
+def verdict_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`varmix.stats.compare`'s table as one row per claim and one column per "arm vs rival" pair
+    (in the table's order), each cell the verdict."""
+    missing = [c for c in ("claim", "arm", "rival", "verdict") if c not in table.columns]
     if missing:
-        return Verdict(claim, metric, None, f"not tested: {', '.join(missing)} did not run")
-    ours = stats.loc[method]
-    parts, holds, beats = [], True, {}
-    for rival in rivals:
-        r = stats.loc[rival]
-        gap = (ours["mean"] - r["mean"]) * (1 if higher_is_better else -1)
-        better = bool(gap > 0)
-        holds &= better
-        beats[rival] = better
-        spread = np.nanmax([ours["std"], r["std"]]) if min(ours["count"], r["count"]) > 1 else np.nan
-        if np.isnan(spread):
-            note = "one seed, no spread to compare"
-        elif abs(gap) > spread:
-            note = f"gap larger than the seed spread {spread * scale:.3g}{unit}"
-        else:
-            note = f"gap within the seed spread {spread * scale:.3g}{unit}"
-        parts.append(f"{'better' if better else 'not better'} than {rival} "
-                     f"({ours['mean'] * scale:.3g}{unit} vs {r['mean'] * scale:.3g}{unit}; {note})")
-    word = "HOLDS" if holds else "DOES NOT HOLD"
-    return Verdict(claim, metric, holds, f"{word} here: {method} is " + "; ".join(parts), beats)
+        raise ValueError(f"columns {missing} are not among the table's columns {list(table.columns)}; "
+                         f"expected varmix.stats.compare's table")
+    pair = table["arm"] + " vs " + table["rival"]
+    out = table.assign(pair=pair).pivot(index="claim", columns="pair", values="verdict")
+    return out.reindex(index=list(dict.fromkeys(table["claim"])), columns=list(dict.fromkeys(pair)))
 
 
-def verdict_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:
-    """One row per verdict: claim, metric, one ``beats <rival>`` column per rival (yes/no), and the
-    verdict (holds only when it beats every rival)."""
+def formatted_comparisons(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """:func:`varmix.stats.compare`'s table for reading: one row per claim × pair, the differences
+    multiplied by the claim's ``scale`` and followed by its ``unit``, each interval as "[lo, hi]", the
+    Holm-adjusted p-values, the verdict (and why a pair was not tested)."""
+    def num(x, k):
+        return "–" if pd.isna(x) else f"{x * k:+.{digits}f}"
+
     rows = []
-    for v in verdicts:
-        row = {"claim": v.claim, "metric": v.metric}
-        row.update({f"beats {r}": "yes" if b else "no" for r, b in (v.beats or {}).items()})
-        row["verdict"] = {True: "holds", False: "does not hold", None: "not tested"}[v.holds]
-        rows.append(row)
+    for r in table.itertuples():
+        k, unit = float(r.scale), r.unit or ""
+        tested = r.verdict != "not tested"
+        rows.append({
+            "claim": r.label, "pair": f"{r.arm} vs {r.rival}", "seeds": r.n_seeds,
+            "difference": num(r.diff, k) + unit if tested else "–",
+            "t 95% CI": f"[{num(r.t_lo, k)}, {num(r.t_hi, k)}]" if tested else "–",
+            "t p (Holm)": f"{r.t_p_holm:.3g}" if tested else "–",
+            "bootstrap 95% CI": f"[{num(r.boot_lo, k)}, {num(r.boot_hi, k)}]" if tested else "–",
+            "bootstrap p (Holm)": f"{r.boot_p_holm:.3g}" if tested else "–",
+            "verdict": r.verdict if tested else f"not tested ({r.reason})",
+        })
     return pd.DataFrame(rows)
