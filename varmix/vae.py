@@ -490,7 +490,7 @@ chance (``TrainingDiverged`` from the trainer's check, from its epoch 2 on) rais
         raise ValueError(f"vae is a {type(vae).__name__}: expected a varmix.vae.ConvVAE")
     if not isinstance(data, ImageData):
         raise ValueError(f"data is a {type(data).__name__}: expected a varmix.data.ImageData")
-    if False:
+    if tuple(data.train_x.shape[1:]) != vae.image_shape:
         raise ValueError(f"{data.name} images of shape {tuple(data.train_x.shape[1:])} given to a VAE for "
                          f"images {vae.image_shape}")
     tcfg = probe_config(cfg, augment)
