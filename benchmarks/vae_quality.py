@@ -22,6 +22,7 @@ off, a second thread does not speed up these small convolutions). Probe: 3 epoch
 | l32_w16_e3_30k_cos2e-3 | 19.05 | 0.6151 | 155 (154) | 107 (88) |
 | l32_w16_e4_20k_b32_cos1e-3 | 19.77 | 0.6591 | 169 (153) | 97 (96) |
 | l32_w16_e3_30k_b32_cos1e-3 (chosen: default profile) | 19.99 | 0.6508 | 187 (173) | 99 (99) |
+| the same, --threads 2 (machine nearly idle, load ~1-2) | 19.99 | 0.6588 | 198 (392) | 66 (127) |
 
 "today" (latent 16, width 32, batch 128, 4 epochs on 20k) was not rerun: 19.06 dB in the committed
 default results (metrics/vae.json, oneDNN on); it costs as much as l32_w32_e4_20k. 22 dB was reached by
