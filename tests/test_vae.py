@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 
 import varmix.vae as vae_mod
 from varmix.config import VAEConfig
-from varmix.data import load_raw, to_float
+from varmix.data import ImageData, load_raw, to_float
 from varmix.vae import ConvVAE, load_vae, mmd, reconstruction_metrics, save_vae, train_vae, vae_loss
 
 
@@ -297,3 +299,183 @@ def test_save_load_roundtrip_and_corrupt_file(tmp_path):
         load_vae(path)
     with pytest.raises(FileNotFoundError):
         load_vae(tmp_path / "missing.pt")
+
+
+# ----------------------------------------------------------------------------------------------
+# the quality gate: config, probe, check
+@pytest.fixture(scope="module")
+def fmnist_data():
+    """The first 256 training and 64 test images of Fashion-MNIST with labels, as an ImageData."""
+    d = load_raw("fashion-mnist")
+    return ImageData(d.name, d.train_x[:256].clone(), d.train_y[:256].clone(), d.test_x[:64].clone(),
+                     d.test_y[:64].clone())
+
+
+def test_gate_config_defaults_and_values():
+    c = VAEConfig.from_dict({}, "profiles.default.vae")
+    assert (c.min_psnr, c.min_recon_accuracy, c.probe_epochs, c.probe_subset) == (None, None, 3, 10_000)
+    assert c.lr_schedule == "constant"
+    c = VAEConfig.from_dict({"min_psnr": 21, "min_recon_accuracy": "0.8", "probe_epochs": 2,
+                             "probe_subset": 500, "lr_schedule": "cosine"}, "profiles.default.vae")
+    assert (c.min_psnr, c.min_recon_accuracy, c.probe_epochs, c.probe_subset) == (21.0, 0.8, 2, 500)
+    assert c.lr_schedule == "cosine"
+    # the edges of the ranges are allowed
+    c = VAEConfig.from_dict({"min_psnr": 100, "min_recon_accuracy": 0, "probe_subset": 2}, "k")
+    assert (c.min_psnr, c.min_recon_accuracy, c.probe_subset) == (100.0, 0.0, 2)
+
+
+@pytest.mark.parametrize("key,value,shown,allowed", [
+    ("min_psnr", -1, "-1.0", "a number >= 0 and <= 100"),
+    ("min_psnr", 101, "101.0", "a number >= 0 and <= 100"),
+    ("min_psnr", "high", "'high'", "a number >= 0 and <= 100"),
+    ("min_psnr", float("nan"), "nan", "a finite number >= 0 and <= 100"),
+    ("min_recon_accuracy", 80, "80.0", "a number >= 0 and <= 1"),
+    ("min_recon_accuracy", -0.1, "-0.1", "a number >= 0 and <= 1"),
+    ("min_recon_accuracy", True, "True", "a number >= 0 and <= 1"),
+    ("probe_epochs", 0, "0", "an integer >= 1 and <= 10000"),
+    ("probe_epochs", 1.5, "1.5", "an integer >= 1 and <= 10000"),
+    ("probe_subset", 1, "1", "an integer >= 2 and <= 10000000"),
+    ("probe_subset", None, "None", "an integer >= 2 and <= 10000000"),
+    ("lr_schedule", "step", "'step'", "one of constant, cosine"),
+])
+def test_gate_config_rejects_bad_values(key, value, shown, allowed):
+    from varmix.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        VAEConfig.from_dict({key: value}, "profiles.default.vae")
+    assert str(err.value) == f"params: profiles.default.vae.{key} = {shown} is invalid: expected {allowed}"
+
+
+def test_reconstruct_uint8_is_the_quantised_decoder_mean(fmnist):
+    torch.manual_seed(0)
+    vae = ConvVAE(1, 28, 4, width=4)
+    x = fmnist[1][:10]
+    r = vae_mod.reconstruct_uint8(vae, x, batch_size=3)
+    with torch.no_grad():
+        expected = (vae.reconstruct(to_float(x)) * 255).round().to(torch.uint8)
+    assert r.dtype == torch.uint8 and r.shape == x.shape
+    assert torch.equal(r, expected)
+
+
+def test_recon_probe_accuracy_is_deterministic_and_cached(fmnist_data, tmp_path):
+    cfg = tiny_cfg(epochs=1, train_subset=128, probe_epochs=1, probe_subset=128)
+    vae = train_vae(cfg, fmnist_data.train_x, fmnist_data.test_x, tmp_path / "vae", seed=0, device="cpu",
+                    progress=False)
+    a = vae_mod.recon_probe(vae, fmnist_data, cfg, seed=0, device="cpu", out_dir=tmp_path / "a",
+                            progress=False)
+    acc = a["recon_probe_accuracy"]
+    assert 0.0 <= acc <= 1.0
+    assert a["recon_probe_images"] == 128 and a["recon_probe_epochs"] == 1
+    # the accuracy is the probe's on the clean test images (not on reconstructions of them)
+    logits = torch.from_numpy(np.load(tmp_path / "a" / "test_logits.npy"))
+    assert acc == pytest.approx(float((logits.argmax(1) == fmnist_data.test_y).float().mean()), abs=1e-7)
+    assert json.loads((tmp_path / "a" / "params.json").read_text())["n_train"] == 128
+    assert len(json.loads((tmp_path / "a" / "history.json").read_text())) == 1
+    # deterministic: another folder gives the same bytes; the same folder is reused, not retrained
+    b = vae_mod.recon_probe(vae, fmnist_data, cfg, seed=0, device="cpu", out_dir=tmp_path / "b",
+                            progress=False)
+    assert b == a
+    assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
+    mtime = (tmp_path / "a" / "checkpoint.pt").stat().st_mtime_ns
+    assert vae_mod.recon_probe(vae, fmnist_data, cfg, seed=0, device="cpu", out_dir=tmp_path / "a",
+                               progress=False) == a
+    assert (tmp_path / "a" / "checkpoint.pt").stat().st_mtime_ns == mtime
+    # another VAE's probe folder is redone (not an error, not reused): as a fresh folder would be
+    other = ConvVAE(1, 28, cfg.latent_dim, cfg.width).eval()
+    redo = vae_mod.recon_probe(other, fmnist_data, cfg, seed=0, device="cpu", out_dir=tmp_path / "a",
+                               progress=False)
+    fresh = vae_mod.recon_probe(other, fmnist_data, cfg, seed=0, device="cpu", out_dir=tmp_path / "c",
+                                progress=False)
+    assert redo == fresh
+    assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "c" / "model.pt").read_bytes()
+    assert (tmp_path / "a" / "model.pt").read_bytes() != (tmp_path / "b" / "model.pt").read_bytes()
+
+
+def test_recon_probe_at_chance_is_below_the_gate(fmnist_data, tmp_path):
+    """An untrained VAE's reconstructions carry nothing of the class: the probe stays at chance, which the
+    trainer's divergence check stops at epoch 2; that is reported as the VAE's failure, not the lr's."""
+    from varmix.config import VAEBelowGate
+
+    torch.manual_seed(0)
+    vae = ConvVAE(1, 28, 4, width=4).eval()
+    with pytest.raises(VAEBelowGate, match=r"probe classifier trained on the VAE's reconstructions learnt "
+                                           r"nothing \(training diverged: method erm, epoch 2.*vae\.epochs"):
+        vae_mod.recon_probe(vae, fmnist_data, tiny_cfg(probe_epochs=2, probe_subset=128), seed=0,
+                            device="cpu", out_dir=tmp_path, progress=False)
+
+
+def test_recon_probe_rejects_bad_input(fmnist_data, tmp_path):
+    cfg = tiny_cfg(probe_subset=16)
+    with pytest.raises(ValueError, match="VAEConfig"):
+        vae_mod.recon_probe(ConvVAE(1, 28, 4, width=4), fmnist_data, {"probe_subset": 16}, seed=0,
+                            out_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"images of shape \(1, 28, 28\) given to a VAE for images \(3, 32, 32\)"):
+        vae_mod.recon_probe(ConvVAE(3, 32, 4, width=4), fmnist_data, cfg, seed=0, out_dir=tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing started
+
+
+@pytest.mark.parametrize("metrics,failed,passed", [
+    ({"psnr": 21.4, "recon_probe_accuracy": 0.9}, ["test PSNR 21.40 dB is below min_psnr = 22 dB "
+                                                  "(profiles.default.vae.min_psnr)"], ["min_recon_accuracy"]),
+    ({"psnr": 30.0, "recon_probe_accuracy": 0.7993},
+     ["reaches 0.7993 clean test accuracy, below min_recon_accuracy = 0.8 "
+      "(profiles.default.vae.min_recon_accuracy)"], ["min_psnr ="]),
+    ({"psnr": 12.0, "recon_probe_accuracy": 0.1},
+     ["test PSNR 12.00 dB is below min_psnr = 22 dB", "0.1000 clean test accuracy, below min_recon_accuracy"],
+     []),
+])
+def test_check_gate_names_value_threshold_key_and_remedy(metrics, failed, passed):
+    from varmix.config import VAEBelowGate
+    from varmix.errors import UserError
+
+    cfg = tiny_cfg(min_psnr=22.0, min_recon_accuracy=0.8)
+    with pytest.raises(VAEBelowGate) as err:
+        vae_mod.check_gate(metrics, cfg, profile="default")
+    msg = str(err.value)
+    assert isinstance(err.value, UserError)
+    for part in failed:
+        assert part in msg
+    for part in passed:
+        assert part not in msg
+    for remedy in ("vae.epochs", "vae.width", "vae.latent_dim"):
+        assert remedy in msg
+
+
+def test_check_gate_passes_at_or_above_and_without_thresholds():
+    cfg = tiny_cfg(min_psnr=22.0, min_recon_accuracy=0.8)
+    vae_mod.check_gate({"psnr": 22.0, "recon_probe_accuracy": 0.8}, cfg)
+    vae_mod.check_gate({"psnr": 35.0, "recon_probe_accuracy": 1.0}, cfg)
+    vae_mod.check_gate({"psnr": 5.0, "recon_probe_accuracy": 0.0}, tiny_cfg())  # no gate
+    vae_mod.check_gate({}, tiny_cfg())  # nothing to check, nothing needed
+    only_psnr = tiny_cfg(min_psnr=22.0)
+    vae_mod.check_gate({"psnr": 23.0}, only_psnr)  # the probe is not needed when it is not gated
+    with pytest.raises(ValueError, match=r"metrics\['recon_probe_accuracy'\] = None.*min_recon_accuracy"):
+        vae_mod.check_gate({"psnr": 30.0}, cfg)
+
+
+def test_gate_settings_do_not_invalidate_the_vae_checkpoint(fmnist, tmp_path):
+    train_x, test_x = fmnist
+    cfg = tiny_cfg(epochs=1, train_subset=64)
+    train_vae(cfg, train_x, test_x, tmp_path, seed=0, device="cpu", progress=False)
+    # a changed gate or probe continues the same checkpoint; a changed training setting does not
+    train_vae(tiny_cfg(epochs=1, train_subset=64, min_psnr=20.0, min_recon_accuracy=0.5, probe_epochs=9,
+                       probe_subset=99), train_x, test_x, tmp_path, seed=0, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="different run"):
+        train_vae(tiny_cfg(epochs=1, train_subset=64, lr_schedule="cosine"), train_x, test_x, tmp_path,
+                  seed=0, device="cpu", progress=False)
+
+
+def test_cosine_schedule():
+    cos = tiny_cfg(lr=2e-3, lr_schedule="cosine")
+    assert vae_mod.step_lr(cos, 0, 100) == pytest.approx(2e-3)
+    assert vae_mod.step_lr(cos, 50, 100) == pytest.approx(1e-3)
+    assert vae_mod.step_lr(cos, 99, 100) == pytest.approx(2e-3 * 0.5 * (1 + math.cos(math.pi * 0.99)))
+    assert vae_mod.step_lr(tiny_cfg(lr=2e-3), 99, 100) == 2e-3
+
+
+def test_training_follows_the_cosine_schedule(fmnist, tmp_path):
+    train_x, test_x = fmnist
+    cfg = tiny_cfg(epochs=1, train_subset=128, lr=2e-3, lr_schedule="cosine")  # 2 steps of 64
+    train_vae(cfg, train_x, test_x, tmp_path, seed=0, device="cpu", progress=False)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(vae_mod.step_lr(cfg, 1, 2)) == 1e-3

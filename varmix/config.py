@@ -66,6 +66,12 @@ class TrainingDiverged(UserError, RuntimeError):
     run, the epoch, the loss, the lr and the params.yaml key to lower."""
 
 
+class VAEBelowGate(UserError, RuntimeError):
+    """The trained VAE misses a quality gate (vae.min_psnr, vae.min_recon_accuracy): VarMixup would train
+    on decodes too far from the data. Raised by varmix.vae.check_gate; the message names the measured
+    value, the threshold, the params.yaml key and what to change."""
+
+
 # ----------------------------------------------------------------------------------------------
 # small checkers: each names the key path, the value and what is allowed
 def _fail(key: str, value: Any, allowed: str) -> ConfigError:
@@ -174,7 +180,12 @@ def _per_method(key: str, v: Any, check) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class VAEConfig:
-    """The MMD-VAE (InfoVAE). The paper leaves architecture, latent size and gamma open."""
+    """The MMD-VAE (InfoVAE). The paper leaves architecture, latent size and gamma open.
+
+    The gate (varmix.vae.check_gate; None switches a check off): ``min_psnr`` (dB, test set, as
+    varmix.vae.reconstruction_metrics) and ``min_recon_accuracy`` (clean test accuracy of the probe: a
+    classifier trained only on the VAE's reconstructions of the first ``probe_subset`` training images
+    for ``probe_epochs`` epochs, varmix.vae.recon_probe)."""
 
     latent_dim: int = 16
     objective: str = "mmd"          # mmd (the paper's InfoVAE) | kl (beta-VAE ablation)
@@ -185,12 +196,18 @@ class VAEConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    lr_schedule: str = "constant"   # constant | cosine (per step, from lr to 0 over all epochs)
     train_subset: int | None = None  # first N training images (None: all)
+    min_psnr: float | None = None            # dB; None: no PSNR gate
+    min_recon_accuracy: float | None = None  # in [0, 1]; None: no probe gate
+    probe_epochs: int = 3
+    probe_subset: int = 10_000
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], key: str) -> "VAEConfig":
         d = _check_keys(key, d, cls)
         g = lambda k: d.get(k, getattr(cls, k))  # noqa: E731
+        opt_num = lambda k, lo, hi: None if g(k) is None else _num(f"{key}.{k}", g(k), lo, hi)  # noqa: E731
         return cls(
             latent_dim=_int(f"{key}.latent_dim", g("latent_dim"), 1, MAX_LATENT_DIM),
             objective=_choice(f"{key}.objective", g("objective"), ("mmd", "kl")),
@@ -201,7 +218,13 @@ class VAEConfig:
             epochs=_int(f"{key}.epochs", g("epochs"), 1, MAX_EPOCHS),
             batch_size=_int(f"{key}.batch_size", g("batch_size"), 2, MAX_BATCH_SIZE),
             lr=_num(f"{key}.lr", g("lr"), 0, lo_open=True),
+            lr_schedule=_choice(f"{key}.lr_schedule", g("lr_schedule"), ("constant", "cosine")),
             train_subset=_opt_int(f"{key}.train_subset", g("train_subset"), hi=MAX_SUBSET),
+            # reconstruction_metrics floors the per-image mse at 1e-10: PSNR never exceeds 100 dB
+            min_psnr=opt_num("min_psnr", 0, 100),
+            min_recon_accuracy=opt_num("min_recon_accuracy", 0, 1),
+            probe_epochs=_int(f"{key}.probe_epochs", g("probe_epochs"), 1, MAX_EPOCHS),
+            probe_subset=_int(f"{key}.probe_subset", g("probe_subset"), 2, MAX_SUBSET),
         )
 
 

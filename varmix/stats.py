@@ -38,7 +38,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import stats as _sps
 
 VERDICTS = ("holds", "contradicted", "inconclusive", "not tested")

@@ -25,10 +25,17 @@ Choices the paper leaves open (documented here and in params.yaml):
   divides the *mean* squared difference by dim, i.e. ||a - b||^2 / dim^2, which makes the kernel almost
   flat for latent sizes above a few; with /dim, two N(0, I) samples are typically at kernel value
   exp(-2), where the estimate is most sensitive.)
+
+The quality gate (``recon_probe``, ``check_gate``; notebooks/01_vae.ipynb): VarMixup trains only on
+decodes, so a VAE whose decodes are blurred turns it into "soft labels on a blurred domain". The stage
+fails (``config.VAEBelowGate``) when the test PSNR is below ``vae.min_psnr`` or a probe classifier
+trained only on reconstructions of training images is below ``vae.min_recon_accuracy`` on the clean
+test images. benchmarks/vae_quality.py measures both for several settings.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -39,10 +46,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from varmix.config import TrainingDiverged, VAEConfig, to_dict
-from varmix.data import to_float
+from varmix.config import METHODS, TrainConfig, TrainingDiverged, VAEBelowGate, VAEConfig, to_dict
+from varmix.data import ImageData, to_float
 from varmix.io import (load_module_state, load_torch, read_epoch_timings, remove_stale_temps, save_torch,
                        timings_path, write_json)
+from varmix.train import train_classifier
 
 IMAGE_SIZES = (28, 32, 64)
 CHANNELS = (1, 3)
@@ -303,10 +311,26 @@ def check_divergence(epoch: int, loss: float, first_loss: float, lr: float) -> N
                                f"{first_loss:.3g}, limit {limit:.3g}) at lr {lr:g}; lower vae.lr in params.yaml")
 
 
+# settings that do not change the VAE's training (the gate and its probe): changing them keeps a checkpoint
+_NOT_TRAINING = ("min_psnr", "min_recon_accuracy", "probe_epochs", "probe_subset")
+
+
+def step_lr(cfg: VAEConfig, step: int, total_steps: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) of ``total_steps``: ``cfg.lr`` throughout
+    (constant) or cosine-annealed from ``cfg.lr`` towards 0 (cosine, SGDR without restarts). A function of
+    the step alone, so a resumed run continues the schedule without scheduler state."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+
+
 def _resume_key(cfg: VAEConfig, seed: int, n_train: int, n_test: int, shape: tuple) -> dict:
     """What must agree for a checkpoint to be continued (epochs may grow)."""
     c = to_dict(cfg)
-    c.pop("epochs")
+    if cfg.lr_schedule == "constant":  # a cosine schedule spans all epochs: more of them change every step
+        c.pop("epochs")
+    for k in _NOT_TRAINING:
+        c.pop(k)
     return {"config": c, "seed": seed, "n_train": n_train, "n_test": n_test, "image_shape": list(shape)}
 
 
@@ -378,6 +402,9 @@ def train_vae(cfg: VAEConfig, train_x: Tensor, test_x: Tensor, out_dir: str | Pa
             for step in range(steps):
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 x = to_float(train_x[idx]).to(device, non_blocking=True)
+                lr = step_lr(cfg, epoch * steps + step, cfg.epochs * steps)
+                for group in opt.param_groups:
+                    group["lr"] = lr
                 loss, parts = vae_loss(vae, x, cfg, gen)
                 if not math.isfinite(parts["loss"]):
                     raise FloatingPointError(
@@ -396,7 +423,7 @@ def train_vae(cfg: VAEConfig, train_x: Tensor, test_x: Tensor, out_dir: str | Pa
             test = reconstruction_metrics(vae, test_x)
             seconds = time.perf_counter() - t0
             train = {k: v / n for k, v in sums.items()}
-            check_divergence(epoch + 1, train["loss"], first_loss, cfg.lr)
+            check_divergence(epoch + 1, train["loss"], first_loss, cfg.lr)  # the schedule's peak
             history.append({"epoch": epoch + 1, "train": train, "test": test})
             times.append({"epoch": epoch + 1, "seconds": seconds})
             if times_file is not None:  # before the checkpoint: a resumed run keeps the epochs it continues
@@ -411,3 +438,108 @@ def train_vae(cfg: VAEConfig, train_x: Tensor, test_x: Tensor, out_dir: str | Pa
     write_json(out_dir / "history.json", history)
     save_vae(out_dir / "vae.pt", vae, cfg)
     return _freeze(vae)
+
+
+# ----------------------------------------------------------------------------------------------
+# the quality gate
+PROBE_DIR = "probe"  # the probe classifier's folder inside the VAE's run folder
+
+
+@torch.no_grad()
+def reconstruct_uint8(vae: ConvVAE, x: Tensor, batch_size: int = 500) -> Tensor:
+    """``vae.reconstruct`` (decoder mean at the posterior mean: deterministic) of uint8 images, quantised
+    back to uint8 as the datasets are stored (round to the nearest of 0..255), on the CPU."""
+    _check_images("x", x)
+    _positive_int("batch_size", batch_size)
+    device = next(vae.parameters()).device
+    out = [vae.reconstruct(to_float(x[i:i + batch_size]).to(device)).mul(255).round_().clamp_(0, 255)
+           .to(torch.uint8).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out)
+
+
+def probe_config(cfg: VAEConfig, augment: bool = True) -> TrainConfig:
+    """The probe classifier's settings: small_cnn, Adam lr 1e-3, batch 128, ERM for ``cfg.probe_epochs``
+    epochs, ``augment`` as the profile's classifiers."""
+    cfg = _check_cfg(cfg)
+    if not isinstance(augment, bool):
+        raise ValueError(f"augment = {augment!r} is invalid: expected true or false")
+    return TrainConfig(arch="small_cnn", optimizer="adam", lr=1e-3, batch_size=128,
+                       epochs={m: cfg.probe_epochs for m in METHODS}, alpha={m: 1.0 for m in METHODS},
+                       augment=augment)
+
+
+def _md5(x: Tensor) -> str:
+    import hashlib
+
+    return hashlib.md5(x.contiguous().numpy().tobytes()).hexdigest()
+
+
+def recon_probe(vae: ConvVAE, data: ImageData, cfg: VAEConfig, seed: int,
+                device: str | torch.device | None = None, *, out_dir: str | Path, augment: bool = True,
+                progress: bool | None = None, timings: str | Path | None = None) -> dict[str, Any]:
+    """How usable the VAE's decodes are as training data: reconstruct the first ``cfg.probe_subset``
+    training images once (:func:`reconstruct_uint8`), train the probe (:func:`probe_config`, ERM, via
+    ``varmix.train.train_classifier``) on them with their labels, and test it on the clean test images.
+    The probe's trained-model folder is ``out_dir`` (by convention ``<vae run folder>/probe``): it
+    resumes and is reused like any run; a folder made from other reconstructions (``recon.json`` holds
+    their md5) has its checkpoint removed first, since it belongs to another VAE. A probe that stays at
+chance (``TrainingDiverged`` from the trainer's check, from its epoch 2 on) raises ``VAEBelowGate``. Returns
+    ``recon_probe_accuracy`` (clean test accuracy), ``recon_probe_images`` and ``recon_probe_epochs``."""
+    cfg = _check_cfg(cfg)
+    if not isinstance(vae, ConvVAE):
+        raise ValueError(f"vae is a {type(vae).__name__}: expected a varmix.vae.ConvVAE")
+    if not isinstance(data, ImageData):
+        raise ValueError(f"data is a {type(data).__name__}: expected a varmix.data.ImageData")
+    if tuple(data.train_x.shape[1:]) != vae.image_shape:
+        raise ValueError(f"{data.name} images of shape {tuple(data.train_x.shape[1:])} given to a VAE for "
+                         f"images {vae.image_shape}")
+    tcfg = probe_config(cfg, augment)
+    n = min(cfg.probe_subset, len(data.train_x))
+    recon = reconstruct_uint8(vae, data.train_x[:n])
+    out = Path(out_dir)
+    stamp = {"recon_md5": _md5(recon), "n_train": n}
+    stamp_path = out / "recon.json"
+    if stamp_path.exists() and json.loads(stamp_path.read_text()) != stamp:
+        (out / "checkpoint.pt").unlink(missing_ok=True)  # trained on another VAE's reconstructions
+    write_json(stamp_path, stamp)
+    probe_data = ImageData(data.name, recon, data.train_y[:n], data.test_x, data.test_y)
+    try:
+        summary = train_classifier("erm", tcfg, probe_data, out, seed, device=device, progress=progress,
+                                   timings=timings)
+    except TrainingDiverged as exc:  # at lr 1e-3 on real images: the reconstructions are what fails
+        raise VAEBelowGate(
+            f"the probe classifier trained on the VAE's reconstructions learnt nothing ({exc}): they keep "
+            f"too little of the images to classify. Train a better VAE (more vae.epochs or vae.train_subset, "
+            f"a larger vae.width or vae.latent_dim) in params.yaml") from exc
+    return {"recon_probe_accuracy": summary["test_acc"], "recon_probe_images": n,
+            "recon_probe_epochs": cfg.probe_epochs}
+
+
+def check_gate(metrics: dict[str, Any], cfg: VAEConfig, profile: str = "<profile>") -> None:
+    """Raise ``config.VAEBelowGate`` when ``metrics['psnr']`` is below ``cfg.min_psnr`` or
+    ``metrics['recon_probe_accuracy']`` below ``cfg.min_recon_accuracy`` (a threshold of None is no
+    check; a value at the threshold passes). The message names every failed check: the measured value,
+    the threshold, the params.yaml key (profiles.<profile>.vae.min_psnr ...) and what to change."""
+    cfg = _check_cfg(cfg)
+    if not isinstance(metrics, dict):
+        raise ValueError(f"metrics is a {type(metrics).__name__}: expected a dict with psnr and "
+                         f"recon_probe_accuracy")
+    checks = (("psnr", cfg.min_psnr, "min_psnr", "test PSNR {v:.2f} dB is below min_psnr = {t:g} dB"),
+              ("recon_probe_accuracy", cfg.min_recon_accuracy, "min_recon_accuracy",
+               "a classifier trained on its reconstructions reaches {v:.4f} clean test accuracy, below "
+               "min_recon_accuracy = {t:g}"))
+    failed = []
+    for name, threshold, key, text in checks:
+        if threshold is None:
+            continue
+        value = metrics.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"metrics[{name!r}] = {value!r}: expected a finite number to check against "
+                             f"vae.{key}")
+        if value < threshold:
+            failed.append(text.format(v=value, t=threshold) + f" (profiles.{profile}.vae.{key})")
+    if failed:
+        raise VAEBelowGate(
+            "the VAE is below its quality gate: " + "; ".join(failed) + ". Train a better VAE (more "
+            "vae.epochs or vae.train_subset, a larger vae.width or vae.latent_dim) in params.yaml, or lower "
+            "the threshold there if this quality is enough")
