@@ -111,3 +111,106 @@ def formatted_comparisons(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
             "verdict": r.verdict if tested else f"not tested ({r.reason})",
         })
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# the study's claims, fixed before looking (06_report runs them; tests/test_report.py pins them)
+def study_claims(n_bins: int = 15):
+    """The three claims the study decides, as :class:`varmix.stats.Claim`: higher corruption accuracy
+    (mean over the 15 corruptions x 5 severities), lower clean ECE, lower mean γ at ε = 8/255."""
+    from varmix import stats
+
+    return [stats.Claim("1. corruptions", "corruption_accuracy", +1, label="corruption accuracy (15 corruptions)",
+                        unit=" points", scale=100),
+            stats.Claim("2. calibration", "ece", -1, statistic=stats.ECE(n_bins), label="clean ECE"),
+            stats.Claim("3. local linearity", "gamma_8", -1, label="mean γ at ε = 8/255")]
+
+
+def secondary_claims():
+    """Readings that qualify the claims (their own Holm family, reported beside the verdicts): corruption
+    accuracy without / with only the four intensity-shifting corruptions (the background artifact),
+    clean NLL, clean accuracy."""
+    from varmix import stats
+
+    return [stats.Claim("1a. corruptions without intensity shift", "corruption_accuracy_no_intensity", +1,
+                        label="corruption accuracy without brightness, contrast, fog, frost", unit=" points",
+                        scale=100),
+            stats.Claim("1b. intensity-shift corruptions only", "corruption_accuracy_intensity", +1,
+                        label="accuracy under brightness, contrast, fog, frost", unit=" points", scale=100),
+            stats.Claim("2a. clean NLL", "nll", -1, label="clean NLL"),
+            stats.Claim("0. clean accuracy", "accuracy", +1, label="clean accuracy", unit=" points", scale=100)]
+
+
+def run_key(name: str) -> tuple[str, int]:
+    """``"<arm>-s<seed>"`` -> (arm, seed)."""
+    m = _RUN.match(name)
+    if not m:
+        raise ValueError(f"run name {name!r}: expected '<arm>-s<seed>'")
+    return m["arm"], int(m["seed"])
+
+
+def per_image_inputs(corruptions: Mapping[str, object], logits: Mapping[str, tuple], gammas: pd.DataFrame,
+                     eps_255: float = 8) -> dict[str, dict[tuple[str, int], np.ndarray]]:
+    """The per-image arrays :func:`varmix.stats.compare` resamples, keyed metric -> (arm, seed):
+    ``corruptions`` = ``robustness.load_per_image`` (run -> PerImage), ``logits`` = ``io.read_logits``
+    (run -> (logits, labels)), ``gammas`` = the landscape chapter's per-image γ table (columns method =
+    arm, seed, eps_255, image, gamma)."""
+    from varmix import calibration, robustness
+
+    out: dict[str, dict[tuple[str, int], np.ndarray]] = {}
+    for name, p in corruptions.items():
+        for metric, values in robustness.family_per_image(p).items():
+            out.setdefault(metric, {})[run_key(name)] = values
+    for name, (t, y) in logits.items():
+        key = run_key(name)
+        rows = calibration.conf_correct(t, y)
+        out.setdefault("ece", {})[key] = rows
+        out.setdefault("accuracy", {})[key] = rows[:, 1]
+        logp = np.log(calibration.probabilities(t).numpy())
+        out.setdefault("nll", {})[key] = -logp[np.arange(len(y)), np.asarray(y)]
+    at = gammas[np.isclose(gammas["eps_255"], eps_255)]
+    if at.empty:
+        raise ValueError(f"no γ at ε = {eps_255}/255 among {sorted(gammas['eps_255'].unique())}")
+    for (arm, seed), g in at.groupby(["method", "seed"], sort=False):
+        out.setdefault(f"gamma_{eps_255:g}", {})[(arm, int(seed))] = g.sort_values("image")["gamma"].to_numpy()
+    return out
+
+
+def family(comparisons: Mapping[str, Sequence[str]]) -> list[tuple[str, str]]:
+    """params.yaml's ``comparisons`` (arm -> rivals) as the (arm, rival) pairs of the family."""
+    return [(arm, rival) for arm, rivals in comparisons.items() for rival in rivals]
+
+
+def majority(values: pd.Series) -> str:
+    """The most common value and how many runs have it, e.g. "under-confident (5/5)"."""
+    counts = values.value_counts()
+    return f"{counts.index[0]} ({int(counts.iloc[0])}/{len(values)})" if len(counts) else "–"
+
+
+def verdict_lines(table: pd.DataFrame, secondary: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    """One sentence per claim x pair: the verdict, the difference with both intervals, and what qualifies
+    it: for the corruption claim, whether the intensity-shift corruptions (the background artifact)
+    drive the verdict; for calibration, the regime each arm is in."""
+    lines = []
+    regimes = runs.groupby("arm")["regime"].agg(majority) if "regime" in runs.columns else {}
+    no_int = secondary[secondary["metric"] == "corruption_accuracy_no_intensity"].set_index(["arm", "rival"])
+    for r in table.itertuples():
+        k = float(r.scale)
+        if r.verdict == "not tested":
+            lines.append(f"{r.claim}, {r.arm} vs {r.rival}: not tested ({r.reason})")
+            continue
+        text = (f"{r.claim}, {r.arm} vs {r.rival}: {r.verdict.upper()} — paired difference {r.diff * k:+.3g}{r.unit} "
+                f"(positive = the paper's direction), t 95% CI [{r.t_lo * k:+.3g}, {r.t_hi * k:+.3g}], "
+                f"bootstrap [{r.boot_lo * k:+.3g}, {r.boot_hi * k:+.3g}], Holm p {r.t_p_holm:.3g} / {r.boot_p_holm:.3g}")
+        if r.metric == "corruption_accuracy" and (r.arm, r.rival) in no_int.index:
+            other = no_int.loc[(r.arm, r.rival)]
+            if other["verdict"] != r.verdict:
+                text += (f". The background artifact drives this verdict: without brightness, contrast, fog "
+                         f"and frost the difference is {other['diff'] * k:+.3g}{r.unit} ({other['verdict']})")
+            else:
+                text += (f"; without the intensity-shift corruptions: {other['diff'] * k:+.3g}{r.unit} "
+                         f"({other['verdict']}), so the background artifact does not drive it")
+        if r.metric == "ece" and len(regimes):
+            text += f". Regimes: {r.arm} {regimes.get(r.arm, '–')}, {r.rival} {regimes.get(r.rival, '–')}"
+        lines.append(text)
+    return lines
