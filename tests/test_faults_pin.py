@@ -2,7 +2,7 @@
 and a bad setting or damaged data stops the pipeline before DVC has deleted any stage's outputs.
 
 The DVC-level tests share one temporary git copy of the project (the working tree as it is), switched to
-the smoke profile with two methods, where `dvc repro corruptions` has run once and been committed
+the smoke profile with two arms, where `dvc repro corruptions` has run once and been committed
 (check, vae, two classifiers, the corruption chapter: about a minute on a 2-core CPU). Each test injects
 one fault, runs the real `dvc`/`make` command, asserts the message, and compares the bytes of every file
 under runs/ and results/ and of data.dvc/dvc.lock before and after; then it undoes its fault.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -167,7 +168,7 @@ def _git_clean(clone: Path) -> str:
 
 @pytest.fixture(scope="session")
 def clone(tmp_path_factory):
-    """The project's working tree in a temporary git repository, smoke profile, methods erm and mixup,
+    """The project's working tree in a temporary git repository, smoke profile, arms erm and mixup, seed 0,
     data prepared and pinned, `dvc repro corruptions` run and committed."""
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("needs git and the project as a git checkout")
@@ -183,9 +184,11 @@ def clone(tmp_path_factory):
     raw = yaml.safe_load((dst / "params.yaml").read_text())
     text = (dst / "params.yaml").read_text()
     text = text.replace(f"profile: {raw['profile']}", "profile: smoke", 1)
-    text = text.replace(f"methods: [{', '.join(raw['methods'])}]", "methods: [erm, mixup]", 1)
+    text = text.replace(f"arms: [{', '.join(raw['arms'])}]", "arms: [erm, mixup]", 1)
+    text = text.replace(f"seeds: [{', '.join(map(str, raw['seeds']))}]", "seeds: [0]", 1)
+    text = re.sub(r"^comparisons:\n(  .*\n)+", "comparisons: {}\n", text, count=1, flags=re.M)  # arms it lacks
     (dst / "params.yaml").write_text(text)
-    assert yaml.safe_load(text)["methods"] == ["erm", "mixup"]
+    assert yaml.safe_load(text)["arms"] == ["erm", "mixup"] and yaml.safe_load(text)["seeds"] == [0]
     if (ROOT / "data" / DATASET / "meta.json").is_file():
         shutil.copytree(ROOT / "data", dst / "data")
     else:

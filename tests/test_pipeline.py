@@ -78,6 +78,10 @@ def test_dvc_outputs_are_the_layouts_paths(layout):
             assert f"--arm {m} --seed {sd}" in st["cmd"]
             assert f"arm_settings.{m}" in st["params"]  # an arm's stage depends on its own settings only
     assert _paths(stages["corruptions"]["metrics"]) == [_rel(layout.metrics("corruptions"))]
+    assert _rel(layout.per_image("corruptions")) in _paths(stages["corruptions"]["outs"])
+    assert _rel(layout.per_image("logits")) in _paths(stages["calibration"]["outs"])
+    for name in ("corruptions", "logits"):  # the report resamples them
+        assert _rel(layout.per_image(name)) in stages["report"]["deps"]
     assert _rel(layout.plot_data("corruption_grid")) in stages["calibration"]["deps"]
     assert _paths(stages["landscape"]["metrics"]) == [_rel(layout.metrics("linearity"))]
     assert _paths(stages["report"]["metrics"]) == [_rel(layout.metrics("report"))]

@@ -169,3 +169,64 @@ def test_figures_draw_from_library_tables(vae):
     assert len(figures.linearity_plot(long).axes) == 2
     with pytest.raises(ValueError, match="rows of lengths"):
         figures.image_grid([x, x[:1]])
+
+
+def _study(shift=0):
+    """Two arms x 4 seeds over 300 images: "vm" gets ``shift`` more correct severities on the four
+    intensity-shifting corruptions only, and is otherwise the same model as "mx"."""
+    from varmix import config as cfg, robustness
+
+    rng = np.random.default_rng(0)
+    names = cfg.BENCHMARK_CORRUPTIONS
+    intensity = [names.index(c) for c in robustness.INTENSITY_SHIFT]
+    corr, logits, gam = {}, {}, []
+    labels = rng.integers(0, 10, 300)
+    for sd in range(4):
+        base = rng.integers(0, 4, (300, len(names))).astype(np.uint8)
+        t = rng.normal(size=(300, 10)) * 3
+        for arm in ("mx", "vm"):
+            counts = base.copy()
+            if arm == "vm":
+                counts[:, intensity] += shift
+            corr[f"{arm}-s{sd}"] = robustness.PerImage(np.ones(300, bool), counts, names, (1, 2, 3, 4, 5))
+            logits[f"{arm}-s{sd}"] = (t, labels)
+            gam.append(pd.DataFrame({"method": arm, "seed": sd, "eps_255": 8.0, "image": np.arange(300),
+                                     "gamma": rng.random(300)}))
+    return corr, logits, pd.concat(gam, ignore_index=True)
+
+
+def test_per_image_inputs_and_the_artifact_sentence():
+    from varmix import calibration, robustness, stats
+
+    corr, logits, gam = _study(shift=1)
+    per = report.per_image_inputs(corr, logits, gam)
+    assert {"corruption_accuracy", "corruption_accuracy_no_intensity", "ece", "nll", "accuracy",
+            "gamma_8"} <= set(per)
+    assert per["ece"][("vm", 2)].shape == (300, 2) and per["gamma_8"][("mx", 0)].shape == (300,)
+    nll = per["nll"][("mx", 0)].mean()
+    assert nll == pytest.approx(calibration.nll(*logits["mx-s0"]), rel=1e-9)
+    # runs-level metrics as the chapters write them: per-image means
+    rows = []
+    for (arm, sd), v in per["corruption_accuracy"].items():
+        rows.append({"arm": arm, "seed": sd, "corruption_accuracy": v.mean(),
+                     "corruption_accuracy_no_intensity": per["corruption_accuracy_no_intensity"][arm, sd].mean(),
+                     "ece": calibration.ece(*logits[f"{arm}-s{sd}"]), "gamma_8": per["gamma_8"][arm, sd].mean(),
+                     "regime": "under-confident"})
+    runs = pd.DataFrame(rows)
+    claims = [c for c in report.study_claims() if c.metric != "ece"] + [report.study_claims()[1]]
+    table = stats.compare(runs, per, [("vm", "mx")], claims, 200, 0)
+    secondary = stats.compare(runs, per, [("vm", "mx")], report.secondary_claims()[:1], 200, 0)
+    assert table.set_index("metric").loc["corruption_accuracy", "verdict"] == "holds"
+    assert secondary.loc[0, "verdict"] == "inconclusive"  # identical models without those four
+    lines = report.verdict_lines(table, secondary, runs)
+    corruption = next(line for line in lines if line.startswith("1. corruptions"))
+    assert "HOLDS" in corruption and "The background artifact drives this verdict" in corruption
+    assert "Regimes: vm under-confident (4/4), mx under-confident (4/4)" in next(
+        line for line in lines if line.startswith("2. calibration"))
+    # without the shift, the artifact sentence says it does not drive the verdict
+    corr, logits, gam = _study(shift=0)
+    with pytest.raises(ValueError, match=r"no γ at ε = 2/255"):
+        report.per_image_inputs(corr, logits, gam, eps_255=2)
+    assert report.family({"vm": ["mx", "erm"]}) == [("vm", "mx"), ("vm", "erm")]
+    assert report.majority(pd.Series(["a", "b", "a"])) == "a (2/3)"
+    assert robustness.INTENSITY_SHIFT == ("brightness", "contrast", "fog", "frost")

@@ -1,0 +1,32 @@
+"""The committed study's numbers can be recomputed from what is committed (issue 11): every run's clean
+test logits (float16, results/<dataset>/<profile>/per_image/logits.npz) give the committed calibration
+numbers exactly, and the whole study's logits stay within 10 MB."""
+
+from pathlib import Path
+
+import pytest
+
+from varmix import calibration, config, io
+from varmix.pipeline import Layout, run_name
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = config.load_params(ROOT / "params.yaml")
+LAYOUT = Layout(ROOT, PARAMS.dataset, PARAMS.profile)
+
+
+def test_committed_logits_give_the_committed_calibration_numbers():
+    path = LAYOUT.per_image("logits")
+    assert path.is_file(), f"{path} is not committed: run `dvc repro` and commit results/"
+    assert path.stat().st_size <= 10_000_000
+    stored = io.read_logits(path)
+    assert set(stored) == {run_name(a, sd) for a in PARAMS.arms for sd in PARAMS.seeds}
+    committed = io.read_json(LAYOUT.metrics("calibration"))
+    bins = PARAMS.eval.ece_bins
+    for name, (logits, labels) in stored.items():
+        again = calibration.calibration_metrics(logits, labels, bins)
+        for key in ("ece", "mce", "nll", "brier", "overconfidence", "accuracy"):
+            assert again[key] == pytest.approx(committed[name][key], rel=1e-9, abs=1e-12), (name, key)
+        scaled = calibration.temperature_scaled_metrics(logits, labels, bins)
+        assert scaled["ece_temperature_scaled"] == pytest.approx(committed[name]["ece_temperature_scaled"],
+                                                                 rel=1e-9, abs=1e-12), name
+        assert calibration.regime(again["overconfidence"]) == committed[name]["regime"]
