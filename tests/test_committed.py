@@ -2,9 +2,15 @@
 test logits (float16, results/<dataset>/<profile>/per_image/logits.npz) give the committed calibration
 numbers exactly, and the whole study's logits stay within 10 MB."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from varmix import calibration, config, io
+import numpy as np
+import pytest
+
+from varmix import calibration, config, io, pipeline
 from varmix.pipeline import Layout, _plain, run_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,3 +34,23 @@ def test_committed_logits_give_the_committed_calibration_numbers():
         scaled = calibration.temperature_scaled_metrics(logits, labels, bins)
         assert _plain(scaled["ece_temperature_scaled"]) == committed[name]["ece_temperature_scaled"], name
         assert calibration.regime(again["overconfidence"]) == committed[name]["regime"]
+
+
+# The committed study was made on one machine; on any x86-64 CPU with AVX2 at the pinned torch, a run
+# must give the same bytes (README, "Bit-for-bit"). Retraining two of its runs here (erm and mixup: no
+# VAE needed, ~15 s each) through the pipeline's own notebook checks that on whatever CPU runs the tests.
+@pytest.mark.parametrize("arm,seed", [("erm", 0), ("mixup", 1)])
+def test_a_committed_run_retrains_to_the_same_bytes_on_this_cpu(arm, seed, tmp_path):
+    if not (ROOT / "data" / PARAMS.dataset / "meta.json").is_file():
+        pytest.skip("run `python -m varmix prepare-data` first")
+    env = {**{k: v for k, v in os.environ.items() if k != pipeline.WORKDIR_ENV}, pipeline.WORKDIR_ENV: str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "varmix", "notebook", "02_train", "--profile", PARAMS.profile,
+                        "--arm", arm, "--seed", str(seed)], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    name = run_name(arm, seed)
+    again = Layout(tmp_path, PARAMS.dataset, PARAMS.profile)
+    assert again.metrics(f"train-{name}").read_bytes() == LAYOUT.metrics(f"train-{name}").read_bytes()
+    logits = np.load(again.model_dir(arm, seed) / "test_logits.npy")
+    committed, _ = io.read_logits(LAYOUT.per_image("logits"))[name]
+    assert np.array_equal(logits.astype(np.float16), committed)

@@ -371,6 +371,10 @@ def _stop_kernel_on_signals(label: str) -> Iterator[None]:
         if stopping:  # a second signal while the first one unwinds: the kernel is already gone
             return
         stopping.append(signum)
+        # Interrupting the event loop leaves nbclient's cell task to fail with DeadKernelError once the kernel
+        # is killed; asyncio then logs "Task exception was never retrieved" with a traceback when the task is
+        # collected. The user has asked to stop and gets our one line, so that record goes nowhere.
+        logging.getLogger("asyncio").addHandler(logging.NullHandler())
         _kill_kernels()
         raise errors.Interrupted(signum, label)
 
