@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 from tqdm import tqdm
 
@@ -79,6 +80,25 @@ DEVICE_DEFAULTS = {"cpu": {"steps": 2, "warmup": 1}, "cuda": {"steps": 30, "warm
 QUICK = {"batch_size": 16, "steps": 1, "warmup": 1, "corruption_images": 32, "corruption_batch": 32}
 SUITE_IMAGES = 10_000  # the CIFAR-10-C test set, for the suite's time estimate
 MANIFOLD_ALPHA = 2.0   # Verma et al.'s recommendation; every other method uses alpha 1
+
+
+# FLOPs per trained image of the varmix step, per (method, arch, shape); filled by varmix_train_seconds
+FLOPS_PER_IMAGE: dict = {}
+
+
+def matmul_peak(dev: torch.device, dtype: torch.dtype) -> float:
+    """GFLOP/s of a large square matmul (the hardware's practical limit for dense work): n = 4096 on the
+    CPU, 8192 on CUDA; the best of a few timed products after a warm-up."""
+    n = 8192 if dev.type == "cuda" else 4096
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(dev, dtype)
+    b = torch.randn(n, n, generator=gen).to(dev, dtype)
+    reps = 10 if dev.type == "cuda" else 3
+    torch.mm(a, b)
+    best = math.inf
+    for _ in range(reps):
+        best = min(best, timed(lambda: torch.mm(a, b), 0, 1, dev))
+    return 2 * n ** 3 / best / 1e9
 
 
 def sync(dev: torch.device) -> None:
@@ -139,6 +159,11 @@ def varmix_train_seconds(method: str, arch: str, shape, args, dev: torch.device)
     model.train()
     seconds = timed(step, args.warmup, args.steps, dev)
     _check_finite(losses[-1].item(), "varmix", method, arch)
+    # One more step, untimed, under torch's FLOP counter: every matmul/convolution of the step (forward,
+    # backward, the frozen VAE of mixup_r/varmixup included), counted as 2 FLOPs per multiply-add.
+    with FlopCounterMode(display=False) as counter:
+        step()
+    FLOPS_PER_IMAGE[method, arch, shape] = counter.get_total_flops() / args.batch_size
     return seconds
 
 
@@ -357,8 +382,9 @@ def baseline_corruption_seconds(name: str, images: np.ndarray) -> float:
 # ----------------------------------------------------------------------------------------------
 # table
 HEADERS = ("device", "workload", "arch", "shape", "method", "varmix img/s", "baseline img/s",
-           "speedup", "varmix cost vs ERM", "baseline cost vs ERM")
-NUMERIC = {"varmix img/s", "baseline img/s", "speedup", "varmix cost vs ERM", "baseline cost vs ERM"}
+           "speedup", "varmix cost vs ERM", "baseline cost vs ERM", "varmix GFLOP/s", "of peak")
+NUMERIC = {"varmix img/s", "baseline img/s", "speedup", "varmix cost vs ERM", "baseline cost vs ERM",
+           "varmix GFLOP/s", "of peak"}
 DASH = "—"
 
 
@@ -387,7 +413,7 @@ def shape_name(shape) -> str:
     return "x".join(map(str, shape))
 
 
-def training_rows(args, dev: torch.device, device_label: str) -> list[tuple[str, ...]]:
+def training_rows(args, dev: torch.device, device_label: str, peak: float) -> list[tuple[str, ...]]:
     jobs = [(arch, shape, method, path) for arch in args.archs for shape in args.shapes
             for method in args.methods for path in ("varmix", "baseline")]
     seconds = {}
@@ -404,8 +430,10 @@ def training_rows(args, dev: torch.device, device_label: str) -> list[tuple[str,
             for method in args.methods:
                 v, b = seconds[arch, shape, method, "varmix"], seconds[arch, shape, method, "baseline"]
                 v_erm, b_erm = seconds[arch, shape, "erm", "varmix"], seconds[arch, shape, "erm", "baseline"]
+                gflops = FLOPS_PER_IMAGE[method, arch, shape] / v / 1e9
                 rows.append((device_label, "train", arch, shape_name(shape), method, fmt_rate(1 / v),
-                             fmt_rate(1 / b), fmt_ratio(b / v), fmt_ratio(v / v_erm), fmt_ratio(b / b_erm)))
+                             fmt_rate(1 / b), fmt_ratio(b / v), fmt_ratio(v / v_erm), fmt_ratio(b / b_erm),
+                             fmt_rate(gflops), f"{gflops / peak:.1%}"))
     return rows
 
 
@@ -439,16 +467,17 @@ def corruption_rows(args, dev: torch.device, device_label: str) -> tuple[list[tu
             label = name if name in BENCHMARK_CORRUPTIONS else f"{name} (extra)"
             rows.append((device_label, "corrupt", DASH, sname, label, fmt_rate(per_run / v),
                          fmt_rate(None if b is None else per_run / b), fmt_ratio(None if b is None else b / v),
-                         DASH, DASH))
+                         DASH, DASH, DASH, DASH))
         ref = list(REFERENCE_CORRUPTIONS)
         v_ref = sum(seconds[shape, name, "varmix"] for name in ref)
         b_ref = sum(seconds[shape, name, "baseline"] for name in ref)
         rows.append((device_label, "corrupt", DASH, sname, f"baselined {len(ref)} x 5 severities",
                      fmt_rate(len(ref) * per_run / v_ref), fmt_rate(len(ref) * per_run / b_ref),
-                     fmt_ratio(b_ref / v_ref), DASH, DASH))
+                     fmt_ratio(b_ref / v_ref), DASH, DASH, DASH, DASH))
         suite = sum(seconds[shape, name, "varmix"] for name in BENCHMARK_CORRUPTIONS)
         rows.append((device_label, "corrupt", DASH, sname, f"suite {len(BENCHMARK_CORRUPTIONS)} x 5 severities",
-                     fmt_rate(len(BENCHMARK_CORRUPTIONS) * per_run / suite), DASH, DASH, DASH, DASH))
+                     fmt_rate(len(BENCHMARK_CORRUPTIONS) * per_run / suite), DASH, DASH, DASH, DASH, DASH,
+                     DASH))
         notes.append(f"- corruption suite, {sname}: varmix would take ~{suite / n * SUITE_IMAGES:.0f} s for "
                      f"{len(BENCHMARK_CORRUPTIONS)} corruptions x 5 severities x {SUITE_IMAGES:,} images "
                      f"(the baselined {len(ref)}: varmix ~{v_ref / n * SUITE_IMAGES:.0f} s, per-image loop "
@@ -586,7 +615,16 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, notes = [], []
     if args.only != "corrupt":
-        rows += training_rows(args, dev, device_label)
+        # The peak the training rows are measured against: fp32 on the CPU; on CUDA the dtype the step's
+        # matmuls run in (bf16 under autocast, else fp32 with PyTorch's default matmul precision).
+        peak_dtype = torch.bfloat16 if args.amp and dev.type == "cuda" else torch.float32
+        peak = matmul_peak(dev, peak_dtype)
+        fp32 = peak if peak_dtype == torch.float32 else matmul_peak(dev, torch.float32)
+        print(f"peak: a large matmul runs at {peak:,.0f} GFLOP/s in {str(peak_dtype).removeprefix('torch.')}"
+              + ("" if peak_dtype == torch.float32 else f" ({fp32:,.0f} in float32)")
+              + f" on {dev}; 'of peak' = the varmix step's counted FLOPs x img/s / that")
+        print()
+        rows += training_rows(args, dev, device_label, peak)
     if args.only != "train":
         corr_rows, notes = corruption_rows(args, dev, device_label)
         rows += corr_rows
@@ -595,6 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"- speedup = varmix img/s / baseline img/s; {DASH} = not measured")
     if args.only != "corrupt":
         print("- train rows: cost vs ERM = the method's time per image / ERM's, on the same path")
+        print("- train rows: varmix GFLOP/s = FLOPs per image of the varmix step (torch.utils.flop_counter: "
+              "matmuls and convolutions of forward, backward and the VAE) x varmix img/s")
     if args.only != "train":
         print("- corrupt rows: images produced per second (an image at each of the 5 severities counts 5 times); "
               "the baseline runs on the CPU whatever the device")
