@@ -13,6 +13,10 @@ The loop follows torchvision's references/classification/train.py, with the data
   alone). The three data generators are seeded with values derived from ``seed`` (numpy SeedSequence), so
   that weight init and data are not the same Mersenne-Twister stream, and so that arms are paired: one
   seed gives every method the same initial weights, image order, crops and flips (``_data_seed``).
+- The adversarial methods (at, trades, iat; ``adversarial_loss``, docs/ADVERSARIAL.md) attack the augmented
+  clean batch with ``varmix.attacks.pgd_linf`` (settings ``cfg.adversarial``), drawing random starts from a
+  fourth generator ("attack") that only they have, then train on it (AT), on TRADES's loss, or on mixup of
+  the clean and of the attacked batch (IAT, ``mixing``'s mixup mixer).
 - CUDA: bf16 autocast (``cfg.amp``), channels_last (``cfg.channels_last``), fused optimisers, the training
   loss accumulated on the device and read once per epoch. CPU: the same code in fp32. Evaluation is
   always fp32 (no autocast), so reported test numbers do not depend on ``cfg.amp``.
