@@ -27,7 +27,7 @@ def test_project_params_are_valid_and_resolve_the_profile():
     paper = p.profiles["paper"].train
     # the paper's classifier settings
     assert paper.arch == "resnet34" and paper.optimizer == "adam" and paper.lr == 1e-3
-    assert paper.epochs["erm"] == 100 and all(paper.epochs[m] == 150 for m in config.METHODS if m != "erm")
+    assert paper.epochs["erm"] == 100 and all(paper.epochs[m] == 150 for m in config.VICINAL_METHODS if m != "erm")
 
 
 def test_departure_switches_default_to_the_earlier_behaviour():
@@ -105,7 +105,7 @@ def edit(raw, path, value):
 @pytest.mark.parametrize("path,value,message", [
     (("dataset",), "mnist", "dataset = 'mnist' is invalid: expected one of fashion-mnist, cifar10"),
     (("profile",), "fast", "profile = 'fast' is invalid: expected one of smoke, default, paper"),
-    (("arms",), ["erm", "varmix"], "arms[1] = 'varmix' is invalid: expected an arm declared in arm_settings or named after a method (cutmix, erm, "),
+    (("arms",), ["erm", "varmix"], "arms[1] = 'varmix' is invalid: expected an arm declared in arm_settings or named after a method (at, cutmix, erm, iat, "),
     (("arms",), [], "arms = [] is invalid: expected a non-empty list"),
     (("arms",), ["erm", "erm"], "arms = ['erm', 'erm'] is invalid: expected each arm at most once"),
     (("arm_settings", "mixup_half", "mix_prob"), 0,

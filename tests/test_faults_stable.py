@@ -177,6 +177,9 @@ _SMOKE = config.load_params(ROOT / "params.yaml", overrides={"profile": "smoke"}
 _REAL_IMAGE_ARMS = [a for a in _SMOKE.arms
                     if not (_SMOKE.arm(a).method in train.VAE_METHODS and _SMOKE.arm_train(a)[1].mix_prob[
                         _SMOKE.arm(a).method] == 1.0)]
+# ... and the adversarial baselines' declared arms, whether or not the study lists them in arms
+_REAL_IMAGE_ARMS += [a for a in _SMOKE.arm_settings
+                     if a not in _SMOKE.arms and _SMOKE.arm(a).method in config.ADVERSARIAL_METHODS]
 
 
 @pytest.mark.parametrize("arm", _REAL_IMAGE_ARMS)

@@ -21,7 +21,12 @@ from varmix.errors import UserError
 
 # Names shared by the whole library (the modules that implement them check they agree).
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "tiny-imagenet")
-METHODS = ("erm", "mixup", "mixup_r", "manifold_mixup", "cutmix", "varmixup")
+# The vicinal methods (varmix.mixing's mixers) and the paper's adversarial baselines (varmix.attacks; the
+# trainer runs them: at = Madry et al.'s PGD training, trades = Zhang et al., iat = Lamb et al.'s
+# interpolated adversarial training, whose mixing is mixup's).
+VICINAL_METHODS = ("erm", "mixup", "mixup_r", "manifold_mixup", "cutmix", "varmixup")
+ADVERSARIAL_METHODS = ("at", "trades", "iat")
+METHODS = VICINAL_METHODS + ADVERSARIAL_METHODS
 ARCHS = ("small_cnn", "preact_resnet18", "resnet34")
 # Mixable layers per architecture for manifold mixup: the input + one per stage (varmix.models builds them).
 NUM_MIX_LAYERS = {"small_cnn": 4, "preact_resnet18": 5, "resnet34": 5}
@@ -54,6 +59,7 @@ MAX_STEPS = 10_000          # linearity_steps, ece_bins, milestones (epochs)
 MAX_SURFACE_POINTS = 1_001  # per axis: points**2 loss evaluations
 MAX_SEED = 2**32 - 1        # numpy's seed range
 MAX_THREADS = 1024
+MAX_BETA = 1_000.0          # TRADES's beta (Zhang et al. use 1 to 6)
 
 
 class ConfigError(ValueError):
@@ -229,6 +235,42 @@ class VAEConfig:
 
 
 @dataclass(frozen=True)
+class AdversarialConfig:
+    """The inner maximisation of the adversarial methods (config.ADVERSARIAL_METHODS; varmix.attacks): PGD
+    in the l-inf ball of radius ``eps`` intersected with [0, 1], ``steps`` sign-gradient steps of ``step``.
+    ``eps`` and ``step`` are in units of 1/255 (as eval.linearity_eps); the paper: eps 8, step 2 (Madry et
+    al.'s CIFAR-10 setting), steps not given. ``random_start``: AT and IAT start uniformly in the ball
+    (Madry et al.), TRADES at x + 0.001 N(0, 1) (its reference); false starts at x. ``beta``: TRADES's
+    weight of the KL term (Zhang et al.'s CIFAR-10 setting: 6). docs/ADVERSARIAL.md."""
+
+    eps: float = 8.0
+    step: float = 2.0
+    steps: int = 7
+    random_start: bool = True
+    beta: float = 6.0
+
+    @property
+    def radius(self) -> float:
+        """eps in pixel units ([0, 1] images)."""
+        return self.eps / 255.0
+
+    @property
+    def step_size(self) -> float:
+        """step in pixel units."""
+        return self.step / 255.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], key: str) -> "AdversarialConfig":
+        d = _check_keys(key, d, cls)
+        g = lambda k: d.get(k, getattr(cls, k))  # noqa: E731
+        return cls(eps=_num(f"{key}.eps", g("eps"), 0, 255),
+                   step=_num(f"{key}.step", g("step"), 0, 255, lo_open=True),
+                   steps=_int(f"{key}.steps", g("steps"), 1, MAX_STEPS),
+                   random_start=_bool(f"{key}.random_start", g("random_start")),
+                   beta=_num(f"{key}.beta", g("beta"), 0, MAX_BETA))
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """The classifier. Paper: ResNet-34, Adam lr 1e-3, ERM 100 epochs, mixers 150."""
 
@@ -259,6 +301,8 @@ class TrainConfig:
     amp: bool = True                 # bf16 autocast on CUDA (ignored on CPU)
     train_subset: int | None = None
     test_subset: int | None = None
+    # the adversarial methods' attack and TRADES's beta (AdversarialConfig); the other methods ignore it
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], key: str) -> "TrainConfig":
@@ -301,6 +345,7 @@ class TrainConfig:
             amp=_bool(f"{key}.amp", g("amp")),
             train_subset=_opt_int(f"{key}.train_subset", g("train_subset"), hi=MAX_SUBSET),
             test_subset=_opt_int(f"{key}.test_subset", g("test_subset"), hi=MAX_SUBSET),
+            adversarial=AdversarialConfig.from_dict(d.get("adversarial", {}), f"{key}.adversarial"),
         )
 
 
