@@ -123,12 +123,15 @@ class Session:
                 f"dataset needs the same shape (C, H, W); pick one of the same shape or null (the "
                 f"classifier's dataset)")
 
-    def load_vae_data(self) -> data.ImageData:
+    def load_vae_data(self, classifier_data: data.ImageData | None = None) -> data.ImageData:
         """The images the VAE trains on (``vae_dataset``), after ``check_vae_dataset``: the shapes are
-        compared before anything is read or trained."""
+        compared before anything is read or trained. ``classifier_data`` (``load_data``'s result) is
+        returned as it is when the VAE trains on the classifier's dataset."""
         from varmix import data
 
         self.check_vae_dataset()
+        if classifier_data is not None and classifier_data.name == self.vae_dataset:
+            return classifier_data
         return data.load(self.vae_dataset, project_root() / self.params.data_dir)
 
     def load_vae(self) -> torch.nn.Module:
