@@ -309,3 +309,19 @@ def test_a_vae_for_other_images_is_refused_when_loaded(tmp_path):
     with pytest.raises(ValueError, match=r"vae.pt is for images of shape \(3, 64, 64\), the dataset 'cifar10' "
                                          r"has \(3, 32, 32\): retrain it"):
         s.load_vae()
+
+
+def test_the_fid_keys_keep_the_vae_checkpoint_and_its_dataset_does_not(fmnist, tmp_path):
+    from varmix.vae import _resume_key, train_vae
+
+    train_x, test_x = fmnist[0][:64], fmnist[2][:32]
+    cfg = VAEConfig(latent_dim=4, width=4, epochs=1, batch_size=32)
+    train_vae(cfg, train_x, test_x, tmp_path, seed=0, device="cpu", progress=False)
+    # FID/KID settings do not change the VAE's training: the same checkpoint is continued
+    train_vae(VAEConfig(latent_dim=4, width=4, epochs=1, batch_size=32, fid_features="inception", fid_samples=9),
+              train_x, test_x, tmp_path, seed=0, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="different run"):
+        train_vae(VAEConfig(latent_dim=4, width=4, epochs=1, batch_size=32, dataset="fashion-mnist"),
+                  train_x, test_x, tmp_path, seed=0, device="cpu", progress=False)
+    # without vae.dataset the key is the one checkpoints had before the setting existed
+    assert "dataset" not in _resume_key(cfg, 0, 64, 32, (1, 28, 28))["config"]
