@@ -38,6 +38,7 @@ SCHEDULES = ("constant", "step", "cosine")  # see TrainConfig.schedule (varmix.t
 ARM_NAME = r"[a-z][a-z0-9_]*"
 CPU_KERNELS = ("portable", "fast")  # see Profile.cpu_kernels
 MANIFOLD_LOSSES = ("soft_ce", "bce_softmax")  # see TrainConfig.manifold_loss (varmix.mixing.mixed_loss)
+FID_FEATURES = ("classifier", "inception")  # see VAEConfig.fid_features (varmix.sample_distance)
 # The 15 benchmark corruptions of CIFAR-10-C (Hendrycks & Dietterich), then the 4 extras.
 BENCHMARK_CORRUPTIONS = (
     "gaussian_noise", "shot_noise", "impulse_noise",
@@ -191,7 +192,14 @@ class VAEConfig:
     The gate (varmix.vae.check_gate; None switches a check off): ``min_psnr`` (dB, test set, as
     varmix.vae.reconstruction_metrics) and ``min_recon_accuracy`` (clean test accuracy of the probe: a
     classifier trained only on the VAE's reconstructions of the first ``probe_subset`` training images
-    for ``probe_epochs`` epochs, varmix.vae.recon_probe)."""
+    for ``probe_epochs`` epochs, varmix.vae.recon_probe).
+
+    ``dataset``: the dataset the VAE trains on (None: the classifier's, params.yaml's ``dataset``); its
+    images must have the classifier data's shape (varmix.pipeline.Session.load_vae_data checks it).
+    ``fid_features``/``fid_samples``: how far the mixers' images are from the data
+    (varmix.sample_distance): FID/KID over ``fid_samples`` training images and as many mixed ones, in
+    the features of ``classifier`` (an ERM small CNN trained with the probe's settings on real images)
+    or ``inception`` (torchmetrics' Inception-v3; needs torch-fidelity and its weights)."""
 
     latent_dim: int = 16
     objective: str = "mmd"          # mmd (the paper's InfoVAE) | kl (beta-VAE ablation)
@@ -208,6 +216,9 @@ class VAEConfig:
     min_recon_accuracy: float | None = None  # in [0, 1]; None: no probe gate
     probe_epochs: int = 3
     probe_subset: int = 10_000
+    dataset: str | None = None      # None: the classifier's dataset
+    fid_features: str = "classifier"  # classifier | inception
+    fid_samples: int = 1000
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], key: str) -> "VAEConfig":
@@ -231,6 +242,10 @@ class VAEConfig:
             min_recon_accuracy=opt_num("min_recon_accuracy", 0, 1),
             probe_epochs=_int(f"{key}.probe_epochs", g("probe_epochs"), 1, MAX_EPOCHS),
             probe_subset=_int(f"{key}.probe_subset", g("probe_subset"), 2, MAX_SUBSET),
+            dataset=None if g("dataset") is None else _choice(f"{key}.dataset", g("dataset"), DATASETS),
+            fid_features=_choice(f"{key}.fid_features", g("fid_features"), FID_FEATURES),
+            # KID needs at least 2 images per subset (its unbiased MMD divides by m(m - 1))
+            fid_samples=_int(f"{key}.fid_samples", g("fid_samples"), 2, MAX_SUBSET),
         )
 
 

@@ -295,3 +295,28 @@ def forest_plot(table: pd.DataFrame):
     axes[0, 0].legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(1.01, 0.0), frameon=False)
     fig.tight_layout()
     return fig
+
+
+def sample_distances(table: pd.DataFrame):
+    """``varmix.sample_distance.mixer_distances``'s table as bars: FID and KID (mean, with the spread
+    over KID's subsets as error bars) of each set of images against the training images."""
+    need = ["samples", "fid", "kid_mean", "kid_std"]
+    missing = [c for c in need if c not in table.columns]
+    if missing or table.empty:
+        raise ValueError(f"sample_distances: columns {missing} missing or no rows; expected "
+                         f"varmix.sample_distance.distances's table")
+    names = list(table["samples"])
+    colours = [PALETTE.get(n, "grey") for n in names]
+    labels = [LABELS.get(n, n) for n in names]
+    fig, axes = _subplots(1, 2, figsize=(10, 0.45 * len(names) + 1.2))
+    for ax, col, title in ((axes[0], "fid", "FID"), (axes[1], "kid_mean", "KID")):
+        sns.barplot(x=table[col].to_numpy(), y=labels, hue=labels, palette=dict(zip(labels, colours)),
+                    legend=False, ax=ax, orient="h")
+        if col == "kid_mean":
+            ax.errorbar(table["kid_mean"], np.arange(len(names)), xerr=table["kid_std"], fmt="none",
+                        ecolor="black", capsize=3, linewidth=1)
+        ax.set_title(f"{title} against the training images (lower: closer)", fontsize=10)
+        ax.set_xlabel(title)
+    axes[1].set_yticklabels([])
+    fig.tight_layout()
+    return fig

@@ -103,8 +103,41 @@ class Session:
 
         return data.load(self.params.dataset, project_root() / self.params.data_dir)
 
+    @property
+    def vae_dataset(self) -> str:
+        """The dataset the VAE trains on: params.yaml's ``vae.dataset``, by default the classifier's."""
+        return self.params.vae.dataset or self.params.dataset
+
+    def check_vae_dataset(self) -> None:
+        """A VAE from another dataset (``vae.dataset``) must take the classifier's images as they are: a
+        ``ValueError`` naming both datasets and shapes when their image shapes (C, H, W) differ. Reads
+        the datasets' specs only, no files."""
+        from varmix import data
+
+        ours, theirs = self.params.dataset, self.vae_dataset
+        a, b = data.image_shape(ours), data.image_shape(theirs)
+        if a != b:
+            raise ValueError(
+                f"profiles.{self.params.profile}.vae.dataset = {theirs!r} has images of shape {b}, the "
+                f"classifier's dataset {ours!r} {a}: the VAE must encode the classifier's images, so its "
+                f"dataset needs the same shape (C, H, W); pick one of the same shape or null (the "
+                f"classifier's dataset)")
+
+    def load_vae_data(self, classifier_data: data.ImageData | None = None) -> data.ImageData:
+        """The images the VAE trains on (``vae_dataset``), after ``check_vae_dataset``: the shapes are
+        compared before anything is read or trained. ``classifier_data`` (``load_data``'s result) is
+        returned as it is when the VAE trains on the classifier's dataset."""
+        from varmix import data
+
+        self.check_vae_dataset()
+        if classifier_data is not None and classifier_data.name == self.vae_dataset:
+            return classifier_data
+        return data.load(self.vae_dataset, project_root() / self.params.data_dir)
+
     def load_vae(self) -> torch.nn.Module:
-        """The VAE the ``vae`` stage (01_vae) trained, frozen, on the device."""
+        """The VAE the ``vae`` stage (01_vae) trained, frozen, on the device (its image shape checked
+        against the classifier's dataset)."""
+        from varmix import data
         from varmix.vae import load_vae
 
         path = self.layout.vae_dir / "vae.pt"
@@ -112,7 +145,12 @@ class Session:
             raise FileNotFoundError(
                 f"the VAE {path} is missing (the mixup_r and varmixup arms need it): train it first with `dvc repro vae` "
                 f"(or `python -m varmix notebook 01_vae --profile {self.params.profile} --dataset {self.params.dataset}`)")
-        return load_vae(path, self.device)
+        vae = load_vae(path, self.device)
+        if vae.image_shape != data.image_shape(self.params.dataset):
+            raise ValueError(f"the VAE {path} is for images of shape {vae.image_shape}, the dataset "
+                             f"{self.params.dataset!r} has {data.image_shape(self.params.dataset)}: retrain it "
+                             f"(`dvc repro vae`)")
+        return vae
 
     def runs(self, arm: str = "all", seed: int | str = "all") -> list[tuple[str, int]]:
         """The (arm, seed) pairs a notebook works on: ``"all"`` expands to params.yaml's ``arms`` and

@@ -311,8 +311,9 @@ def check_divergence(epoch: int, loss: float, first_loss: float, lr: float) -> N
                                f"{first_loss:.3g}, limit {limit:.3g}) at lr {lr:g}; lower vae.lr in params.yaml")
 
 
-# settings that do not change the VAE's training (the gate and its probe): changing them keeps a checkpoint
-_NOT_TRAINING = ("min_psnr", "min_recon_accuracy", "probe_epochs", "probe_subset")
+# settings that do not change the VAE's training (the gate and its probe, the mixed samples' FID/KID):
+# changing them keeps a checkpoint
+_NOT_TRAINING = ("min_psnr", "min_recon_accuracy", "probe_epochs", "probe_subset", "fid_features", "fid_samples")
 
 
 def step_lr(cfg: VAEConfig, step: int, total_steps: int) -> float:
@@ -331,6 +332,8 @@ def _resume_key(cfg: VAEConfig, seed: int, n_train: int, n_test: int, shape: tup
         c.pop("epochs")
     for k in _NOT_TRAINING:
         c.pop(k)
+    if c["dataset"] is None:  # the classifier's dataset: the key of checkpoints written before the setting
+        c.pop("dataset")
     return {"config": c, "seed": seed, "n_train": n_train, "n_test": n_test, "image_shape": list(shape)}
 
 
