@@ -61,7 +61,12 @@ def test_learns_and_writes_the_documented_files(reference, fmnist):
 
     params = json.loads((out / "params.json").read_text())
     assert params["method"] == "mixup" and params["seed"] == 1 and params["arch"] == "small_cnn"
-    assert {k: params[k] for k in config.to_dict(_cfg(3))} == json.loads(json.dumps(config.to_dict(_cfg(3))))
+    own = config.to_dict(_cfg(3))
+    own.update(epochs=3, alpha=1.0, mix_prob=1.0)  # the run's own values, not every method's
+    del own["adversarial"]  # only the adversarial methods record their attack
+    assert params == json.loads(json.dumps({**own, "arm": "mixup", "method": "mixup", "seed": 1, "arch": "small_cnn",
+                                            "dataset": "fashion-mnist", "n_train": N_TRAIN, "n_test": N_TEST,
+                                            "image_shape": [1, 28, 28], "vae_md5": None}))
 
     logits = np.load(out / "test_logits.npy")
     labels = np.load(out / "test_labels.npy")
@@ -120,10 +125,29 @@ def test_checkpoint_of_another_run_or_corrupt_is_refused(reference, fmnist, tmp_
         train.train_classifier("mixup", _cfg(3), fmnist, out, seed=2, device="cpu")
     with pytest.raises(ValueError, match=r"different run: arm = 'mixup' there, 'cutmix' now"):
         train.train_classifier("cutmix", _cfg(3), fmnist, out, seed=1, device="cpu")
+    with pytest.raises(ValueError, match=r"different run: alpha = 1.0 there, 0.5 now"):
+        train.train_classifier("mixup", _cfg(3, alpha={m: 0.5 for m in METHODS}), fmnist, out, seed=1, device="cpu")
     (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"checkpoint .*checkpoint.pt is corrupt"):
         train.train_classifier("mixup", _cfg(3), fmnist, out, seed=1, device="cpu")
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]  # nothing else written
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "checkpoint.pt").write_bytes((ref_out / "checkpoint.pt").read_bytes())
+    # other methods' settings and the attack are not this run's: the finished run is continued (not retrained)
+    other = _cfg(3, alpha={**{m: 2.0 for m in METHODS}, "mixup": 1.0}, mix_prob={**{m: 0.5 for m in METHODS}, "mixup": 1.0},
+                 adversarial=config.AdversarialConfig(steps=3))
+    other = dataclasses.replace(other, epochs={**{m: 9 for m in METHODS}, "mixup": 3})
+    assert train.train_classifier("mixup", other, fmnist, again, seed=1, device="cpu")["resumed_from_epoch"] == 3
+    assert (again / "params.json").read_bytes() == (ref_out / "params.json").read_bytes()
+    # a checkpoint of the older format (every method's epochs, alpha, mix_prob) is refused, saying why
+    state = torch.load(ref_out / "checkpoint.pt", weights_only=False)
+    state["params"].update(epochs={m: 3 for m in METHODS}, alpha={m: 1.0 for m in METHODS},
+                           mix_prob={m: 1.0 for m in METHODS})
+    torch.save(state, again / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"checkpoint.pt records the settings of every method \(epochs, alpha, "
+                                         r"mix_prob per method: an older varmix's format\).*Delete the checkpoint"):
+        train.train_classifier("mixup", _cfg(3), fmnist, again, seed=1, device="cpu")
 
 
 def test_sgd_schedule_and_determinism(fmnist, tmp_path):
@@ -354,6 +378,22 @@ def _adv_cfg(epochs=1, **adv):
     return _cfg(epochs, train_subset=256, test_subset=64, adversarial=config.AdversarialConfig(**settings))
 
 
+def test_a_run_records_its_own_settings_only():
+    """params.json and the checkpoint's same-run check hold the run's own epochs, alpha and mix_prob, and the
+    attack only for an adversarial method: declaring another method or arm leaves existing runs' bytes."""
+    cfg = _cfg(3, mix_prob={m: 0.5 for m in METHODS})
+    more = dataclasses.replace(cfg, epochs={**cfg.epochs, "cutmix": 9, "new_arm": 2},
+                               alpha={**cfg.alpha, "new_arm": 5.0}, mix_prob={**cfg.mix_prob, "new_arm": 1.0},
+                               adversarial=config.AdversarialConfig(steps=9))
+    mixup = train.run_settings("mixup", cfg)
+    assert (mixup["epochs"], mixup["alpha"], mixup["mix_prob"]) == (3, 1.0, 0.5) and "adversarial" not in mixup
+    assert train.run_settings("mixup", more) == mixup
+    assert train.run_settings("cutmix", more)["epochs"] == 9
+    at = train.run_settings("at", cfg)
+    assert at["adversarial"] == config.to_dict(cfg.adversarial) and at["epochs"] == 3
+    assert train.run_settings("at", more)["adversarial"]["steps"] == 9
+
+
 def _params(out_dir):
     return {k: v for k, v in _weights(out_dir).items() if "running" not in k and "num_batches" not in k}
 
@@ -462,6 +502,7 @@ def test_interrupted_at_run_resumes_bit_identically(fmnist, tmp_path, kill_after
     kill_after_epoch(None)
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert sorted(state["generators"]) == ["attack", "augment", "mix", "order"]  # the attack's stream is saved
+    assert json.loads((tmp_path / "run" / "params.json").read_text())["adversarial"] == config.to_dict(cfg.adversarial)
     s = train.train_classifier("at", cfg, fmnist, tmp_path / "run", seed=1, device="cpu")
     assert s["resumed_from_epoch"] == 1 and s["train_loss"] == ref["train_loss"]
     _assert_same_weights(_weights(tmp_path / "run"), _weights(tmp_path / "ref"))

@@ -21,7 +21,8 @@ The loop follows torchvision's references/classification/train.py, with the data
   loss accumulated on the device and read once per epoch. CPU: the same code in fp32. Evaluation is
   always fp32 (no autocast), so reported test numbers do not depend on ``cfg.amp``.
 - Each epoch writes ``checkpoint.pt`` (model, optimiser, scheduler, generator states, history) and
-  ``history.json`` atomically. A run finding a checkpoint of the same run in ``out_dir`` resumes from it;
+  ``history.json`` atomically. A run finding a checkpoint of the same run (equal ``run_settings``, arm,
+  seed, data and VAE) in ``out_dir`` resumes from it;
   on CPU the resumed run ends with bit-identical weights to an uninterrupted one. A checkpoint may also
   be continued with more epochs (``cfg.epochs[method]`` is the only setting allowed to differ), which
   equals training that many epochs in one go as long as the lr schedule agrees (milestones; a cosine
@@ -399,15 +400,33 @@ def _check_inputs(method, cfg, data, seed, vae) -> tuple[ImageData, int, int]:
     return d, epochs, float(alpha)
 
 
+def run_settings(method: str, cfg: config.TrainConfig) -> dict:
+    """The training settings of one run, as its params.json and checkpoint record them: ``cfg``'s fields,
+    with ``epochs``, ``alpha`` and ``mix_prob`` as ``method``'s own values (not the per-method dicts) and
+    the ``adversarial`` block only for an adversarial method. Declaring another method or arm (a new key
+    in those dicts), or changing the adversarial arms' attack, leaves the other runs' records, and so
+    their bytes and checkpoints, as they are. ``method`` and ``cfg`` as checked by ``train_classifier``."""
+    own = config.to_dict(cfg)
+    own.update(epochs=int(cfg.epochs[method]), alpha=float(cfg.alpha[method]),
+               mix_prob=float(cfg.mix_prob[method]))
+    if method not in config.ADVERSARIAL_METHODS:
+        del own["adversarial"]
+    return own
+
+
 def _check_resume(state: Any, params: dict, epochs: int, path: Path) -> None:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} is not a varmix classifier checkpoint (format {found!r}, expected "
                          f"{CHECKPOINT_FORMAT!r}); delete it or choose another out_dir")
     old = state["params"]
+    per_method = [k for k in ("epochs", "alpha", "mix_prob") if isinstance(old.get(k), Mapping)]
+    if per_method:  # written before run_settings: it recorded every method's settings, not this run's own
+        raise ValueError(f"{path} records the settings of every method ({', '.join(per_method)} per method: "
+                         f"an older varmix's format), so it cannot be checked to be the same run as this one. "
+                         f"Delete the checkpoint (or the folder) to start afresh")
     if params.get("schedule") == "cosine" and old.get("epochs") != params.get("epochs"):
-        m = params["method"]
-        raise ValueError(f"{path} was trained for {old.get('epochs', {}).get(m)!r} epochs on a cosine schedule, "
+        raise ValueError(f"{path} was trained for {old.get('epochs')!r} epochs on a cosine schedule, "
                          f"and the schedule's length is fixed by its epochs: continuing to {epochs} would not give "
                          f"the same run as training {epochs} from the start. Delete the checkpoint (or the folder) "
                          f"to start afresh")
@@ -450,7 +469,7 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
                          f"the images have {c}")
     use_vae = method in VAE_METHODS
     arm = arm or method
-    params = {**config.to_dict(cfg), "arm": arm, "method": method, "seed": seed, "arch": cfg.arch,
+    params = {**run_settings(method, cfg), "arm": arm, "method": method, "seed": seed, "arch": cfg.arch,
               "dataset": data.name,
               "n_train": len(d.train_x), "n_test": len(d.test_x), "image_shape": [c, s, s],
               "vae_md5": _state_md5(vae) if use_vae else None}
