@@ -8,7 +8,7 @@ export MPLBACKEND ?= Agg
 NB_THREADS := OMP_NUM_THREADS=2
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 
-.PHONY: install data repro test notebooks
+.PHONY: install data repro test notebooks lab
 
 install:  ## system data package + the project with its test extra + the python3 Jupyter kernel
 	@[ -d /usr/share/datasets/fashion-mnist ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
@@ -32,3 +32,11 @@ test: install  ## library tests, then nbval: re-execute notebooks/ (smoke) and c
 
 notebooks:  ## after a change that alters results: re-execute notebooks/ in place (nbval's reference outputs)
 	$(NB_THREADS) $(PYTHON) -m varmix refresh-notebooks
+
+# Interactive runs write into scratch/ (git- and dvc-ignored), never into the pipeline's results/ or runs/:
+# the kernels JupyterLab starts inherit VARMIX_WORKDIR, which varmix.pipeline.start routes every output to.
+LAB_PORT ?= 8888
+lab: install  ## JupyterLab on the project with the varmix kernel; notebooks write into scratch/
+	$(PYTHON) -m varmix prepare-data
+	mkdir -p scratch
+	VARMIX_WORKDIR=$(CURDIR)/scratch $(PYTHON) -m jupyterlab --ServerApp.root_dir=$(CURDIR) --port=$(LAB_PORT) $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/01_vae.ipynb

@@ -38,7 +38,7 @@ def test_committed_logits_give_the_committed_calibration_numbers():
 
 # The committed study was made on one machine; on any x86-64 CPU with AVX2 at the pinned torch, a run
 # must give the same bytes (README, "Bit-for-bit"). Retraining two of its runs here (erm and mixup: no
-# VAE needed, ~15 s each) through the pipeline's own notebook checks that on whatever CPU runs the tests.
+# VAE needed, ~30 s each on an idle 2-core AVX2 EPYC) through the pipeline's own notebook checks that on whatever CPU runs the tests.
 @pytest.mark.parametrize("arm,seed", [("erm", 0), ("mixup", 1)])
 def test_a_committed_run_retrains_to_the_same_bytes_on_this_cpu(arm, seed, tmp_path):
     if not (ROOT / "data" / PARAMS.dataset / "meta.json").is_file():

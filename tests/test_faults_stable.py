@@ -174,9 +174,12 @@ def test_adam_at_lr_1e6_is_stopped_with_the_method_epoch_loss_and_lr(fmnist, tmp
 _SMOKE = config.load_params(ROOT / "params.yaml", overrides={"profile": "smoke"})
 # The arms that see real images: an arm that trains only on the VAE's decodes (a VAE method at mix_prob 1)
 # trains here on the decodes of an untrained VAE, i.e. on noise, and is rightly at chance.
-_REAL_IMAGE_ARMS = [a for a in _SMOKE.arms
-                    if not (_SMOKE.arm(a).method in train.VAE_METHODS and _SMOKE.arm_train(a)[1].mix_prob[
-                        _SMOKE.arm(a).method] == 1.0)]
+def _sees_real_images(arm: str) -> bool:
+    method, cfg = _SMOKE.arm_train(arm)
+    return method not in train.VAE_METHODS or cfg.mix_prob[method] < 1
+
+
+_REAL_IMAGE_ARMS = [a for a in _SMOKE.arms if _sees_real_images(a)]
 # ... and the adversarial baselines' declared arms, whether or not the study lists them in arms
 _REAL_IMAGE_ARMS += [a for a in _SMOKE.arm_settings
                      if a not in _SMOKE.arms and _SMOKE.arm(a).method in config.ADVERSARIAL_METHODS]

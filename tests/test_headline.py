@@ -1,0 +1,58 @@
+"""varmix.headline: the per-arm headline numbers and the verdicts as the small files DVC shows."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from varmix import headline
+
+
+def _runs():
+    rows = []
+    for arm, base in (("erm", 0.70), ("varmixup", 0.72)):
+        for seed in (0, 1):
+            rows.append({"arm": arm, "seed": seed, "accuracy": base + seed / 100, "corruption_accuracy": base - 0.1,
+                         "ece": 0.1 + seed / 10, "nll": 0.9, "gamma_8": 0.25, "regime": "under-confident"})
+    return pd.DataFrame(rows)
+
+
+def _table():
+    return pd.DataFrame([
+        {"claim": "1. corruptions", "metric": "corruption_accuracy", "arm": "varmixup", "rival": "erm",
+         "verdict": "holds"},
+        {"claim": "2. calibration", "metric": "ece", "arm": "varmixup", "rival": "erm", "verdict": "inconclusive"},
+        {"claim": "3. local linearity", "metric": "gamma_8", "arm": "varmixup", "rival": "erm",
+         "verdict": "contradicted"}])
+
+
+def test_summary_has_one_row_per_arm_and_per_pair_in_five_columns():
+    out = headline.summary(_runs(), _table(), ["varmixup", "erm"])
+    assert list(out) == ["varmixup", "erm", "varmixup-vs-erm"]
+    assert out["erm"] == {"acc": 0.705, "corr_acc": 0.6, "ece": 0.15, "nll": 0.9, "gamma_8": 0.25}
+    assert out["varmixup-vs-erm"] == {"corr_acc": "holds", "ece": "inconclusive", "gamma_8": "contradicted"}
+    assert {k for v in out.values() for k in v} <= set(headline.COLUMNS)
+
+
+def test_write_gives_one_json_per_entry(tmp_path):
+    paths = headline.write(tmp_path / "summary", headline.summary(_runs(), _table(), ["erm", "varmixup"]))
+    assert sorted(p.name for p in paths) == ["erm.json", "varmixup-vs-erm.json", "varmixup.json"]
+    assert json.loads((tmp_path / "summary" / "varmixup.json").read_text())["acc"] == 0.725
+
+
+def test_an_arm_without_runs_is_named():
+    with pytest.raises(ValueError, match=r"arm 'mixup' has no runs in the runs table \(arms there: \['erm', 'varmixup'\]\)"):
+        headline.summary(_runs(), _table(), ["erm", "mixup"])
+
+
+def test_missing_columns_and_unknown_metrics_are_named():
+    with pytest.raises(ValueError, match=r"runs table lacks the columns \['gamma_8'\]"):
+        headline.summary(_runs().drop(columns="gamma_8"), _table(), ["erm"])
+    with pytest.raises(ValueError, match=r"claims on metrics \['brier'\] have no headline column"):
+        headline.summary(_runs(), _table().assign(metric="brier"), ["erm"])
+
+
+def test_bad_names_are_refused_before_writing(tmp_path):
+    with pytest.raises(ValueError, match=r"headline names \['../x'\] are invalid"):
+        headline.write(tmp_path / "s", {"erm": {"acc": 1.0}, "../x": {"acc": 0.0}})
+    assert not (tmp_path / "s").exists()
