@@ -27,6 +27,7 @@ DATASETS = ("fashion-mnist", "cifar10", "cifar100", "tiny-imagenet")
 VICINAL_METHODS = ("erm", "mixup", "mixup_r", "manifold_mixup", "cutmix", "varmixup")
 ADVERSARIAL_METHODS = ("at", "trades", "iat")
 METHODS = VICINAL_METHODS + ADVERSARIAL_METHODS
+VAE_METHODS = ("mixup_r", "varmixup")  # the methods that need the frozen VAE
 ARCHS = ("small_cnn", "preact_resnet18", "resnet34")
 # Mixable layers per architecture for manifold mixup: the input + one per stage (varmix.models builds them).
 NUM_MIX_LAYERS = {"small_cnn": 4, "preact_resnet18": 5, "resnet34": 5}
@@ -382,6 +383,18 @@ class EvalConfig:
     linearity_images: int = 256         # fixed set: the first N test images
     surface_points: int = 21            # grid points per axis of loss surfaces
     surface_images: int = 64
+    # robustness to adversarial perturbations (varmix.perturbation; 07_perturbations): PGD-l-inf with CE at
+    # each eps (units of 1/255), perturbation_steps steps of step_factor*eps/steps, worst case over
+    # perturbation_restarts random starts, on the first perturbation_images test images; then torchattacks'
+    # AutoAttack (autoattack_version) at autoattack_eps on the first autoattack_images of them, seed 0's runs
+    perturbation_eps: tuple[float, ...] = (1, 2, 4, 8)
+    perturbation_steps: int = 20
+    perturbation_restarts: int = 2
+    perturbation_step_factor: float = 2.5
+    perturbation_images: int = 500
+    autoattack_eps: float = 8.0
+    autoattack_images: int = 100
+    autoattack_version: str = "standard"
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], key: str) -> "EvalConfig":
@@ -408,6 +421,16 @@ class EvalConfig:
             linearity_images=_int(f"{key}.linearity_images", g("linearity_images"), 1, MAX_SUBSET),
             surface_points=_int(f"{key}.surface_points", g("surface_points"), 3, MAX_SURFACE_POINTS),
             surface_images=_int(f"{key}.surface_images", g("surface_images"), 1, MAX_SUBSET),
+            perturbation_eps=tuple(_num(f"{key}.perturbation_eps[{i}]", e, 0, 255, lo_open=True) for i, e in
+                                   enumerate(_list(f"{key}.perturbation_eps", list(g("perturbation_eps"))))),
+            perturbation_steps=_int(f"{key}.perturbation_steps", g("perturbation_steps"), 1, MAX_STEPS),
+            perturbation_restarts=_int(f"{key}.perturbation_restarts", g("perturbation_restarts"), 1, MAX_STEPS),
+            perturbation_step_factor=_num(f"{key}.perturbation_step_factor", g("perturbation_step_factor"), 0,
+                                          100, lo_open=True),
+            perturbation_images=_int(f"{key}.perturbation_images", g("perturbation_images"), 1, MAX_SUBSET),
+            autoattack_eps=_num(f"{key}.autoattack_eps", g("autoattack_eps"), 0, 255, lo_open=True),
+            autoattack_images=_int(f"{key}.autoattack_images", g("autoattack_images"), 0, MAX_SUBSET),
+            autoattack_version=_choice(f"{key}.autoattack_version", g("autoattack_version"), AUTOATTACK_VERSIONS),
         )
 
 
@@ -435,6 +458,13 @@ class Profile:
                    cpu_threads=_opt_int(f"{key}.cpu_threads", d.get("cpu_threads"), hi=MAX_THREADS))
 
 
+# torchattacks' AutoAttack versions (standard: APGD-CE, APGD-T, FAB-T, Square; rand: APGD-CE and APGD-DLR
+# with EOT, for randomised defences)
+AUTOATTACK_VERSIONS = ("standard", "rand")
+# which VAE an arm of a VAE method uses: the vae stage's, or the vae_adversarial stage's (adv-VarMixup)
+VAE_KINDS = ("plain", "adversarial")
+
+
 @dataclass(frozen=True)
 class Arm:
     """One arm of the study: a method with its settings (params.yaml's ``arm_settings``). Settings left out
@@ -446,6 +476,7 @@ class Arm:
     mix_prob: float | None = None  # None: the profile's train.mix_prob[method] (1 unless set)
     alpha: float | None = None   # None: the profile's train.alpha[method]
     epochs: int | None = None    # None: the profile's train.epochs[method]
+    vae: str = "plain"           # VAE methods only: plain (the vae stage's) | adversarial (adv-VarMixup's)
 
     @classmethod
     def from_dict(cls, name: Any, d: Any, key: str) -> "Arm":
@@ -453,15 +484,19 @@ class Arm:
             raise _fail(key, name, "an arm name of lower-case letters, digits and underscores, starting "
                                    "with a letter")
         if not isinstance(d, Mapping):
-            raise _fail(f"{key}.{name}", d, "a mapping with keys method, mix_prob, alpha, epochs")
-        unknown = sorted(set(d) - {"method", "mix_prob", "alpha", "epochs"})
+            raise _fail(f"{key}.{name}", d, "a mapping with keys method, mix_prob, alpha, epochs, vae")
+        unknown = sorted(set(d) - {"method", "mix_prob", "alpha", "epochs", "vae"})
         if unknown:
             raise ConfigError(f"params: unknown key {key}.{name}.{unknown[0]}; allowed keys in {key}.{name}: "
-                              f"alpha, epochs, method, mix_prob")
+                              f"alpha, epochs, method, mix_prob, vae")
         if "method" not in d:
             raise ConfigError(f"params: missing key {key}.{name}.method")
         k = f"{key}.{name}"
-        return cls(name=name, method=_choice(f"{k}.method", d["method"], METHODS),
+        method = _choice(f"{k}.method", d["method"], METHODS)
+        vae = _choice(f"{k}.vae", d.get("vae", "plain"), VAE_KINDS)
+        if vae != "plain" and method not in VAE_METHODS:
+            raise _fail(f"{k}.vae", vae, f"plain for method {method} (only {', '.join(VAE_METHODS)} use a VAE)")
+        return cls(name=name, method=method, vae=vae,
                    mix_prob=None if d.get("mix_prob") is None else _num(f"{k}.mix_prob", d["mix_prob"], 0, 1,
                                                                         lo_open=True),
                    alpha=None if d.get("alpha") is None else _num(f"{k}.alpha", d["alpha"], 0, lo_open=True),

@@ -60,6 +60,11 @@ class Layout:
     def vae_dir(self) -> Path:
         return self.runs / "vae"
 
+    def vae_folder(self, kind: str = "plain") -> Path:
+        """The trained VAE of ``kind`` (config.VAE_KINDS): the vae stage's (plain) or the
+        vae_adversarial stage's (adversarial, adv-VarMixup's)."""
+        return self.vae_dir if kind == "plain" else self.runs / f"vae_{_vae_kind(kind)}"
+
     def model_dir(self, arm: str, seed: int) -> Path:
         return self.runs / "models" / run_name(arm, seed)
 
@@ -81,6 +86,18 @@ class Layout:
         """Wall-clock seconds (different on every run): kept apart from the metrics, and no stage
         depends on them, so a re-run with the same results changes nothing downstream."""
         return self.results / "timings" / f"{name}.json"
+
+
+def _vae_kind(kind: str) -> str:
+    if kind not in config.VAE_KINDS:
+        raise ValueError(f"vae kind = {kind!r}: expected one of {', '.join(config.VAE_KINDS)}")
+    return kind
+
+
+def vae_name(kind: str = "plain") -> str:
+    """The name of a VAE's metrics, plot data and executed notebook suffix: ``vae`` (plain) or
+    ``vae_adversarial``."""
+    return "vae" if _vae_kind(kind) == "plain" else f"vae_{kind}"
 
 
 def run_name(arm: str, seed: int) -> str:
@@ -134,22 +151,31 @@ class Session:
             return classifier_data
         return data.load(self.vae_dataset, project_root() / self.params.data_dir)
 
-    def load_vae(self) -> torch.nn.Module:
-        """The VAE the ``vae`` stage (01_vae) trained, frozen, on the device (its image shape checked
-        against the classifier's dataset)."""
+    def vae_config(self, kind: str = "plain"):
+        """The VAE settings of ``kind``: the profile's ``vae``; for ``adversarial`` with its
+        ``vae_adversarial`` block as the VAE's adversarial training (adv-VarMixup's recipe)."""
+        return self.params.vae_of(_vae_kind(kind))
+
+    def load_vae(self, kind: str = "plain") -> torch.nn.Module:
+        """The VAE the ``vae`` stage (01_vae) trained, or for ``kind = "adversarial"`` the
+        ``vae_adversarial`` stage, frozen, on the device (its image shape checked against the classifier's
+        dataset)."""
         from varmix import data
         from varmix.vae import load_vae
 
-        path = self.layout.vae_dir / "vae.pt"
+        path = self.layout.vae_folder(kind) / "vae.pt"
+        stage = vae_name(kind)
         if not path.is_file():
+            flag = "" if kind == "plain" else f" --vae {kind}"
             raise FileNotFoundError(
-                f"the VAE {path} is missing (the mixup_r and varmixup arms need it): train it first with `dvc repro vae` "
-                f"(or `python -m varmix notebook 01_vae --profile {self.params.profile} --dataset {self.params.dataset}`)")
+                f"the VAE {path} is missing (the arms of {', '.join(config.VAE_METHODS)} with vae: {kind} need "
+                f"it): train it first with `dvc repro {stage}` (or `python -m varmix notebook 01_vae --profile "
+                f"{self.params.profile} --dataset {self.params.dataset}{flag}`)")
         vae = load_vae(path, self.device)
         if vae.image_shape != data.image_shape(self.params.dataset):
             raise ValueError(f"the VAE {path} is for images of shape {vae.image_shape}, the dataset "
                              f"{self.params.dataset!r} has {data.image_shape(self.params.dataset)}: retrain it "
-                             f"(`dvc repro vae`)")
+                             f"(`dvc repro {stage}`)")
         return vae
 
     def runs(self, arm: str = "all", seed: int | str = "all") -> list[tuple[str, int]]:
@@ -269,7 +295,8 @@ def _check_cpu_kernels(capability: str) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # running the notebooks (dvc.yaml's stages and the nbval reference outputs)
-NOTEBOOKS = ("01_vae", "02_train", "03_corruptions", "04_calibration", "05_landscape", "06_report")
+NOTEBOOKS = ("01_vae", "02_train", "03_corruptions", "04_calibration", "05_landscape", "07_perturbations",
+             "06_report")
 KERNEL = "python3"  # registered by `make install` (ipykernel install --sys-prefix --name python3)
 # ipykernel logs a warning about its localhost TCP transport on every start; the kernel's own errors still show
 _KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
@@ -439,9 +466,10 @@ def _on_parent_death(parent: int, done: threading.Event, every: float = 0.5) -> 
 
 
 def run_notebook(name: str, profile: str | None = None, dataset: str | None = None,
-                 arm: str | None = None, seed: int | None = None) -> Path:
+                 arm: str | None = None, seed: int | None = None, vae: str | None = None) -> Path:
     """Execute ``notebooks/<name>.ipynb`` with papermill (a dvc.yaml stage) and write it, cleaned, to
-    ``results/<dataset>/<profile>/notebooks/<name>[-<arm>-s<seed>].ipynb``. Parameters are checked
+    ``results/<dataset>/<profile>/notebooks/<name>[-<arm>-s<seed>].ipynb`` (01_vae with ``vae`` =
+    adversarial: ``01_vae-adversarial.ipynb``, the vae_adversarial stage). Parameters are checked
     before the kernel starts; a cell that raises fails the run, writes nothing to the output and leaves the
     executed notebook at ``failed_path(out)`` (see ``_execute``)."""
     if name not in NOTEBOOKS:
@@ -449,6 +477,9 @@ def run_notebook(name: str, profile: str | None = None, dataset: str | None = No
     if (arm is None) != (seed is None) or (arm is not None and name != "02_train"):
         raise ValueError(f"arm and seed go together and only with 02_train (got arm={arm!r}, "
                          f"seed={seed!r} for {name})")
+    if vae is not None and (name != "01_vae" or vae not in config.VAE_KINDS):
+        raise ValueError(f"vae = {vae!r} goes only with 01_vae and is one of {', '.join(config.VAE_KINDS)} (got "
+                         f"it for {name})")
     params, layout = _resolve(profile, dataset)  # validates params.yaml with these overrides
     if arm is not None:
         Session(params, layout, None).runs(arm, seed)  # names must be among params.yaml's lists
@@ -457,10 +488,14 @@ def run_notebook(name: str, profile: str | None = None, dataset: str | None = No
     if arm is not None:
         parameters.update(arm=arm, seed=seed)
         out_name = f"{name}-{run_name(arm, seed)}"
+    if vae not in (None, "plain"):
+        parameters["vae_kind"] = vae
+        out_name = f"{name}-{vae}"
     out = layout.notebook(out_name)
     for folder in (layout.results, layout.runs):
         _check_writable(folder)
     label = name if arm is None else f"{name} (arm {arm}, seed {seed})"
+    label += "" if vae in (None, "plain") else f" (vae {vae})"
     _execute(project_root() / "notebooks" / f"{name}.ipynb", out, parameters, label)
     return out
 

@@ -69,7 +69,7 @@ from varmix.models import NUM_MIX_LAYERS, build_model
 
 CHECKPOINT_FORMAT = "varmix-classifier-checkpoint-2"  # 2: three generators (order, augmentation, mixing)
 MODEL_FORMAT = "varmix-classifier-1"
-VAE_METHODS = ("mixup_r", "varmixup")
+VAE_METHODS = config.VAE_METHODS
 EVAL_BATCH_SIZE = 500
 
 
