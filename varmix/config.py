@@ -383,7 +383,7 @@ class EvalConfig:
     linearity_images: int = 256         # fixed set: the first N test images
     surface_points: int = 21            # grid points per axis of loss surfaces
     surface_images: int = 64
-    # robustness to adversarial perturbations (varmix.perturbation; 07_perturbations): PGD-l-inf with CE at
+    # robustness to adversarial perturbations (varmix.perturbation; 06_perturbations): PGD-l-inf with CE at
     # each eps (units of 1/255), perturbation_steps steps of step_factor*eps/steps, worst case over
     # perturbation_restarts random starts, on the first perturbation_images test images; then torchattacks'
     # AutoAttack (autoattack_version) at autoattack_eps on the first autoattack_images of them, seed 0's runs

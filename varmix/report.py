@@ -137,7 +137,7 @@ def formatted_comparisons(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------------
-# the study's claims, fixed before looking (06_report runs them; tests/test_report.py pins them)
+# the study's claims, fixed before looking (07_report runs them; tests/test_report.py pins them)
 def study_claims(n_bins: int = 15):
     """The four claims the study decides, as :class:`varmix.stats.Claim`: higher corruption accuracy
     (mean over the 15 corruptions x 5 severities), lower clean ECE, lower mean γ at ε = 8/255, higher
