@@ -95,7 +95,11 @@ def test_config_rejects_unknown_keys_and_non_mappings():
     (AdversarialConfig(), r"cfg.adversarial is a AdversarialConfig: expected None or a "
                           r"varmix.config.AdversarialVAEConfig"),
 ])
-def test_train_vae_rejects_a_bad_config_built_in_code_before_any_work(fmnist, tmp_path, bad, word):
+def test_train_vae_rejects_a_bad_config_built_in_code_before_any_work(fmnist, tmp_path, monkeypatch, bad, word):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the VAE was built before the settings were checked")
+
+    monkeypatch.setattr(vae_mod, "ConvVAE", no_work)
     with pytest.raises(ValueError, match=word):
         train_vae(tiny_cfg(bad), *fmnist, tmp_path / "run", seed=0, device="cpu", progress=False)
     assert not (tmp_path / "run").exists()
