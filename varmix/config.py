@@ -200,7 +200,9 @@ class VAEConfig:
     ``fid_features``/``fid_samples``: how far the mixers' images are from the data
     (varmix.sample_distance): FID/KID over ``fid_samples`` training images and as many mixed ones, in
     the features of ``classifier`` (an ERM small CNN trained with the probe's settings on real images)
-    or ``inception`` (torchmetrics' Inception-v3; needs torch-fidelity and its weights)."""
+    or ``inception`` (torchmetrics' Inception-v3; needs torch-fidelity and its weights).
+    ``adversarial``: None (absent or null in params.yaml) trains the plain VAE; an ``AdversarialVAEConfig``
+    trains adv-VarMixup's VAE on PGD-attacked batches (varmix.vae.train_vae)."""
 
     latent_dim: int = 16
     objective: str = "mmd"          # mmd (the paper's InfoVAE) | kl (beta-VAE ablation)
@@ -220,6 +222,8 @@ class VAEConfig:
     dataset: str | None = None      # None: the classifier's dataset
     fid_features: str = "classifier"  # classifier | inception
     fid_samples: int = 1000
+    # adv-VarMixup's adversarially trained VAE (AdversarialVAEConfig); None: the plain VAE
+    adversarial: "AdversarialVAEConfig | None" = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], key: str) -> "VAEConfig":
@@ -247,23 +251,23 @@ class VAEConfig:
             fid_features=_choice(f"{key}.fid_features", g("fid_features"), FID_FEATURES),
             # KID needs at least 2 images per subset (its unbiased MMD divides by m(m - 1))
             fid_samples=_int(f"{key}.fid_samples", g("fid_samples"), 2, MAX_SUBSET),
+            adversarial=None if g("adversarial") is None
+            else AdversarialVAEConfig.from_dict(g("adversarial"), f"{key}.adversarial"),
         )
 
 
 @dataclass(frozen=True)
-class AdversarialConfig:
-    """The inner maximisation of the adversarial methods (config.ADVERSARIAL_METHODS; varmix.attacks): PGD
-    in the l-inf ball of radius ``eps`` intersected with [0, 1], ``steps`` sign-gradient steps of ``step``.
-    ``eps`` and ``step`` are in units of 1/255 (as eval.linearity_eps); the paper: eps 8, step 2 (Madry et
-    al.'s CIFAR-10 setting), steps not given. ``random_start``: AT and IAT start uniformly in the ball
-    (Madry et al.), TRADES at x + 0.001 N(0, 1) (its reference); false starts at x. ``beta``: TRADES's
-    weight of the KL term (Zhang et al.'s CIFAR-10 setting: 6). docs/ADVERSARIAL.md."""
+class PGDConfig:
+    """The settings of a PGD attack in the l-inf ball of radius ``eps`` intersected with [0, 1]: ``steps``
+    sign-gradient steps of ``step``; ``eps`` and ``step`` in units of 1/255 (as eval.linearity_eps);
+    ``random_start``: start at a random point of the ball, else at x. Shared by the classifiers' attack
+    (``AdversarialConfig``) and the adversarially trained VAE's (``AdversarialVAEConfig``), which parse and
+    check these four keys here, once."""
 
     eps: float = 8.0
     step: float = 2.0
     steps: int = 7
     random_start: bool = True
-    beta: float = 6.0
 
     @property
     def radius(self) -> float:
@@ -276,14 +280,43 @@ class AdversarialConfig:
         return self.step / 255.0
 
     @classmethod
+    def from_dict(cls, d: Mapping[str, Any], key: str) -> "PGDConfig":
+        d = _check_keys(key, d, cls)
+        return cls(**cls._pgd_settings(d, key))
+
+    @classmethod
+    def _pgd_settings(cls, d: Mapping[str, Any], key: str) -> dict[str, Any]:
+        """The four PGD keys of the checked mapping ``d`` (defaults for missing ones), validated."""
+        g = lambda k: d.get(k, getattr(cls, k))  # noqa: E731
+        return dict(eps=_num(f"{key}.eps", g("eps"), 0, 255),
+                    step=_num(f"{key}.step", g("step"), 0, 255, lo_open=True),
+                    steps=_int(f"{key}.steps", g("steps"), 1, MAX_STEPS),
+                    random_start=_bool(f"{key}.random_start", g("random_start")))
+
+
+@dataclass(frozen=True)
+class AdversarialConfig(PGDConfig):
+    """The inner maximisation of the adversarial methods (config.ADVERSARIAL_METHODS; varmix.attacks): PGD
+    in the l-inf ball of radius ``eps`` intersected with [0, 1], ``steps`` sign-gradient steps of ``step``.
+    ``eps`` and ``step`` are in units of 1/255 (as eval.linearity_eps); the paper: eps 8, step 2 (Madry et
+    al.'s CIFAR-10 setting), steps not given. ``random_start``: AT and IAT start uniformly in the ball
+    (Madry et al.), TRADES at x + 0.001 N(0, 1) (its reference); false starts at x. ``beta``: TRADES's
+    weight of the KL term (Zhang et al.'s CIFAR-10 setting: 6). docs/ADVERSARIAL.md."""
+
+    beta: float = 6.0
+
+    @classmethod
     def from_dict(cls, d: Mapping[str, Any], key: str) -> "AdversarialConfig":
         d = _check_keys(key, d, cls)
-        g = lambda k: d.get(k, getattr(cls, k))  # noqa: E731
-        return cls(eps=_num(f"{key}.eps", g("eps"), 0, 255),
-                   step=_num(f"{key}.step", g("step"), 0, 255, lo_open=True),
-                   steps=_int(f"{key}.steps", g("steps"), 1, MAX_STEPS),
-                   random_start=_bool(f"{key}.random_start", g("random_start")),
-                   beta=_num(f"{key}.beta", g("beta"), 0, MAX_BETA))
+        return cls(**cls._pgd_settings(d, key), beta=_num(f"{key}.beta", d.get("beta", cls.beta), 0, MAX_BETA))
+
+
+@dataclass(frozen=True)
+class AdversarialVAEConfig(PGDConfig):
+    """adv-VarMixup's VAE (params.yaml ``vae.adversarial``; varmix.vae.train_vae, docs/ADVERSARIAL.md): every
+    training batch is attacked by PGD (these settings, in units of 1/255, as ``train.adversarial``) ascending
+    the VAE's loss of reconstructing the clean batch from the attacked one, and the VAE is trained on that
+    loss. The paper gives no recipe; this one is ours."""
 
 
 @dataclass(frozen=True)
