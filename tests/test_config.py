@@ -313,3 +313,30 @@ def test_perturbation_settings_are_validated():
         raw = edit(RAW, ("profiles", "default", "eval", key), value)
         with pytest.raises(config.ConfigError, match=rf"profiles.default.eval.{key}.*{allowed}"):
             config.Params.from_dict(raw)
+
+
+def test_the_adversarial_vae_has_its_own_block():
+    p = config.load_params(ROOT / "params.yaml")
+    assert p.vae_of("plain") == p.vae and p.vae.adversarial is None
+    adv = p.vae_of("adversarial")
+    assert adv.adversarial == p.selected.vae_adversarial and dataclasses.replace(adv, adversarial=None) == p.vae
+    with pytest.raises(ValueError, match="vae kind = 'robust': expected one of plain, adversarial"):
+        p.vae_of("robust")
+    # the plain VAE's block may not carry the PGD: it would make the vae stage's VAE adversarial
+    raw = edit(RAW, ("profiles", "default", "vae", "adversarial"), {"eps": 8.0, "step": 2.0, "steps": 2})
+    with pytest.raises(config.ConfigError, match=r"profiles.default.vae.adversarial = .* expected null here: "
+                                                 r"the adversarial VAE's PGD goes in profiles.default.vae_adversarial"):
+        config.Params.from_dict(raw)
+    # an arm that needs the adversarial VAE, in a profile without one: stopped before anything runs
+    raw = copy.deepcopy(RAW)
+    del raw["profiles"]["default"]["vae_adversarial"]
+    with pytest.raises(config.ConfigError, match=r"profiles.default.vae_adversarial is not set, but the arms "
+                                                 r"adv_varmixup use the adversarial VAE"):
+        config.Params.from_dict(raw)
+    raw["arms"] = [a for a in raw["arms"] if a != "adv_varmixup"]
+    q = config.Params.from_dict(raw)
+    with pytest.raises(config.ConfigError, match="profiles.default.vae_adversarial is not set"):
+        q.vae_of("adversarial")
+    raw = edit(RAW, ("profiles", "default", "vae_adversarial", "steps"), 0)
+    with pytest.raises(config.ConfigError, match=r"profiles.default.vae_adversarial.steps = 0 is invalid"):
+        config.Params.from_dict(raw)

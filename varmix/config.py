@@ -480,11 +480,22 @@ class Profile:
     # another number of threads sums in another order, so bit-for-bit results need the same count on every
     # machine; pipeline.start sets it (a machine with fewer cores still gets the same bits, only slower).
     cpu_threads: int | None = None
+    # adv-VarMixup's VAE (the vae_adversarial stage): the profile's vae trained with this PGD
+    # (AdversarialVAEConfig; None: the profile has no adversarial VAE, and no arm may ask for one)
+    vae_adversarial: "AdversarialVAEConfig | None" = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], key: str) -> "Profile":
         d = _check_keys(key, d, cls)
-        return cls(vae=VAEConfig.from_dict(d["vae"], f"{key}.vae"),
+        vae = VAEConfig.from_dict(d["vae"], f"{key}.vae")
+        if vae.adversarial is not None:
+            # one place per VAE: the vae stage trains the plain one, vae_adversarial the adversarial one
+            raise _fail(f"{key}.vae.adversarial", to_dict(vae.adversarial),
+                        f"null here: the adversarial VAE's PGD goes in {key}.vae_adversarial (its own stage)")
+        adv = d.get("vae_adversarial")
+        return cls(vae=vae,
+                   vae_adversarial=None if adv is None else AdversarialVAEConfig.from_dict(
+                       adv, f"{key}.vae_adversarial"),
                    train=TrainConfig.from_dict(d["train"], f"{key}.train"),
                    eval=EvalConfig.from_dict(d["eval"], f"{key}.eval"),
                    cpu_kernels=_choice(f"{key}.cpu_kernels", d.get("cpu_kernels", "fast"), CPU_KERNELS),
@@ -576,6 +587,19 @@ class Params:
     def eval(self) -> EvalConfig:
         return self.selected.eval
 
+    def vae_of(self, kind: str = "plain") -> VAEConfig:
+        """The selected profile's VAE settings of ``kind`` (VAE_KINDS): ``vae`` as it is (plain), or with
+        the profile's ``vae_adversarial`` as its adversarial training (adversarial)."""
+        if kind not in VAE_KINDS:
+            raise ValueError(f"vae kind = {kind!r}: expected one of {', '.join(VAE_KINDS)}")
+        if kind == "plain":
+            return self.vae
+        adv = self.selected.vae_adversarial
+        if adv is None:
+            raise ConfigError(f"params: profiles.{self.profile}.vae_adversarial is not set: the adversarial VAE "
+                              f"(arms with vae: adversarial) needs its PGD settings there")
+        return dataclasses.replace(self.vae, adversarial=adv)
+
     def arm(self, name: str) -> Arm:
         """The declared arm ``name`` (a ValueError naming the declared ones otherwise)."""
         if name not in self.arm_settings:
@@ -643,6 +667,12 @@ class Params:
         raw_dir = d.get("raw_dir")
         if raw_dir is not None and not isinstance(raw_dir, str):
             raise _fail("raw_dir", raw_dir, "a folder path or null")
+        profiles = {name: Profile.from_dict(p, f"profiles.{name}") for name, p in profiles_raw.items()}
+        needs_adv = [a for a in arms if settings[a].vae == "adversarial"]
+        if needs_adv and profiles[profile].vae_adversarial is None:
+            raise ConfigError(f"params: profiles.{profile}.vae_adversarial is not set, but the arms "
+                              f"{', '.join(needs_adv)} use the adversarial VAE (arm_settings' vae: adversarial): "
+                              f"give it the VAE's PGD settings (eps, step, steps, random_start)")
         return cls(
             profile=profile,
             dataset=_choice("dataset", d["dataset"], DATASETS),
@@ -650,7 +680,7 @@ class Params:
             raw_dir=raw_dir,
             arms=arms,
             seeds=seeds,
-            profiles={name: Profile.from_dict(p, f"profiles.{name}") for name, p in profiles_raw.items()},
+            profiles=profiles,
             arm_settings=settings,
             comparisons=comparisons,
         )
