@@ -62,9 +62,11 @@ def _check_data(model: Any, x: Any, y: Any) -> None:
 
 
 def _device(model: nn.Module, device: Any) -> torch.device:
-    """``device`` (the model is moved there), or the model's own device when None (train.predict_logits's rule)."""
+    """``device`` (the model is moved there), or the model's own device when None (train.predict_logits's
+    rule; the CPU for a model without parameters)."""
     if device is None:
-        return next(model.parameters()).device
+        first = next(model.parameters(), None)
+        return first.device if first is not None else torch.device("cpu")
     dev = resolve_device(device)
     model.to(dev)
     return dev
