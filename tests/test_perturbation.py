@@ -125,12 +125,16 @@ class CoinFlip(nn.Module):
 def test_robust_means_surviving_every_restart():
     """200 coin flips per restart: an image survives r restarts with probability 2**-r only if it must
     survive each one (the worst case), and only if every survivor is attacked at every restart. Last
-    restart wins, or any restart, or skipping images of a batch would leave about 100, 187 or 40 at r = 4."""
+    restart wins, or any restart, or skipping images of a batch would leave about 100, 187 or 40 at r = 4;
+    attacking every eps afresh would leave about 100 at the second eps, not nested in the first's."""
     x, y = torch.full((200, 1, 4, 4), 0.5), torch.zeros(200, dtype=torch.long)
     model = CoinFlip()
     counts = [int(P.pgd_robust(model, x, y, [0.1], steps=2, restarts=r, gen=gen(r), batch_size=3)[0.1].sum())
               for r in (1, 4)]
     assert 70 < counts[0] < 130 and 0 < counts[1] <= 25, counts
+    # across eps likewise: the images still robust at 0.05 get one more flip at 0.1 (about 50 survive both)
+    masks = P.pgd_robust(model, x, y, [0.05, 0.1], steps=1, restarts=1, gen=gen())
+    assert not (masks[0.1] & ~masks[0.05]).any() and 25 < int(masks[0.1].sum()) < 75, int(masks[0.1].sum())
 
 
 class TwoClassLinear(nn.Module):
