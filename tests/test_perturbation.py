@@ -4,6 +4,7 @@ torchattacks' AutoAttack, on real Fashion-MNIST images (CPU, a few dozen images)
 import importlib.util
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -266,3 +267,32 @@ def test_autoattack_robust_says_how_to_install_torchattacks(linear, batch, monke
     monkeypatch.setitem(sys.modules, "torchattacks", None)        # import torchattacks -> ImportError
     with pytest.raises(ImportError, match=r"pip install --no-deps torchattacks==3\.5\.1"):
         P.autoattack_robust(linear, *batch, 2 / 255, seed=0)
+
+
+def test_every_runs_masks_round_trip_and_tabulate(tmp_path):
+    """save_masks/load_masks keep each run's masks (keys in 1/255), bytes stable; accuracy_table is one row
+    per run and eps; runs with other eps or image counts are refused (the report pairs them per image)."""
+    from varmix import perturbation as P
+
+    g = torch.Generator().manual_seed(0)
+    runs = {f"{arm}-s{sd}": {e / 255: torch.rand(40, generator=g) < 0.8 - e / 20 for e in (0.0, 2.0, 8.0)}
+            for arm in ("erm", "varmixup") for sd in (0, 1)}
+    path = tmp_path / "perturbations.npz"
+    P.save_masks(path, runs)
+    first = path.read_bytes()
+    P.save_masks(path, runs)
+    assert path.read_bytes() == first
+    back = P.load_masks(path)
+    assert list(back) == list(runs) and list(back["erm-s1"]) == [0.0, 2.0, 8.0]
+    assert np.array_equal(back["varmixup-s0"][8.0], runs["varmixup-s0"][8 / 255].numpy())
+    table = P.accuracy_table(runs)
+    assert list(table.columns) == ["arm", "seed", "eps_255", "accuracy"] and len(table) == 12
+    row = table[(table.arm == "varmixup") & (table.seed == 1) & (table.eps_255 == 2.0)]
+    assert row["accuracy"].item() == pytest.approx(runs["varmixup-s1"][2 / 255].float().mean().item())
+    bad = dict(runs, **{"cutmix-s0": {e / 255: torch.ones(40, dtype=torch.bool) for e in (0.0, 4.0)}})
+    with pytest.raises(ValueError, match=r"runs\['cutmix-s0'\] has eps \[0.0, 4.0\]/255 and 40 images, "
+                                         r"runs\['erm-s0'\] \[0.0, 2.0, 8.0\] and 40: every run needs the same eps"):
+        P.save_masks(tmp_path / "bad.npz", bad)
+    assert not (tmp_path / "bad.npz").exists()
+    with pytest.raises(ValueError, match="run name 'erm0': expected '<arm>-s<seed>'"):
+        P.accuracy_table({"erm0": runs["erm-s0"]})

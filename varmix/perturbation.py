@@ -8,7 +8,8 @@ classifies correctly after an attack of radius eps.
 - ``autoattack_robust(model, x, y, eps, *, seed, version="standard", batch_size=500, device=None)``: the
   same mask under torchattacks' AutoAttack (Croce & Hein; "standard": APGD-CE, APGD-T, FAB-T, Square).
 - ``robust_accuracy_table(masks)``: accuracy per eps as a DataFrame (columns eps, eps_255, n, robust,
-  accuracy).
+  accuracy); ``accuracy_table(runs)`` the same for every run (arm, seed, eps_255, accuracy);
+  ``save_masks``/``load_masks`` every run's masks in one committed .npz (the report's per-image input).
 
 Our classifiers normalise inside (``varmix.models``: mean/std buffers), so both attacks see images in
 [0, 1], as pgd_linf and torchattacks expect.
@@ -18,7 +19,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Iterable
+import os
+from typing import Any, Iterable, Mapping
+
+import numpy as np
 
 import pandas as pd
 import torch
@@ -228,3 +232,58 @@ def robust_accuracy_table(masks: dict[float, Tensor]) -> pd.DataFrame:
     if len(lengths) > 1:
         raise ValueError(f"masks have lengths {sorted(lengths)}: expected one N for every eps")
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# every run's masks: the perturbation chapter's table and per-image file (what the report resamples)
+def _eps_key(eps_255: float) -> str:
+    return f"eps_{eps_255:g}"
+
+
+def accuracy_table(runs: Mapping[str, Mapping[float, Tensor]]) -> pd.DataFrame:
+    """``{"<arm>-s<seed>": pgd_robust's masks}`` as one long table: arm, seed, eps_255, accuracy (one row
+    per run and eps, in the runs' order, eps ascending; eps 0 = clean accuracy on the same images)."""
+    from varmix.report import run_key
+
+    if not isinstance(runs, Mapping) or not runs:
+        raise ValueError("runs must be a non-empty mapping '<arm>-s<seed>' -> {eps: bool mask}")
+    frames = []
+    for name, masks in runs.items():
+        arm, seed = run_key(name)
+        t = robust_accuracy_table(dict(masks))
+        frames.append(t.assign(arm=arm, seed=seed)[["arm", "seed", "eps_255", "accuracy"]])
+    return pd.concat(frames, ignore_index=True)
+
+
+def save_masks(path: str | os.PathLike, runs: Mapping[str, Mapping[float, Tensor]]) -> None:
+    """Write ``{"<arm>-s<seed>": {eps: bool mask [N]}}`` (eps in pixel units, as pgd_robust returns) to one
+    compressed .npz with stable bytes (``varmix.io.write_npz``), keys ``<run>/eps_<eps*255>``. Every run
+    must have the same eps and the same N: the report pairs them image by image."""
+    from varmix import io as vio
+
+    if not isinstance(runs, Mapping) or not runs:
+        raise ValueError("runs must be a non-empty mapping '<arm>-s<seed>' -> {eps: bool mask}")
+    arrays, first = {}, None
+    for name, masks in runs.items():
+        table = robust_accuracy_table(dict(masks))  # checks: bool masks [N] of one length
+        shape = (tuple(table["eps_255"]), int(table["n"].iloc[0]))
+        first = first or (name, shape)
+        if shape != first[1]:
+            raise ValueError(f"runs[{name!r}] has eps {list(shape[0])}/255 and {shape[1]} images, runs[{first[0]!r}] "
+                             f"{list(first[1][0])} and {first[1][1]}: every run needs the same eps and images")
+        for eps, m in sorted(masks.items()):
+            arrays[f"{name}/{_eps_key(round(eps * 255, 6))}"] = m.cpu().numpy()
+    vio.write_npz(path, arrays)
+
+
+def load_masks(path: str | os.PathLike) -> dict[str, dict[float, np.ndarray]]:
+    """``save_masks``'s file as ``{run: {eps_255: bool [N]}}`` (eps in units of 1/255)."""
+    from varmix import io as vio
+
+    out: dict[str, dict[float, np.ndarray]] = {}
+    for key, arr in vio.read_npz(path, "per-image perturbation masks").items():
+        run, _, eps = key.partition("/")
+        if not eps.startswith("eps_") or arr.dtype != np.bool_:
+            raise ValueError(f"{path}: entry {key!r} ({arr.dtype}) is not '<run>/eps_<eps>' holding a bool mask")
+        out.setdefault(run, {})[float(eps[4:])] = arr
+    return out

@@ -183,7 +183,7 @@ def per_image_inputs(corruptions: Mapping[str, object], logits: Mapping[str, tup
     ``corruptions`` = ``robustness.load_per_image`` (run -> PerImage), ``logits`` = ``io.read_logits``
     (run -> (logits, labels)), ``gammas`` = the landscape chapter's per-image γ table (columns method =
     arm, seed, eps_255, image, gamma), ``perturbations`` = ``perturbation.load_masks`` (run -> {ε in
-    1/255: robust per image}) as ``pgd_accuracy``, the mean over ε of each image's robustness."""
+    1/255: robust per image}) as ``pgd_accuracy``, the mean over ε > 0 of each image's robustness."""
     from varmix import calibration, robustness
 
     out: dict[str, dict[tuple[str, int], np.ndarray]] = {}
@@ -202,9 +202,9 @@ def per_image_inputs(corruptions: Mapping[str, object], logits: Mapping[str, tup
         raise ValueError(f"no γ at ε = {eps_255}/255 among {sorted(gammas['eps_255'].unique())}")
     for (arm, seed), g in at.groupby(["method", "seed"], sort=False):
         out.setdefault(f"gamma_{eps_255:g}", {})[(arm, int(seed))] = g.sort_values("image")["gamma"].to_numpy()
-    for name, masks in (perturbations or {}).items():
+    for name, masks in (perturbations or {}).items():  # eps 0 (clean, if stored) is not a perturbation
         out.setdefault("pgd_accuracy", {})[run_key(name)] = np.mean(
-            [np.asarray(m, dtype=np.float64) for m in masks.values()], axis=0)
+            [np.asarray(m, dtype=np.float64) for e, m in masks.items() if e > 0], axis=0)
     return out
 
 
