@@ -12,7 +12,7 @@ NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cf
 
 install:  ## system data package + the project with its test extra + the python3 Jupyter kernel
 	@[ -d /usr/share/datasets/fashion-mnist ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
-	$(PYTHON) -m pip install -q -e ".[test]" && $(PYTHON) -m pip install -q --no-deps "imagecorruptions==1.1.2"  # frost photographs only (pyproject.toml says why --no-deps)
+	$(PYTHON) -m pip install -q -e ".[test]" && $(PYTHON) -m pip install -q --no-deps "imagecorruptions==1.1.2" "torchattacks==3.5.1"  # frost photographs; AutoAttack (pyproject.toml says why --no-deps)
 	$(PYTHON) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (varmix)" >/dev/null
 
 # verify-data compares data/ with data.dvc's hash without writing; only data that matches is then stored in

@@ -27,7 +27,7 @@ def test_project_params_are_valid_and_resolve_the_profile():
     paper = p.profiles["paper"].train
     # the paper's classifier settings
     assert paper.arch == "resnet34" and paper.optimizer == "adam" and paper.lr == 1e-3
-    assert paper.epochs["erm"] == 100 and all(paper.epochs[m] == 150 for m in config.METHODS if m != "erm")
+    assert paper.epochs["erm"] == 100 and all(paper.epochs[m] == 150 for m in config.VICINAL_METHODS if m != "erm")
 
 
 def test_departure_switches_default_to_the_earlier_behaviour():
@@ -105,7 +105,7 @@ def edit(raw, path, value):
 @pytest.mark.parametrize("path,value,message", [
     (("dataset",), "mnist", "dataset = 'mnist' is invalid: expected one of fashion-mnist, cifar10"),
     (("profile",), "fast", "profile = 'fast' is invalid: expected one of smoke, default, paper"),
-    (("arms",), ["erm", "varmix"], "arms[1] = 'varmix' is invalid: expected an arm declared in arm_settings or named after a method (cutmix, erm, "),
+    (("arms",), ["erm", "varmix"], "arms[1] = 'varmix' is invalid: expected an arm declared in arm_settings or named after a method (adv_varmixup, at, cutmix, erm, iat, "),
     (("arms",), [], "arms = [] is invalid: expected a non-empty list"),
     (("arms",), ["erm", "erm"], "arms = ['erm', 'erm'] is invalid: expected each arm at most once"),
     (("arm_settings", "mixup_half", "mix_prob"), 0,
@@ -117,10 +117,10 @@ def edit(raw, path, value):
     (("arm_settings", "Mixup-2"), {"method": "mixup"},
      "arm_settings = 'Mixup-2' is invalid: expected an arm name of lower-case letters"),
     (("comparisons", "varmixup"), ["mixup", "cutmixx"],
-     "comparisons.varmixup[1] = 'cutmixx' is invalid: expected one of the other arms (cutmix, erm, "),
+     "comparisons.varmixup[1] = 'cutmixx' is invalid: expected one of the other arms (adv_varmixup, at, cutmix, "),
     (("comparisons", "varmixup"), ["varmixup"],
-     "comparisons.varmixup[0] = 'varmixup' is invalid: expected one of the other arms (cutmix, erm, "
-     "manifold_mixup, mixup, mixup_half, mixup_r, mixup_r_full, varmixup_full)"),
+     "comparisons.varmixup[0] = 'varmixup' is invalid: expected one of the other arms (adv_varmixup, at, cutmix, "
+     "erm, iat, manifold_mixup, mixup, mixup_half, mixup_r, mixup_r_full, trades, varmixup_full)"),
     (("profiles", "smoke", "train", "schedule"), "linear",
      "profiles.smoke.train.schedule = 'linear' is invalid: expected one of constant, step, cosine"),
     (("profiles", "smoke", "train", "milestones"), [1],
@@ -288,3 +288,55 @@ def test_duplicate_key_in_the_project_file_names_its_line(tmp_path):
     # merge keys may be overridden (YAML's own rule), so they are not duplicates
     path.write_text("base: &b {lr: 1}\nuse:\n  <<: *b\n  lr: 2\n")
     assert config._UniqueKeyLoader(path.read_text()).get_single_data()["use"] == {"lr": 2}
+
+
+def test_an_arm_picks_its_vae_and_only_vae_methods_may():
+    p = config.load_params(ROOT / "params.yaml")
+    assert p.arm("adv_varmixup").vae == "adversarial" and p.arm("adv_varmixup").method == "varmixup"
+    assert p.arm("varmixup").vae == "plain" and p.arm("erm").vae == "plain"
+    raw = edit(RAW, ("arm_settings", "adv_varmixup", "vae"), "robust")
+    with pytest.raises(config.ConfigError, match=r"arm_settings.adv_varmixup.vae = 'robust'.*plain, adversarial"):
+        config.Params.from_dict(raw)
+    raw = edit(RAW, ("arm_settings", "at", "vae"), "adversarial")
+    with pytest.raises(config.ConfigError, match=r"arm_settings.at.vae = 'adversarial'.*plain for method at "
+                                                 r"\(only mixup_r, varmixup use a VAE\)"):
+        config.Params.from_dict(raw)
+
+
+def test_perturbation_settings_are_validated():
+    p = config.load_params(ROOT / "params.yaml")
+    ev = p.profiles["default"].eval
+    assert ev.perturbation_eps == (1, 2, 4, 8) and ev.perturbation_steps >= 20 and ev.perturbation_restarts >= 2
+    for key, value, allowed in (("perturbation_eps", [0], "a number > 0 and <= 255"), ("perturbation_steps", 0, "1"),
+                                ("perturbation_restarts", 0, "1"), ("autoattack_version", "plus", "standard, rand"),
+                                ("autoattack_eps", -1, "255")):
+        raw = edit(RAW, ("profiles", "default", "eval", key), value)
+        with pytest.raises(config.ConfigError, match=rf"profiles.default.eval.{key}.*{allowed}"):
+            config.Params.from_dict(raw)
+
+
+def test_the_adversarial_vae_has_its_own_block():
+    p = config.load_params(ROOT / "params.yaml")
+    assert p.vae_of("plain") == p.vae and p.vae.adversarial is None
+    adv = p.vae_of("adversarial")
+    assert adv.adversarial == p.selected.vae_adversarial and dataclasses.replace(adv, adversarial=None) == p.vae
+    with pytest.raises(ValueError, match="vae kind = 'robust': expected one of plain, adversarial"):
+        p.vae_of("robust")
+    # the plain VAE's block may not carry the PGD: it would make the vae stage's VAE adversarial
+    raw = edit(RAW, ("profiles", "default", "vae", "adversarial"), {"eps": 8.0, "step": 2.0, "steps": 2})
+    with pytest.raises(config.ConfigError, match=r"profiles.default.vae.adversarial = .* expected null here: "
+                                                 r"the adversarial VAE's PGD goes in profiles.default.vae_adversarial"):
+        config.Params.from_dict(raw)
+    # an arm that needs the adversarial VAE, in a profile without one: stopped before anything runs
+    raw = copy.deepcopy(RAW)
+    del raw["profiles"]["default"]["vae_adversarial"]
+    with pytest.raises(config.ConfigError, match=r"profiles.default.vae_adversarial is not set, but the arms "
+                                                 r"adv_varmixup use the adversarial VAE"):
+        config.Params.from_dict(raw)
+    raw["arms"] = [a for a in raw["arms"] if a != "adv_varmixup"]
+    q = config.Params.from_dict(raw)
+    with pytest.raises(config.ConfigError, match="profiles.default.vae_adversarial is not set"):
+        q.vae_of("adversarial")
+    raw = edit(RAW, ("profiles", "default", "vae_adversarial", "steps"), 0)
+    with pytest.raises(config.ConfigError, match=r"profiles.default.vae_adversarial.steps = 0 is invalid"):
+        config.Params.from_dict(raw)

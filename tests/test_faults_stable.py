@@ -180,6 +180,9 @@ def _sees_real_images(arm: str) -> bool:
 
 
 _REAL_IMAGE_ARMS = [a for a in _SMOKE.arms if _sees_real_images(a)]
+# ... and the adversarial baselines' declared arms, whether or not the study lists them in arms
+_REAL_IMAGE_ARMS += [a for a in _SMOKE.arm_settings
+                     if a not in _SMOKE.arms and _SMOKE.arm(a).method in config.ADVERSARIAL_METHODS]
 
 
 @pytest.mark.parametrize("arm", _REAL_IMAGE_ARMS)

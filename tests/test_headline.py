@@ -13,7 +13,7 @@ def _runs():
     for arm, base in (("erm", 0.70), ("varmixup", 0.72)):
         for seed in (0, 1):
             rows.append({"arm": arm, "seed": seed, "accuracy": base + seed / 100, "corruption_accuracy": base - 0.1,
-                         "ece": 0.1 + seed / 10, "nll": 0.9, "gamma_8": 0.25, "regime": "under-confident"})
+                         "ece": 0.1 + seed / 10, "nll": 0.9, "gamma_8": 0.25, "pgd_accuracy": 0.3, "regime": "under-confident"})
     return pd.DataFrame(rows)
 
 
@@ -29,7 +29,7 @@ def _table():
 def test_summary_has_one_row_per_arm_and_per_pair_in_five_columns():
     out = headline.summary(_runs(), _table(), ["varmixup", "erm"])
     assert list(out) == ["varmixup", "erm", "varmixup-vs-erm"]
-    assert out["erm"] == {"acc": 0.705, "corr_acc": 0.6, "ece": 0.15, "nll": 0.9, "gamma_8": 0.25}
+    assert out["erm"] == {"acc": 0.705, "corr_acc": 0.6, "ece": 0.15, "nll": 0.9, "gamma_8": 0.25, "pgd_acc": 0.3}
     assert out["varmixup-vs-erm"] == {"corr_acc": "holds", "ece": "inconclusive", "gamma_8": "contradicted"}
     assert {k for v in out.values() for k in v} <= set(headline.COLUMNS)
 

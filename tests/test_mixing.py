@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from varmix import mixing
-from varmix.config import METHODS
+from varmix.config import VICINAL_METHODS as METHODS  # the mixers' methods
 from varmix.mixing import (MixedBatch, bce_softmax, cutmix, erm, make_mixer, manifold_mixup, mixed_loss, mixup,
                            mixup_r, one_hot, sample_lambda, soft_cross_entropy, varmixup)
 from varmix.vae import ConvVAE

@@ -149,6 +149,23 @@ def test_run_notebook_checks_arguments_before_any_kernel():
         pipeline.run_notebook("02_train", "smoke", arm="erm", seed=77)
     with pytest.raises(config.ConfigError, match="profile"):
         pipeline.run_notebook("01_vae", "huge")
+    with pytest.raises(ValueError, match="vae = 'adversarial' goes only with 01_vae .* \\(got it for 02_train\\)"):
+        pipeline.run_notebook("02_train", "smoke", arm="erm", seed=0, vae="adversarial")
+    with pytest.raises(ValueError, match="vae = 'robust' goes only with 01_vae and is one of plain, adversarial"):
+        pipeline.run_notebook("01_vae", "smoke", vae="robust")
+
+
+def test_each_vae_kind_has_its_folder_metrics_and_stage(layout):
+    assert layout.vae_folder() == layout.vae_dir == layout.runs / "vae"
+    assert layout.vae_folder("adversarial") == layout.runs / "vae_adversarial"
+    assert pipeline.vae_name() == "vae" and pipeline.vae_name("adversarial") == "vae_adversarial"
+    with pytest.raises(ValueError, match="vae kind = 'robust': expected one of plain, adversarial"):
+        layout.vae_folder("robust")
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    adv = stages["vae_adversarial"]
+    assert adv["cmd"].endswith("--vae adversarial") and "runs/${dataset}/${profile}/vae" in adv["deps"]
+    assert "runs/${dataset}/${profile}/vae_adversarial" in _paths(adv["outs"])
+    assert "runs/${dataset}/${profile}/vae_adversarial" in stages["train"]["deps"]
 
 
 def test_cli_reports_bad_notebook_arguments(capsys):

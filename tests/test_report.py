@@ -213,7 +213,7 @@ def test_per_image_inputs_and_the_artifact_sentence():
                      "ece": calibration.ece(*logits[f"{arm}-s{sd}"]), "gamma_8": per["gamma_8"][arm, sd].mean(),
                      "regime": "under-confident"})
     runs = pd.DataFrame(rows)
-    claims = [c for c in report.study_claims() if c.metric != "ece"] + [report.study_claims()[1]]
+    claims = [c for c in report.study_claims() if c.metric not in ("ece", "pgd_accuracy")] + [report.study_claims()[1]]
     table = stats.compare(runs, per, [("vm", "mx")], claims, 200, 0)
     secondary = stats.compare(runs, per, [("vm", "mx")], report.secondary_claims()[:1], 200, 0)
     assert table.set_index("metric").loc["corruption_accuracy", "verdict"] == "holds"
@@ -230,3 +230,47 @@ def test_per_image_inputs_and_the_artifact_sentence():
     assert report.family({"vm": ["mx", "erm"]}) == [("vm", "mx"), ("vm", "erm")]
     assert report.majority(pd.Series(["a", "b", "a"])) == "a (2/3)"
     assert robustness.INTENSITY_SHIFT == ("brightness", "contrast", "fog", "frost")
+
+
+def test_perturbation_claim_reads_the_per_image_robustness():
+    """pgd_accuracy per image = the share of the ε grid at which the image stays robust; its mean is the
+    run's mean PGD accuracy over ε, and the claim (higher is better) holds when one arm keeps more."""
+    from varmix import stats
+
+    corr, logits, gam = _study()
+    rng = np.random.default_rng(1)
+    masks, rows = {}, []
+    for sd in range(4):
+        base = rng.random((3, 300))
+        for arm, extra in (("mx", 0.0), ("vm", 0.25)):
+            m = {e: base[i] < 0.6 - 0.2 * i + extra for i, e in enumerate((2.0, 4.0, 8.0))}
+            masks[f"{arm}-s{sd}"] = m
+            rows.append({"arm": arm, "seed": sd, "pgd_accuracy": np.mean([v.mean() for v in m.values()])})
+    per = report.per_image_inputs(corr, logits, gam, perturbations=masks)
+    v = per["pgd_accuracy"][("vm", 1)]
+    assert v.shape == (300,) and set(np.unique(v)) <= {0, 1 / 3, 2 / 3, 1}
+    assert v.mean() == pytest.approx(rows[3]["pgd_accuracy"], rel=1e-12)
+    claim = next(c for c in report.study_claims() if c.metric == "pgd_accuracy")
+    assert claim.sign == +1
+    table = stats.compare(pd.DataFrame(rows), per, [("vm", "mx")], [claim], 200, 0)
+    assert table.loc[0, "verdict"] == "holds" and table.loc[0, "diff"] > 0.2
+    # without masks there is no pgd_accuracy to resample
+    assert "pgd_accuracy" not in report.per_image_inputs(corr, logits, gam)
+
+
+def test_pgd_columns_and_sample_distance_table():
+    assert report.pgd_columns(["pgd_accuracy", "pgd_accuracy_eps_8", "pgd_accuracy_eps_1", "x",
+                               "pgd_accuracy_eps_2"]) == ["pgd_accuracy_eps_1", "pgd_accuracy_eps_2",
+                                                          "pgd_accuracy_eps_8"]
+    plain = {"sample_distance": {"test images": {"fid": 1.0, "kid_mean": 0.0, "kid_std": 0.0},
+                                 "mixup": {"fid": 5.0, "kid_mean": 0.01, "kid_std": 0.001},
+                                 "varmixup": {"fid": 9.0, "kid_mean": 0.02, "kid_std": 0.002}}}
+    adv = {"sample_distance": {"test images": {"fid": 1.5, "kid_mean": 0.0, "kid_std": 0.0},
+                               "adv_varmixup": {"fid": 7.0, "kid_mean": 0.015, "kid_std": 0.001}}}
+    t = report.sample_distance_table(plain, adv)
+    assert list(t.index) == ["test images", "mixup", "varmixup", "adv_varmixup"]
+    assert t.loc["test images", "fid"] == 1.0  # the first VAE's measurement of a shared set
+    assert t.loc["varmixup", "paper FID (cifar10)"] == 33.0 and t.loc["mixup", "paper KID (cifar10)"] == 0.013
+    assert np.isnan(t.loc["adv_varmixup", "paper FID (cifar10)"])
+    with pytest.raises(ValueError, match="no sample_distance in the VAE metrics"):
+        report.sample_distance_table({}, {})

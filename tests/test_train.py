@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from varmix import config, mixing, train
+from varmix import attacks, config, mixing, train
 from varmix.config import METHODS, TrainConfig
 from varmix.data import ImageData, load_raw, to_float
 from varmix.models import build_model
@@ -61,7 +61,12 @@ def test_learns_and_writes_the_documented_files(reference, fmnist):
 
     params = json.loads((out / "params.json").read_text())
     assert params["method"] == "mixup" and params["seed"] == 1 and params["arch"] == "small_cnn"
-    assert {k: params[k] for k in config.to_dict(_cfg(3))} == json.loads(json.dumps(config.to_dict(_cfg(3))))
+    own = config.to_dict(_cfg(3))
+    own.update(epochs=3, alpha=1.0, mix_prob=1.0)  # the run's own values, not every method's
+    del own["adversarial"]  # only the adversarial methods record their attack
+    assert params == json.loads(json.dumps({**own, "arm": "mixup", "method": "mixup", "seed": 1, "arch": "small_cnn",
+                                            "dataset": "fashion-mnist", "n_train": N_TRAIN, "n_test": N_TEST,
+                                            "image_shape": [1, 28, 28], "vae_md5": None}))
 
     logits = np.load(out / "test_logits.npy")
     labels = np.load(out / "test_labels.npy")
@@ -120,10 +125,29 @@ def test_checkpoint_of_another_run_or_corrupt_is_refused(reference, fmnist, tmp_
         train.train_classifier("mixup", _cfg(3), fmnist, out, seed=2, device="cpu")
     with pytest.raises(ValueError, match=r"different run: arm = 'mixup' there, 'cutmix' now"):
         train.train_classifier("cutmix", _cfg(3), fmnist, out, seed=1, device="cpu")
+    with pytest.raises(ValueError, match=r"different run: alpha = 1.0 there, 0.5 now"):
+        train.train_classifier("mixup", _cfg(3, alpha={m: 0.5 for m in METHODS}), fmnist, out, seed=1, device="cpu")
     (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"checkpoint .*checkpoint.pt is corrupt"):
         train.train_classifier("mixup", _cfg(3), fmnist, out, seed=1, device="cpu")
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]  # nothing else written
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "checkpoint.pt").write_bytes((ref_out / "checkpoint.pt").read_bytes())
+    # other methods' settings and the attack are not this run's: the finished run is continued (not retrained)
+    other = _cfg(3, alpha={**{m: 2.0 for m in METHODS}, "mixup": 1.0}, mix_prob={**{m: 0.5 for m in METHODS}, "mixup": 1.0},
+                 adversarial=config.AdversarialConfig(steps=3))
+    other = dataclasses.replace(other, epochs={**{m: 9 for m in METHODS}, "mixup": 3})
+    assert train.train_classifier("mixup", other, fmnist, again, seed=1, device="cpu")["resumed_from_epoch"] == 3
+    assert (again / "params.json").read_bytes() == (ref_out / "params.json").read_bytes()
+    # a checkpoint of the older format (every method's epochs, alpha, mix_prob) is refused, saying why
+    state = torch.load(ref_out / "checkpoint.pt", weights_only=False)
+    state["params"].update(epochs={m: 3 for m in METHODS}, alpha={m: 1.0 for m in METHODS},
+                           mix_prob={m: 1.0 for m in METHODS})
+    torch.save(state, again / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"checkpoint.pt records the settings of every method \(epochs, alpha, "
+                                         r"mix_prob per method: an older varmix's format\).*Delete the checkpoint"):
+        train.train_classifier("mixup", _cfg(3), fmnist, again, seed=1, device="cpu")
 
 
 def test_sgd_schedule_and_determinism(fmnist, tmp_path):
@@ -344,3 +368,177 @@ def test_progress_bars_follow_tqdm_disable(monkeypatch):
     assert train._tqdm_disable(True) is False and train._tqdm_disable(False) is True
     monkeypatch.setenv("TQDM_DISABLE", "1")
     assert train._tqdm_disable(None) is True
+
+
+# ----------------------------------------------------------------------------------------------
+# the adversarial methods (at, trades, iat; varmix.attacks, docs/ADVERSARIAL.md)
+def _adv_cfg(epochs=1, **adv):
+    settings = dict(eps=8.0, step=2.0, steps=1, random_start=True, beta=6.0)
+    settings.update(adv)
+    return _cfg(epochs, train_subset=256, test_subset=64, adversarial=config.AdversarialConfig(**settings))
+
+
+def test_a_run_records_its_own_settings_only():
+    """params.json and the checkpoint's same-run check hold the run's own epochs, alpha and mix_prob, and the
+    attack only for an adversarial method: declaring another method or arm leaves existing runs' bytes."""
+    cfg = _cfg(3, mix_prob={m: 0.5 for m in METHODS})
+    more = dataclasses.replace(cfg, epochs={**cfg.epochs, "cutmix": 9, "new_arm": 2},
+                               alpha={**cfg.alpha, "new_arm": 5.0}, mix_prob={**cfg.mix_prob, "new_arm": 1.0},
+                               adversarial=config.AdversarialConfig(steps=9))
+    mixup = train.run_settings("mixup", cfg)
+    assert (mixup["epochs"], mixup["alpha"], mixup["mix_prob"]) == (3, 1.0, 0.5) and "adversarial" not in mixup
+    assert train.run_settings("mixup", more) == mixup
+    assert train.run_settings("cutmix", more)["epochs"] == 9
+    at = train.run_settings("at", cfg)
+    assert at["adversarial"] == config.to_dict(cfg.adversarial) and at["epochs"] == 3
+    assert train.run_settings("at", more)["adversarial"]["steps"] == 9
+
+
+def _params(out_dir):
+    return {k: v for k, v in _weights(out_dir).items() if "running" not in k and "num_batches" not in k}
+
+
+def test_at_at_eps_zero_trains_exactly_as_erm(fmnist, tmp_path):
+    """AT's inner maximisation in a ball of radius 0 returns the batch itself, in eval mode (batch norm's
+    statistics untouched), so an AT run is ERM's bit for bit: weights, buffers, logits, losses."""
+    erm = train.train_classifier("erm", _adv_cfg(2), fmnist, tmp_path / "erm", seed=2, device="cpu")
+    at0 = train.train_classifier("at", _adv_cfg(2, eps=0.0, steps=2), fmnist, tmp_path / "at0", seed=2,
+                                 device="cpu")
+    _assert_same_weights(_weights(tmp_path / "at0"), _weights(tmp_path / "erm"))
+    assert at0["train_loss"] == erm["train_loss"] and at0["test_acc"] == erm["test_acc"]
+    assert np.array_equal(np.load(tmp_path / "at0" / "test_logits.npy"), np.load(tmp_path / "erm" / "test_logits.npy"))
+    # at the paper's radius the run differs, and its training loss (on the attacked batches) is higher
+    at8 = train.train_classifier("at", _adv_cfg(2), fmnist, tmp_path / "at8", seed=2, device="cpu")
+    assert not torch.equal(_weights(tmp_path / "at8")["head.weight"], _weights(tmp_path / "erm")["head.weight"])
+    assert at8["train_loss"] > erm["train_loss"]
+
+
+def test_trades_at_beta_zero_takes_erm_steps(fmnist, tmp_path):
+    """TRADES with beta 0 is the clean CE: its parameters follow ERM's bit for bit. Its batch-norm running
+    statistics differ, as in the reference: the adversarial batch's train-mode forward pass updates them too."""
+    train.train_classifier("erm", _adv_cfg(2), fmnist, tmp_path / "erm", seed=2, device="cpu")
+    t0 = train.train_classifier("trades", _adv_cfg(2, beta=0.0), fmnist, tmp_path / "t0", seed=2, device="cpu")
+    _assert_same_weights(_params(tmp_path / "t0"), _params(tmp_path / "erm"))
+    hist = json.loads((tmp_path / "erm" / "history.json").read_text())
+    assert t0["train_loss"] == hist[-1]["train_loss"]
+    w0, we = _weights(tmp_path / "t0"), _weights(tmp_path / "erm")
+    assert w0["stages.0.1.num_batches_tracked"] == 2 * we["stages.0.1.num_batches_tracked"]
+    t6 = train.train_classifier("trades", _adv_cfg(2), fmnist, tmp_path / "t6", seed=2, device="cpu")
+    assert not torch.equal(_weights(tmp_path / "t6")["head.weight"], we["head.weight"])
+    assert t6["train_loss"] > hist[-1]["train_loss"]  # CE + 6 KL
+
+
+def test_iat_mixes_as_mixup_does(fmnist):
+    """IAT's two batches are mixup's (varmix.mixing.mixup) on the clean batch, then on the attacked one,
+    with lambda and partners drawn from the same generator in that order; the attack uses its own."""
+    torch.manual_seed(0)
+    net = build_model("small_cnn", 1, 10, 28, [0.286], [0.353])
+    x, y = to_float(fmnist.train_x[:16]), fmnist.train_y[:16]
+    adversary = train.Adversary.from_config("iat", config.AdversarialConfig(steps=2))
+    mixer = mixing.make_mixer(train.ADVERSARIAL_MIXER["iat"], num_classes=10, alpha=1.0)
+    clean, adv = train.iat_batches(adversary, net, mixer, x, y, torch.Generator().manual_seed(3),
+                                   torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(3)
+    ref_clean = mixing.mixup(x, y, g, num_classes=10, alpha=1.0)
+    x_adv = attacks.pgd_linf(net, x, y, 8 / 255, 2 / 255, 2, torch.Generator().manual_seed(4))
+    ref_adv = mixing.mixup(x_adv, y, g, num_classes=10, alpha=1.0)
+    for got, ref in ((clean, ref_clean), (adv, ref_adv)):
+        assert got.lam == ref.lam and torch.equal(got.perm, ref.perm)
+        assert torch.equal(got.x, ref.x) and torch.equal(got.target, ref.target)
+    assert clean.lam != adv.lam  # two draws, not one lambda for both halves
+    assert not torch.equal(adv.x, mixing.mixup(x, y, torch.Generator().manual_seed(3), num_classes=10).x)
+
+
+def test_iat_loss_is_the_mean_of_its_two_halves(fmnist):
+    torch.manual_seed(0)
+    net = build_model("small_cnn", 1, 10, 28, [0.286], [0.353]).train()
+    x, y = to_float(fmnist.train_x[:16]), fmnist.train_y[:16]
+    adversary = train.Adversary.from_config("iat", config.AdversarialConfig(steps=1))
+    mixer = mixing.make_mixer("mixup", num_classes=10, alpha=1.0)
+    gens = lambda: (torch.Generator().manual_seed(3), torch.Generator().manual_seed(4))  # noqa: E731
+    # the batches first: the attack runs in eval mode and leaves the batch-norm statistics as they are
+    clean, adv = train.iat_batches(adversary, net, mixer, x, y, *gens())
+    value = train.adversarial_loss(adversary, net, mixer, x, y, *gens())
+    halves = [mixing.soft_cross_entropy(net(b.x), b.target) for b in (clean, adv)]  # train mode: batch statistics
+    assert value.ndim == 0 and value.requires_grad
+    torch.testing.assert_close(value, 0.5 * (halves[0] + halves[1]), rtol=0, atol=0)
+    assert abs(float(halves[0].detach()) - float(halves[1].detach())) > 1e-4
+
+
+def test_bad_adversarial_settings_are_named(fmnist, tmp_path):
+    base = {"arch": "small_cnn", "epochs": 1, "alpha": 1.0}
+    cases = [({"eps": -1}, r"params: profiles.smoke.train.adversarial.eps = -1.0 is invalid: expected a number "
+                           r">= 0 and <= 255"),
+             ({"eps": 300}, r"adversarial.eps = 300.0 is invalid: expected a number >= 0 and <= 255"),
+             ({"eps": float("nan")}, r"adversarial.eps = nan is invalid: expected a finite number >= 0 and <= 255"),
+             ({"step": 0}, r"adversarial.step = 0.0 is invalid: expected a number > 0 and <= 255"),
+             ({"steps": 0}, r"adversarial.steps = 0 is invalid: expected an integer >= 1 and <= 10000"),
+             ({"beta": -0.5}, r"adversarial.beta = -0.5 is invalid: expected a number >= 0 and <= 1000.0"),
+             ({"beta": "six"}, r"adversarial.beta = 'six' is invalid: expected a number >= 0"),
+             ({"random_start": "yes"}, r"adversarial.random_start = 'yes' is invalid: expected true or false"),
+             ({"epsilon": 8}, r"unknown key profiles.smoke.train.adversarial.epsilon; allowed keys in "
+                              r"profiles.smoke.train.adversarial: beta, eps, random_start, step, steps")]
+    for adv, message in cases:
+        with pytest.raises(config.ConfigError, match=message):
+            config.TrainConfig.from_dict({**base, "adversarial": adv}, "profiles.smoke.train")
+    assert config.TrainConfig.from_dict(base, "k").adversarial == config.AdversarialConfig()
+    # a TrainConfig built in code is checked by the trainer, before any work
+    out = tmp_path / "never"
+    for adv, message in (({"eps": -1.0}, r"cfg.adversarial.eps = -1.0 is invalid: expected a finite number >= 0 "
+                                         r"\(units of 1/255\)"),
+                         ({"steps": 0}, r"cfg.adversarial.steps = 0 is invalid: expected an integer >= 1"),
+                         ({"beta": float("nan")}, r"cfg.adversarial.beta = nan is invalid: expected a finite number")):
+        with pytest.raises(ValueError, match=message):
+            train.train_classifier("trades", _adv_cfg(1, **adv), fmnist, out, seed=0, device="cpu")
+    assert not out.exists()
+
+
+def test_interrupted_at_run_resumes_bit_identically(fmnist, tmp_path, kill_after_epoch):
+    cfg = _adv_cfg(3, steps=2)
+    ref = train.train_classifier("at", cfg, fmnist, tmp_path / "ref", seed=1, device="cpu")
+    kill_after_epoch(1)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_classifier("at", cfg, fmnist, tmp_path / "run", seed=1, device="cpu")
+    kill_after_epoch(None)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert sorted(state["generators"]) == ["attack", "augment", "mix", "order"]  # the attack's stream is saved
+    assert json.loads((tmp_path / "run" / "params.json").read_text())["adversarial"] == config.to_dict(cfg.adversarial)
+    s = train.train_classifier("at", cfg, fmnist, tmp_path / "run", seed=1, device="cpu")
+    assert s["resumed_from_epoch"] == 1 and s["train_loss"] == ref["train_loss"]
+    _assert_same_weights(_weights(tmp_path / "run"), _weights(tmp_path / "ref"))
+    assert np.array_equal(np.load(tmp_path / "run" / "test_logits.npy"), np.load(tmp_path / "ref" / "test_logits.npy"))
+    # the non-adversarial methods keep their three streams (their checkpoints are as before)
+    train.train_classifier("erm", _adv_cfg(1), fmnist, tmp_path / "erm", seed=1, device="cpu")
+    assert sorted(torch.load(tmp_path / "erm" / "checkpoint.pt", weights_only=False)["generators"]) == [
+        "augment", "mix", "order"]
+    # a resumed run with other attack settings is another run
+    with pytest.raises(ValueError, match=r"different run: adversarial = .*'steps': 2.* there, .*'steps': 3.* now"):
+        train.train_classifier("at", _adv_cfg(4, steps=3), fmnist, tmp_path / "run", seed=1, device="cpu")
+
+
+def test_the_attack_draws_from_a_stream_of_its_own(fmnist, tmp_path, monkeypatch):
+    """Whether the attack draws (random start) or not, an IAT run sees the same images, crops, flips,
+    lambdas and partners: the attack's stream is not the order, augmentation or mixing stream."""
+    seen = {}
+    real_mixup, real_augment = mixing.MIXERS["mixup"], train.augment_batch
+
+    def mixup(x, y, gen, **kw):
+        mb = real_mixup(x, y, gen, **kw)
+        seen[current].append((mb.lam, mb.perm.clone()))
+        return mb
+
+    def augment(x, gen, pad):
+        out = real_augment(x, gen, pad)
+        seen[current].append(out.clone())
+        return out
+
+    monkeypatch.setitem(mixing.MIXERS, "mixup", mixup)
+    monkeypatch.setattr(train, "augment_batch", augment)
+    for current in ("start", "no_start"):
+        seen[current] = []
+        train.train_classifier("iat", _adv_cfg(1, random_start=current == "start"), fmnist, tmp_path / current,
+                               seed=0, device="cpu")
+    assert len(seen["start"]) == 2 * 3  # 2 batches: augmentation, clean mixup, adversarial mixup
+    for a, b in zip(seen["start"], seen["no_start"], strict=True):
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else (a[0] == b[0] and torch.equal(a[1], b[1]))
+    assert not torch.equal(_weights(tmp_path / "start")["head.weight"], _weights(tmp_path / "no_start")["head.weight"])

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     nb.add_argument("--arm", "--method", dest="arm", default=None,
                     help="02_train only: the arm to train (params.yaml's arms; --method is the old name)")
     nb.add_argument("--seed", type=int, default=None, help="02_train only: the seed")
+    nb.add_argument("--vae", default=None, help="01_vae only: plain (default) | adversarial (adv-VarMixup's VAE)")
     ref = sub.add_parser("refresh-notebooks", help="re-execute notebooks/ in place (smoke): nbval's reference outputs")
     ref.add_argument("names", nargs="*", help="notebook names (default: all, in order)")
     args = parser.parse_args(argv)
@@ -61,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
         from varmix import pipeline  # not varmix.data: running a notebook should not import torch here
 
         if args.command == "notebook":
-            out = pipeline.run_notebook(args.name, args.profile, args.dataset, args.arm, args.seed)
+            out = pipeline.run_notebook(args.name, args.profile, args.dataset, args.arm, args.seed, args.vae)
             print(f"wrote {out}")
         else:
             pipeline.refresh_notebooks(tuple(args.names) or pipeline.NOTEBOOKS)

@@ -5,6 +5,8 @@
   Deep Learning Models Resistant to Adversarial Attacks"). ``loss="ce"`` ascends the cross-entropy of the
   labels ``y`` (AT, IAT); ``loss="kl"`` ascends KL(p(x) || p(x')) with p(x) fixed (TRADES's inner
   maximisation, Zhang et al., yaodongyu/TRADES ``trades_loss``).
+- ``pgd_linf_objective(objective, x, eps, step, steps, gen, random_start=True)``: the same ascent (``loss="ce"``'s
+  uniform start) of any scalar function of the images: adv-VarMixup's VAE attack (varmix.vae).
 - ``trades_loss(logits_clean, logits_adv, targets_soft, beta)``: CE(clean, y) + beta * KL(p(x) || p(x'))
   averaged over the batch, as the TRADES reference computes it (``nn.KLDivLoss(size_average=False)`` of
   ``log_softmax(model(x_adv))`` against ``softmax(model(x_natural))``, divided by the batch size).
@@ -40,7 +42,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +90,15 @@ def _check_images(x: Any, y: Any, loss: str) -> None:
             raise ValueError(f"y is on {y.device} but x on {x.device}: expected both on one device")
 
 
+def _check_pgd(eps: Any, step: Any, steps: Any, gen: Any, random_start: Any) -> tuple[float, float, int, bool]:
+    eps, step, steps = check_attack(eps, step, steps)
+    if not isinstance(random_start, bool):
+        raise ValueError(f"random_start = {random_start!r} is invalid: expected True or False")
+    if not isinstance(gen, torch.Generator) or gen.device.type != "cpu":
+        raise ValueError(f"gen = {gen!r} is invalid: expected a CPU torch.Generator")
+    return eps, step, steps, random_start
+
+
 def _project(adv: Tensor, x: Tensor, eps: float) -> Tensor:
     """adv projected on the l-inf ball of radius eps around x intersected with [0, 1] (torchattacks' order)."""
     delta = torch.clamp(adv - x, min=-eps, max=eps)
@@ -108,11 +119,7 @@ def pgd_linf(model: nn.Module, x: Tensor, y: Tensor | None, eps: float, step: fl
         raise ValueError(f"model is a {type(model).__name__}: expected a torch.nn.Module")
     if loss not in ATTACK_LOSSES:
         raise ValueError(f"loss = {loss!r} is invalid: expected one of {', '.join(ATTACK_LOSSES)}")
-    eps, step, steps = check_attack(eps, step, steps)
-    if not isinstance(random_start, bool):
-        raise ValueError(f"random_start = {random_start!r} is invalid: expected True or False")
-    if not isinstance(gen, torch.Generator) or gen.device.type != "cpu":
-        raise ValueError(f"gen = {gen!r} is invalid: expected a CPU torch.Generator")
+    eps, step, steps, random_start = _check_pgd(eps, step, steps, gen, random_start)
     _check_images(x, y, loss)
 
     x = x.detach()
@@ -122,26 +129,56 @@ def pgd_linf(model: nn.Module, x: Tensor, y: Tensor | None, eps: float, step: fl
         if loss == "kl":
             with torch.no_grad():
                 p_clean = F.softmax(model(x).float(), dim=1)
-        if random_start:
-            if loss == "ce":
-                noise = (torch.rand(x.shape, generator=gen) * 2 - 1) * eps
-            else:
-                noise = TRADES_START_STD * torch.randn(x.shape, generator=gen)
-            adv = _project(x + noise.to(device=x.device, dtype=x.dtype), x, eps)
+        if random_start and loss == "kl":
+            noise = TRADES_START_STD * torch.randn(x.shape, generator=gen)
+            start = _project(x + noise.to(device=x.device, dtype=x.dtype), x, eps)
         else:
-            adv = x.clone()
-        for _ in range(steps):
-            adv.requires_grad_(True)
-            with torch.enable_grad():
-                logits = model(adv).float()
-                if loss == "ce":
-                    value = F.cross_entropy(logits, y)
-                else:
-                    value = F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="sum")
-                grad, = torch.autograd.grad(value, [adv])
-            adv = _project(adv.detach() + step * grad.sign(), x, eps)
+            start = _uniform_start(x, eps, gen) if random_start else x.clone()
+
+        def objective(adv: Tensor) -> Tensor:
+            logits = model(adv).float()
+            if loss == "ce":
+                return F.cross_entropy(logits, y)
+            return F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="sum")
+
+        adv = _ascend(objective, x, start, eps, step, steps)
     finally:
         model.train(was_training)
+    return adv
+
+
+def pgd_linf_objective(objective: Callable[[Tensor], Tensor], x: Tensor, eps: float, step: float, steps: int,
+                       gen: torch.Generator, random_start: bool = True) -> Tensor:
+    """``pgd_linf``'s ascent (the same start, steps and projection as its ``loss="ce"``) of any scalar
+    ``objective(x')`` of float images ``x`` [B, C, H, W] in [0, 1], e.g. a VAE's loss
+    (varmix.vae.adversarial_batch). The gradient is taken w.r.t. x' alone (``torch.autograd.grad``): no
+    parameter's ``.grad`` is touched. ``objective`` may draw from generators of its own. ``eps = 0``
+    returns x's values exactly. Draws from ``gen`` (a CPU generator) only when ``random_start``: B·C·H·W
+    float32 uniforms. Returns the attacked images, detached."""
+    if not callable(objective):
+        raise ValueError(f"objective is a {type(objective).__name__}: expected a function of the images")
+    eps, step, steps, random_start = _check_pgd(eps, step, steps, gen, random_start)
+    _check_images(x, None, "kl")
+    x = x.detach()
+    return _ascend(objective, x, _uniform_start(x, eps, gen) if random_start else x.clone(), eps, step, steps)
+
+
+def _uniform_start(x: Tensor, eps: float, gen: torch.Generator) -> Tensor:
+    """x + U(-eps, eps) drawn on the CPU from gen, projected on the ball ∩ [0, 1] (Madry et al.)."""
+    noise = (torch.rand(x.shape, generator=gen) * 2 - 1) * eps
+    return _project(x + noise.to(device=x.device, dtype=x.dtype), x, eps)
+
+
+def _ascend(objective: Callable[[Tensor], Tensor], x: Tensor, start: Tensor, eps: float, step: float,
+            steps: int) -> Tensor:
+    """``steps`` projected sign-gradient ascent steps of ``objective`` from ``start`` (module docstring)."""
+    adv = start
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        with torch.enable_grad():
+            value = objective(adv)
+            grad, = torch.autograd.grad(value, [adv])
+        adv = _project(adv.detach() + step * grad.sign(), x, eps)
     return adv.detach()
 
 

@@ -21,7 +21,13 @@ from varmix.errors import UserError
 
 # Names shared by the whole library (the modules that implement them check they agree).
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "tiny-imagenet")
-METHODS = ("erm", "mixup", "mixup_r", "manifold_mixup", "cutmix", "varmixup")
+# The vicinal methods (varmix.mixing's mixers) and the paper's adversarial baselines (varmix.attacks; the
+# trainer runs them: at = Madry et al.'s PGD training, trades = Zhang et al., iat = Lamb et al.'s
+# interpolated adversarial training, whose mixing is mixup's).
+VICINAL_METHODS = ("erm", "mixup", "mixup_r", "manifold_mixup", "cutmix", "varmixup")
+ADVERSARIAL_METHODS = ("at", "trades", "iat")
+METHODS = VICINAL_METHODS + ADVERSARIAL_METHODS
+VAE_METHODS = ("mixup_r", "varmixup")  # the methods that need the frozen VAE
 ARCHS = ("small_cnn", "preact_resnet18", "resnet34")
 # Mixable layers per architecture for manifold mixup: the input + one per stage (varmix.models builds them).
 NUM_MIX_LAYERS = {"small_cnn": 4, "preact_resnet18": 5, "resnet34": 5}
@@ -33,6 +39,7 @@ SCHEDULES = ("constant", "step", "cosine")  # see TrainConfig.schedule (varmix.t
 ARM_NAME = r"[a-z][a-z0-9_]*"
 CPU_KERNELS = ("portable", "fast")  # see Profile.cpu_kernels
 MANIFOLD_LOSSES = ("soft_ce", "bce_softmax")  # see TrainConfig.manifold_loss (varmix.mixing.mixed_loss)
+FID_FEATURES = ("classifier", "inception")  # see VAEConfig.fid_features (varmix.sample_distance)
 # The 15 benchmark corruptions of CIFAR-10-C (Hendrycks & Dietterich), then the 4 extras.
 BENCHMARK_CORRUPTIONS = (
     "gaussian_noise", "shot_noise", "impulse_noise",
@@ -54,6 +61,7 @@ MAX_STEPS = 10_000          # linearity_steps, ece_bins, milestones (epochs)
 MAX_SURFACE_POINTS = 1_001  # per axis: points**2 loss evaluations
 MAX_SEED = 2**32 - 1        # numpy's seed range
 MAX_THREADS = 1024
+MAX_BETA = 1_000.0          # TRADES's beta (Zhang et al. use 1 to 6)
 
 
 class ConfigError(ValueError):
@@ -185,7 +193,16 @@ class VAEConfig:
     The gate (varmix.vae.check_gate; None switches a check off): ``min_psnr`` (dB, test set, as
     varmix.vae.reconstruction_metrics) and ``min_recon_accuracy`` (clean test accuracy of the probe: a
     classifier trained only on the VAE's reconstructions of the first ``probe_subset`` training images
-    for ``probe_epochs`` epochs, varmix.vae.recon_probe)."""
+    for ``probe_epochs`` epochs, varmix.vae.recon_probe).
+
+    ``dataset``: the dataset the VAE trains on (None: the classifier's, params.yaml's ``dataset``); its
+    images must have the classifier data's shape (varmix.pipeline.Session.load_vae_data checks it).
+    ``fid_features``/``fid_samples``: how far the mixers' images are from the data
+    (varmix.sample_distance): FID/KID over ``fid_samples`` training images and as many mixed ones, in
+    the features of ``classifier`` (an ERM small CNN trained with the probe's settings on real images)
+    or ``inception`` (torchmetrics' Inception-v3; needs torch-fidelity and its weights).
+    ``adversarial``: None (absent or null in params.yaml) trains the plain VAE; an ``AdversarialVAEConfig``
+    trains adv-VarMixup's VAE on PGD-attacked batches (varmix.vae.train_vae)."""
 
     latent_dim: int = 16
     objective: str = "mmd"          # mmd (the paper's InfoVAE) | kl (beta-VAE ablation)
@@ -202,6 +219,11 @@ class VAEConfig:
     min_recon_accuracy: float | None = None  # in [0, 1]; None: no probe gate
     probe_epochs: int = 3
     probe_subset: int = 10_000
+    dataset: str | None = None      # None: the classifier's dataset
+    fid_features: str = "classifier"  # classifier | inception
+    fid_samples: int = 1000
+    # adv-VarMixup's adversarially trained VAE (AdversarialVAEConfig); None: the plain VAE
+    adversarial: "AdversarialVAEConfig | None" = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], key: str) -> "VAEConfig":
@@ -225,7 +247,76 @@ class VAEConfig:
             min_recon_accuracy=opt_num("min_recon_accuracy", 0, 1),
             probe_epochs=_int(f"{key}.probe_epochs", g("probe_epochs"), 1, MAX_EPOCHS),
             probe_subset=_int(f"{key}.probe_subset", g("probe_subset"), 2, MAX_SUBSET),
+            dataset=None if g("dataset") is None else _choice(f"{key}.dataset", g("dataset"), DATASETS),
+            fid_features=_choice(f"{key}.fid_features", g("fid_features"), FID_FEATURES),
+            # KID needs at least 2 images per subset (its unbiased MMD divides by m(m - 1))
+            fid_samples=_int(f"{key}.fid_samples", g("fid_samples"), 2, MAX_SUBSET),
+            adversarial=None if g("adversarial") is None
+            else AdversarialVAEConfig.from_dict(g("adversarial"), f"{key}.adversarial"),
         )
+
+
+@dataclass(frozen=True)
+class PGDConfig:
+    """The settings of a PGD attack in the l-inf ball of radius ``eps`` intersected with [0, 1]: ``steps``
+    sign-gradient steps of ``step``; ``eps`` and ``step`` in units of 1/255 (as eval.linearity_eps);
+    ``random_start``: start at a random point of the ball, else at x. Shared by the classifiers' attack
+    (``AdversarialConfig``) and the adversarially trained VAE's (``AdversarialVAEConfig``), which parse and
+    check these four keys here, once."""
+
+    eps: float = 8.0
+    step: float = 2.0
+    steps: int = 7
+    random_start: bool = True
+
+    @property
+    def radius(self) -> float:
+        """eps in pixel units ([0, 1] images)."""
+        return self.eps / 255.0
+
+    @property
+    def step_size(self) -> float:
+        """step in pixel units."""
+        return self.step / 255.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], key: str) -> "PGDConfig":
+        d = _check_keys(key, d, cls)
+        return cls(**cls._pgd_settings(d, key))
+
+    @classmethod
+    def _pgd_settings(cls, d: Mapping[str, Any], key: str) -> dict[str, Any]:
+        """The four PGD keys of the checked mapping ``d`` (defaults for missing ones), validated."""
+        g = lambda k: d.get(k, getattr(cls, k))  # noqa: E731
+        return dict(eps=_num(f"{key}.eps", g("eps"), 0, 255),
+                    step=_num(f"{key}.step", g("step"), 0, 255, lo_open=True),
+                    steps=_int(f"{key}.steps", g("steps"), 1, MAX_STEPS),
+                    random_start=_bool(f"{key}.random_start", g("random_start")))
+
+
+@dataclass(frozen=True)
+class AdversarialConfig(PGDConfig):
+    """The inner maximisation of the adversarial methods (config.ADVERSARIAL_METHODS; varmix.attacks): PGD
+    in the l-inf ball of radius ``eps`` intersected with [0, 1], ``steps`` sign-gradient steps of ``step``.
+    ``eps`` and ``step`` are in units of 1/255 (as eval.linearity_eps); the paper: eps 8, step 2 (Madry et
+    al.'s CIFAR-10 setting), steps not given. ``random_start``: AT and IAT start uniformly in the ball
+    (Madry et al.), TRADES at x + 0.001 N(0, 1) (its reference); false starts at x. ``beta``: TRADES's
+    weight of the KL term (Zhang et al.'s CIFAR-10 setting: 6). docs/ADVERSARIAL.md."""
+
+    beta: float = 6.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], key: str) -> "AdversarialConfig":
+        d = _check_keys(key, d, cls)
+        return cls(**cls._pgd_settings(d, key), beta=_num(f"{key}.beta", d.get("beta", cls.beta), 0, MAX_BETA))
+
+
+@dataclass(frozen=True)
+class AdversarialVAEConfig(PGDConfig):
+    """adv-VarMixup's VAE (params.yaml ``vae.adversarial``; varmix.vae.train_vae, docs/ADVERSARIAL.md): every
+    training batch is attacked by PGD (these settings, in units of 1/255, as ``train.adversarial``) ascending
+    the VAE's loss of reconstructing the clean batch from the attacked one, and the VAE is trained on that
+    loss. The paper gives no recipe; this one is ours."""
 
 
 @dataclass(frozen=True)
@@ -259,6 +350,8 @@ class TrainConfig:
     amp: bool = True                 # bf16 autocast on CUDA (ignored on CPU)
     train_subset: int | None = None
     test_subset: int | None = None
+    # the adversarial methods' attack and TRADES's beta (AdversarialConfig); the other methods ignore it
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], key: str) -> "TrainConfig":
@@ -301,6 +394,7 @@ class TrainConfig:
             amp=_bool(f"{key}.amp", g("amp")),
             train_subset=_opt_int(f"{key}.train_subset", g("train_subset"), hi=MAX_SUBSET),
             test_subset=_opt_int(f"{key}.test_subset", g("test_subset"), hi=MAX_SUBSET),
+            adversarial=AdversarialConfig.from_dict(d.get("adversarial", {}), f"{key}.adversarial"),
         )
 
 
@@ -322,6 +416,18 @@ class EvalConfig:
     linearity_images: int = 256         # fixed set: the first N test images
     surface_points: int = 21            # grid points per axis of loss surfaces
     surface_images: int = 64
+    # robustness to adversarial perturbations (varmix.perturbation; 06_perturbations): PGD-l-inf with CE at
+    # each eps (units of 1/255), perturbation_steps steps of step_factor*eps/steps, worst case over
+    # perturbation_restarts random starts, on the first perturbation_images test images; then torchattacks'
+    # AutoAttack (autoattack_version) at autoattack_eps on the first autoattack_images of them, seed 0's runs
+    perturbation_eps: tuple[float, ...] = (1, 2, 4, 8)
+    perturbation_steps: int = 20
+    perturbation_restarts: int = 2
+    perturbation_step_factor: float = 2.5
+    perturbation_images: int = 500
+    autoattack_eps: float = 8.0
+    autoattack_images: int = 100
+    autoattack_version: str = "standard"
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], key: str) -> "EvalConfig":
@@ -348,6 +454,16 @@ class EvalConfig:
             linearity_images=_int(f"{key}.linearity_images", g("linearity_images"), 1, MAX_SUBSET),
             surface_points=_int(f"{key}.surface_points", g("surface_points"), 3, MAX_SURFACE_POINTS),
             surface_images=_int(f"{key}.surface_images", g("surface_images"), 1, MAX_SUBSET),
+            perturbation_eps=tuple(_num(f"{key}.perturbation_eps[{i}]", e, 0, 255, lo_open=True) for i, e in
+                                   enumerate(_list(f"{key}.perturbation_eps", list(g("perturbation_eps"))))),
+            perturbation_steps=_int(f"{key}.perturbation_steps", g("perturbation_steps"), 1, MAX_STEPS),
+            perturbation_restarts=_int(f"{key}.perturbation_restarts", g("perturbation_restarts"), 1, MAX_STEPS),
+            perturbation_step_factor=_num(f"{key}.perturbation_step_factor", g("perturbation_step_factor"), 0,
+                                          100, lo_open=True),
+            perturbation_images=_int(f"{key}.perturbation_images", g("perturbation_images"), 1, MAX_SUBSET),
+            autoattack_eps=_num(f"{key}.autoattack_eps", g("autoattack_eps"), 0, 255, lo_open=True),
+            autoattack_images=_int(f"{key}.autoattack_images", g("autoattack_images"), 0, MAX_SUBSET),
+            autoattack_version=_choice(f"{key}.autoattack_version", g("autoattack_version"), AUTOATTACK_VERSIONS),
         )
 
 
@@ -364,15 +480,33 @@ class Profile:
     # another number of threads sums in another order, so bit-for-bit results need the same count on every
     # machine; pipeline.start sets it (a machine with fewer cores still gets the same bits, only slower).
     cpu_threads: int | None = None
+    # adv-VarMixup's VAE (the vae_adversarial stage): the profile's vae trained with this PGD
+    # (AdversarialVAEConfig; None: the profile has no adversarial VAE, and no arm may ask for one)
+    vae_adversarial: "AdversarialVAEConfig | None" = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], key: str) -> "Profile":
         d = _check_keys(key, d, cls)
-        return cls(vae=VAEConfig.from_dict(d["vae"], f"{key}.vae"),
+        vae = VAEConfig.from_dict(d["vae"], f"{key}.vae")
+        if vae.adversarial is not None:
+            # one place per VAE: the vae stage trains the plain one, vae_adversarial the adversarial one
+            raise _fail(f"{key}.vae.adversarial", to_dict(vae.adversarial),
+                        f"null here: the adversarial VAE's PGD goes in {key}.vae_adversarial (its own stage)")
+        adv = d.get("vae_adversarial")
+        return cls(vae=vae,
+                   vae_adversarial=None if adv is None else AdversarialVAEConfig.from_dict(
+                       adv, f"{key}.vae_adversarial"),
                    train=TrainConfig.from_dict(d["train"], f"{key}.train"),
                    eval=EvalConfig.from_dict(d["eval"], f"{key}.eval"),
                    cpu_kernels=_choice(f"{key}.cpu_kernels", d.get("cpu_kernels", "fast"), CPU_KERNELS),
                    cpu_threads=_opt_int(f"{key}.cpu_threads", d.get("cpu_threads"), hi=MAX_THREADS))
+
+
+# torchattacks' AutoAttack versions (standard: APGD-CE, APGD-T, FAB-T, Square; rand: APGD-CE and APGD-DLR
+# with EOT, for randomised defences)
+AUTOATTACK_VERSIONS = ("standard", "rand")
+# which VAE an arm of a VAE method uses: the vae stage's, or the vae_adversarial stage's (adv-VarMixup)
+VAE_KINDS = ("plain", "adversarial")
 
 
 @dataclass(frozen=True)
@@ -386,6 +520,7 @@ class Arm:
     mix_prob: float | None = None  # None: the profile's train.mix_prob[method] (1 unless set)
     alpha: float | None = None   # None: the profile's train.alpha[method]
     epochs: int | None = None    # None: the profile's train.epochs[method]
+    vae: str = "plain"           # VAE methods only: plain (the vae stage's) | adversarial (adv-VarMixup's)
 
     @classmethod
     def from_dict(cls, name: Any, d: Any, key: str) -> "Arm":
@@ -393,15 +528,19 @@ class Arm:
             raise _fail(key, name, "an arm name of lower-case letters, digits and underscores, starting "
                                    "with a letter")
         if not isinstance(d, Mapping):
-            raise _fail(f"{key}.{name}", d, "a mapping with keys method, mix_prob, alpha, epochs")
-        unknown = sorted(set(d) - {"method", "mix_prob", "alpha", "epochs"})
+            raise _fail(f"{key}.{name}", d, "a mapping with keys method, mix_prob, alpha, epochs, vae")
+        unknown = sorted(set(d) - {"method", "mix_prob", "alpha", "epochs", "vae"})
         if unknown:
             raise ConfigError(f"params: unknown key {key}.{name}.{unknown[0]}; allowed keys in {key}.{name}: "
-                              f"alpha, epochs, method, mix_prob")
+                              f"alpha, epochs, method, mix_prob, vae")
         if "method" not in d:
             raise ConfigError(f"params: missing key {key}.{name}.method")
         k = f"{key}.{name}"
-        return cls(name=name, method=_choice(f"{k}.method", d["method"], METHODS),
+        method = _choice(f"{k}.method", d["method"], METHODS)
+        vae = _choice(f"{k}.vae", d.get("vae", "plain"), VAE_KINDS)
+        if vae != "plain" and method not in VAE_METHODS:
+            raise _fail(f"{k}.vae", vae, f"plain for method {method} (only {', '.join(VAE_METHODS)} use a VAE)")
+        return cls(name=name, method=method, vae=vae,
                    mix_prob=None if d.get("mix_prob") is None else _num(f"{k}.mix_prob", d["mix_prob"], 0, 1,
                                                                         lo_open=True),
                    alpha=None if d.get("alpha") is None else _num(f"{k}.alpha", d["alpha"], 0, lo_open=True),
@@ -447,6 +586,19 @@ class Params:
     @property
     def eval(self) -> EvalConfig:
         return self.selected.eval
+
+    def vae_of(self, kind: str = "plain") -> VAEConfig:
+        """The selected profile's VAE settings of ``kind`` (VAE_KINDS): ``vae`` as it is (plain), or with
+        the profile's ``vae_adversarial`` as its adversarial training (adversarial)."""
+        if kind not in VAE_KINDS:
+            raise ValueError(f"vae kind = {kind!r}: expected one of {', '.join(VAE_KINDS)}")
+        if kind == "plain":
+            return self.vae
+        adv = self.selected.vae_adversarial
+        if adv is None:
+            raise ConfigError(f"params: profiles.{self.profile}.vae_adversarial is not set: the adversarial VAE "
+                              f"(arms with vae: adversarial) needs its PGD settings there")
+        return dataclasses.replace(self.vae, adversarial=adv)
 
     def arm(self, name: str) -> Arm:
         """The declared arm ``name`` (a ValueError naming the declared ones otherwise)."""
@@ -515,6 +667,12 @@ class Params:
         raw_dir = d.get("raw_dir")
         if raw_dir is not None and not isinstance(raw_dir, str):
             raise _fail("raw_dir", raw_dir, "a folder path or null")
+        profiles = {name: Profile.from_dict(p, f"profiles.{name}") for name, p in profiles_raw.items()}
+        needs_adv = [a for a in arms if settings[a].vae == "adversarial"]
+        if needs_adv and profiles[profile].vae_adversarial is None:
+            raise ConfigError(f"params: profiles.{profile}.vae_adversarial is not set, but the arms "
+                              f"{', '.join(needs_adv)} use the adversarial VAE (arm_settings' vae: adversarial): "
+                              f"give it the VAE's PGD settings (eps, step, steps, random_start)")
         return cls(
             profile=profile,
             dataset=_choice("dataset", d["dataset"], DATASETS),
@@ -522,7 +680,7 @@ class Params:
             raw_dir=raw_dir,
             arms=arms,
             seeds=seeds,
-            profiles={name: Profile.from_dict(p, f"profiles.{name}") for name, p in profiles_raw.items()},
+            profiles=profiles,
             arm_settings=settings,
             comparisons=comparisons,
         )

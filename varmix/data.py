@@ -90,6 +90,12 @@ def spec(name: str) -> DatasetSpec:
     return SPECS[name]
 
 
+def image_shape(name: str) -> tuple[int, int, int]:
+    """The (C, H, W) of dataset ``name``'s images, from its spec (no files read)."""
+    s = spec(name)
+    return (s.channels, s.size, s.size)
+
+
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1]."""
     return x.float().div_(255.0)

@@ -34,7 +34,10 @@ def _subplots(nrows: int = 1, ncols: int = 1, figsize=None, **kw):
 
 
 def _palette(methods: Sequence[str]) -> dict[str, Any]:
-    return {m: PALETTE.get(m, "grey") for m in methods}
+    """A method's own colour; arms that are not a method's name (mixup_half, adv_varmixup, ...) take the
+    next unused colours of a wider palette, in order, so no two lines share one."""
+    extra = iter(c for c in sns.color_palette("tab20", 20) if c not in PALETTE.values())
+    return {m: PALETTE[m] if m in PALETTE else next(extra, "grey") for m in methods}
 
 
 def _to_image(x: torch.Tensor) -> np.ndarray:
@@ -293,5 +296,48 @@ def forest_plot(table: pd.DataFrame):
     handles += [Line2D([], [], color="grey", linewidth=5, alpha=0.55, label="t 95% CI (seeds)"),
                 Line2D([], [], color="grey", linewidth=1.3, label="bootstrap 95% CI (seeds × images)")]
     axes[0, 0].legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(1.01, 0.0), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def sample_distances(table: pd.DataFrame):
+    """``varmix.sample_distance.mixer_distances``'s table as bars: FID and KID (mean, with the spread
+    over KID's subsets as error bars) of each set of images against the training images."""
+    need = ["samples", "fid", "kid_mean", "kid_std"]
+    missing = [c for c in need if c not in table.columns]
+    if missing or table.empty:
+        raise ValueError(f"sample_distances: columns {missing} missing or no rows; expected "
+                         f"varmix.sample_distance.distances's table")
+    names = list(table["samples"])
+    colours = [PALETTE.get(n, "grey") for n in names]
+    labels = [LABELS.get(n, n) for n in names]
+    fig, axes = _subplots(1, 2, figsize=(10, 0.45 * len(names) + 1.2))
+    for ax, col, title in ((axes[0], "fid", "FID"), (axes[1], "kid_mean", "KID")):
+        sns.barplot(x=table[col].to_numpy(), y=labels, hue=labels, palette=dict(zip(labels, colours)),
+                    legend=False, ax=ax, orient="h")
+        if col == "kid_mean":
+            ax.errorbar(table["kid_mean"], np.arange(len(names)), xerr=table["kid_std"], fmt="none",
+                        ecolor="black", capsize=3, linewidth=1)
+        ax.set_title(f"{title} against the training images (lower: closer)", fontsize=10)
+        ax.set_xlabel(title)
+    axes[1].set_yticklabels([])
+    fig.tight_layout()
+    return fig
+
+
+def perturbation_curves(curve: pd.DataFrame):
+    """Accuracy under PGD-ℓ∞ against ε (``curve``: columns arm, seed, eps_255, accuracy; ε = 0 is clean):
+    the mean over seeds per arm with its standard deviation as a band, accuracy in %."""
+    arms = list(dict.fromkeys(curve["arm"]))
+    fig, ax = _subplots(figsize=(8, 4.5))
+    data = curve.assign(accuracy=100 * curve["accuracy"])
+    sns.lineplot(data=data, x="eps_255", y="accuracy", hue="arm", hue_order=arms, palette=_palette(arms),
+                 marker="o", errorbar="sd", ax=ax)
+    ax.set_xscale("symlog", linthresh=1, base=2)
+    ticks = sorted(curve["eps_255"].unique())
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_xlabel("ε (×1/255; 0 = clean)")
+    ax.set_ylabel("accuracy under PGD (%, ± sd over seeds)")
+    ax.legend(title="", fontsize=8, ncol=2)
     fig.tight_layout()
     return fig

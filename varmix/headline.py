@@ -3,10 +3,11 @@
 
 One JSON file per arm, ``<arm>.json``: the mean over seeds of clean accuracy (``acc``), corruption
 accuracy over the 15 corruptions x severities (``corr_acc``), clean ``ece``, clean ``nll`` and mean γ at
-ε = 8/255 (``gamma_8``), rounded to 4 digits; and one file per primary comparison,
+ε = 8/255 (``gamma_8``) and accuracy under PGD-ℓ∞ averaged over the perturbation chapter's ε
+(``pgd_acc``), rounded to 4 digits; and one file per primary comparison,
 ``<arm>-vs-<rival>.json``, holding its verdicts (holds / contradicted / inconclusive / not tested) under
 the column of the claim's metric. DVC prints one row per file and one column per key, so the table
-has five columns whatever the number of arms; the detailed per-run files stay outputs of their stages.
+has six columns whatever the number of arms; the detailed per-run files stay outputs of their stages.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import pandas as pd
 from varmix import io
 
 # column -> the runs table's metric (varmix.report.per_run merged over the stages' metrics files)
-COLUMNS = {"acc": "accuracy", "corr_acc": "corruption_accuracy", "ece": "ece", "nll": "nll", "gamma_8": "gamma_8"}
+COLUMNS = {"acc": "accuracy", "corr_acc": "corruption_accuracy", "ece": "ece", "nll": "nll", "gamma_8": "gamma_8",
+           "pgd_acc": "pgd_accuracy"}
 DIGITS = 4
 _NAME = re.compile(r"[a-z][a-z0-9_]*(-vs-[a-z][a-z0-9_]*)?")
 
@@ -35,7 +37,7 @@ def summary(runs: pd.DataFrame, table: pd.DataFrame, arms: list[str] | tuple[str
     missing = sorted(need - set(runs.columns))
     if missing:
         raise ValueError(f"runs table lacks the columns {missing}: expected varmix.report.per_run's table "
-                         f"merged over the train, corruptions, calibration and linearity metrics")
+                         f"merged over the train, corruptions, calibration, linearity and perturbations metrics")
     missing = sorted({"arm", "rival", "metric", "verdict"} - set(table.columns))
     if missing:
         raise ValueError(f"comparison table lacks the columns {missing}: expected varmix.stats.compare's table")

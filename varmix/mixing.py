@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from scipy.special import betaincinv
 from torch import Tensor
 
-from varmix.config import MANIFOLD_LOSSES, METHODS
+from varmix.config import MANIFOLD_LOSSES, VICINAL_METHODS
 
 
 @dataclass
@@ -282,7 +282,8 @@ MIXERS: dict[str, Callable[..., MixedBatch]] = {
     "erm": erm, "mixup": mixup, "mixup_r": mixup_r, "manifold_mixup": manifold_mixup,
     "cutmix": cutmix, "varmixup": varmixup,
 }
-assert set(MIXERS) == set(METHODS), f"mixing.MIXERS {sorted(MIXERS)} != config.METHODS {sorted(METHODS)}"
+assert set(MIXERS) == set(VICINAL_METHODS), \
+    f"mixing.MIXERS {sorted(MIXERS)} != config.VICINAL_METHODS {sorted(VICINAL_METHODS)}"
 _NEEDS_VAE = ("mixup_r", "varmixup")
 
 
@@ -301,7 +302,7 @@ def make_mixer(method: str, *, num_classes: int, alpha: float, vae: Any = None,
                layers: Sequence[int] = (0, 1, 2), prob: float = 1.0) -> Callable[[Tensor, Tensor, torch.Generator], MixedBatch]:
     """The mixer for ``method`` as a callable (x, y, gen) -> MixedBatch, its settings checked now."""
     if method not in MIXERS:
-        raise ValueError(f"method = {method!r} is unknown: expected one of {', '.join(METHODS)}")
+        raise ValueError(f"method = {method!r} is unknown: expected one of {', '.join(VICINAL_METHODS)}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes = {num_classes!r} is invalid: expected a positive integer")
     _check_alpha(alpha)

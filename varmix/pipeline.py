@@ -60,6 +60,11 @@ class Layout:
     def vae_dir(self) -> Path:
         return self.runs / "vae"
 
+    def vae_folder(self, kind: str = "plain") -> Path:
+        """The trained VAE of ``kind`` (config.VAE_KINDS): the vae stage's (plain) or the
+        vae_adversarial stage's (adversarial, adv-VarMixup's)."""
+        return self.vae_dir if kind == "plain" else self.runs / f"vae_{_vae_kind(kind)}"
+
     def model_dir(self, arm: str, seed: int) -> Path:
         return self.runs / "models" / run_name(arm, seed)
 
@@ -83,6 +88,18 @@ class Layout:
         return self.results / "timings" / f"{name}.json"
 
 
+def _vae_kind(kind: str) -> str:
+    if kind not in config.VAE_KINDS:
+        raise ValueError(f"vae kind = {kind!r}: expected one of {', '.join(config.VAE_KINDS)}")
+    return kind
+
+
+def vae_name(kind: str = "plain") -> str:
+    """The name of a VAE's metrics, plot data and executed notebook suffix: ``vae`` (plain) or
+    ``vae_adversarial``."""
+    return "vae" if _vae_kind(kind) == "plain" else f"vae_{kind}"
+
+
 def run_name(arm: str, seed: int) -> str:
     """The name of one trained model: ``<arm>-s<seed>`` (model folder, metrics, plot data)."""
     return f"{arm}-s{seed}"
@@ -103,16 +120,63 @@ class Session:
 
         return data.load(self.params.dataset, project_root() / self.params.data_dir)
 
-    def load_vae(self) -> torch.nn.Module:
-        """The VAE the ``vae`` stage (01_vae) trained, frozen, on the device."""
+    @property
+    def vae_dataset(self) -> str:
+        """The dataset the VAE trains on: params.yaml's ``vae.dataset``, by default the classifier's."""
+        return self.params.vae.dataset or self.params.dataset
+
+    def check_vae_dataset(self) -> None:
+        """A VAE from another dataset (``vae.dataset``) must take the classifier's images as they are: a
+        ``ValueError`` naming both datasets and shapes when their image shapes (C, H, W) differ. Reads
+        the datasets' specs only, no files."""
+        from varmix import data
+
+        ours, theirs = self.params.dataset, self.vae_dataset
+        a, b = data.image_shape(ours), data.image_shape(theirs)
+        if a != b:
+            raise ValueError(
+                f"profiles.{self.params.profile}.vae.dataset = {theirs!r} has images of shape {b}, the "
+                f"classifier's dataset {ours!r} {a}: the VAE must encode the classifier's images, so its "
+                f"dataset needs the same shape (C, H, W); pick one of the same shape or null (the "
+                f"classifier's dataset)")
+
+    def load_vae_data(self, classifier_data: data.ImageData | None = None) -> data.ImageData:
+        """The images the VAE trains on (``vae_dataset``), after ``check_vae_dataset``: the shapes are
+        compared before anything is read or trained. ``classifier_data`` (``load_data``'s result) is
+        returned as it is when the VAE trains on the classifier's dataset."""
+        from varmix import data
+
+        self.check_vae_dataset()
+        if classifier_data is not None and classifier_data.name == self.vae_dataset:
+            return classifier_data
+        return data.load(self.vae_dataset, project_root() / self.params.data_dir)
+
+    def vae_config(self, kind: str = "plain"):
+        """The VAE settings of ``kind``: the profile's ``vae``; for ``adversarial`` with its
+        ``vae_adversarial`` block as the VAE's adversarial training (adv-VarMixup's recipe)."""
+        return self.params.vae_of(_vae_kind(kind))
+
+    def load_vae(self, kind: str = "plain") -> torch.nn.Module:
+        """The VAE the ``vae`` stage (01_vae) trained, or for ``kind = "adversarial"`` the
+        ``vae_adversarial`` stage, frozen, on the device (its image shape checked against the classifier's
+        dataset)."""
+        from varmix import data
         from varmix.vae import load_vae
 
-        path = self.layout.vae_dir / "vae.pt"
+        path = self.layout.vae_folder(kind) / "vae.pt"
+        stage = vae_name(kind)
         if not path.is_file():
+            flag = "" if kind == "plain" else f" --vae {kind}"
             raise FileNotFoundError(
-                f"the VAE {path} is missing (the mixup_r and varmixup arms need it): train it first with `dvc repro vae` "
-                f"(or `python -m varmix notebook 01_vae --profile {self.params.profile} --dataset {self.params.dataset}`)")
-        return load_vae(path, self.device)
+                f"the VAE {path} is missing (the arms of {', '.join(config.VAE_METHODS)} with vae: {kind} need "
+                f"it): train it first with `dvc repro {stage}` (or `python -m varmix notebook 01_vae --profile "
+                f"{self.params.profile} --dataset {self.params.dataset}{flag}`)")
+        vae = load_vae(path, self.device)
+        if vae.image_shape != data.image_shape(self.params.dataset):
+            raise ValueError(f"the VAE {path} is for images of shape {vae.image_shape}, the dataset "
+                             f"{self.params.dataset!r} has {data.image_shape(self.params.dataset)}: retrain it "
+                             f"(`dvc repro {stage}`)")
+        return vae
 
     def runs(self, arm: str = "all", seed: int | str = "all") -> list[tuple[str, int]]:
         """The (arm, seed) pairs a notebook works on: ``"all"`` expands to params.yaml's ``arms`` and
@@ -231,7 +295,8 @@ def _check_cpu_kernels(capability: str) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # running the notebooks (dvc.yaml's stages and the nbval reference outputs)
-NOTEBOOKS = ("01_vae", "02_train", "03_corruptions", "04_calibration", "05_landscape", "06_report")
+NOTEBOOKS = ("01_vae", "02_train", "03_corruptions", "04_calibration", "05_landscape", "06_perturbations",
+             "07_report")
 KERNEL = "python3"  # registered by `make install` (ipykernel install --sys-prefix --name python3)
 # ipykernel logs a warning about its localhost TCP transport on every start; the kernel's own errors still show
 _KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
@@ -401,9 +466,10 @@ def _on_parent_death(parent: int, done: threading.Event, every: float = 0.5) -> 
 
 
 def run_notebook(name: str, profile: str | None = None, dataset: str | None = None,
-                 arm: str | None = None, seed: int | None = None) -> Path:
+                 arm: str | None = None, seed: int | None = None, vae: str | None = None) -> Path:
     """Execute ``notebooks/<name>.ipynb`` with papermill (a dvc.yaml stage) and write it, cleaned, to
-    ``results/<dataset>/<profile>/notebooks/<name>[-<arm>-s<seed>].ipynb``. Parameters are checked
+    ``results/<dataset>/<profile>/notebooks/<name>[-<arm>-s<seed>].ipynb`` (01_vae with ``vae`` =
+    adversarial: ``01_vae-adversarial.ipynb``, the vae_adversarial stage). Parameters are checked
     before the kernel starts; a cell that raises fails the run, writes nothing to the output and leaves the
     executed notebook at ``failed_path(out)`` (see ``_execute``)."""
     if name not in NOTEBOOKS:
@@ -411,6 +477,9 @@ def run_notebook(name: str, profile: str | None = None, dataset: str | None = No
     if (arm is None) != (seed is None) or (arm is not None and name != "02_train"):
         raise ValueError(f"arm and seed go together and only with 02_train (got arm={arm!r}, "
                          f"seed={seed!r} for {name})")
+    if vae is not None and (name != "01_vae" or vae not in config.VAE_KINDS):
+        raise ValueError(f"vae = {vae!r} goes only with 01_vae and is one of {', '.join(config.VAE_KINDS)} (got "
+                         f"it for {name})")
     params, layout = _resolve(profile, dataset)  # validates params.yaml with these overrides
     if arm is not None:
         Session(params, layout, None).runs(arm, seed)  # names must be among params.yaml's lists
@@ -419,10 +488,14 @@ def run_notebook(name: str, profile: str | None = None, dataset: str | None = No
     if arm is not None:
         parameters.update(arm=arm, seed=seed)
         out_name = f"{name}-{run_name(arm, seed)}"
+    if vae not in (None, "plain"):
+        parameters["vae_kind"] = vae
+        out_name = f"{name}-{vae}"
     out = layout.notebook(out_name)
     for folder in (layout.results, layout.runs):
         _check_writable(folder)
     label = name if arm is None else f"{name} (arm {arm}, seed {seed})"
+    label += "" if vae in (None, "plain") else f" (vae {vae})"
     _execute(project_root() / "notebooks" / f"{name}.ipynb", out, parameters, label)
     return out
 
@@ -441,6 +514,14 @@ def _check_writable(folder: Path) -> None:
                                f"{WORKDIR_ENV} to write runs/ and results/ elsewhere") from None
 
 
+def train_adversarial_vae_for_nbval() -> Path:
+    """The smoke profile's adversarial VAE (the vae_adversarial stage: 01_vae with ``vae = adversarial``),
+    which 02_train's adv_varmixup arm needs, written where the notebooks' runs go (VARMIX_WORKDIR). nbval
+    and ``refresh_notebooks`` run notebooks/ with their defaults, i.e. the plain VAE only, so both call this
+    after 01_vae (notebooks/conftest.py for nbval), as dvc.yaml orders the stages."""
+    return run_notebook("01_vae", "smoke", vae="adversarial")
+
+
 def refresh_notebooks(names: tuple[str, ...] = NOTEBOOKS) -> None:
     """Re-execute ``notebooks/*.ipynb`` in place with their own defaults (the smoke profile), writing
     runs/results into a temporary folder: the stored outputs nbval compares against."""
@@ -455,6 +536,8 @@ def refresh_notebooks(names: tuple[str, ...] = NOTEBOOKS) -> None:
                 path = root / "notebooks" / f"{name}.ipynb"
                 print(f"executing {path.relative_to(root)}", flush=True)
                 _execute(path, path, None)
+                if name == "01_vae":
+                    train_adversarial_vae_for_nbval()
         finally:
             if old is None:
                 os.environ.pop(WORKDIR_ENV, None)

@@ -78,6 +78,29 @@ def gamma_columns(columns) -> list[str]:
     return sorted((c for c in columns if re.fullmatch(r"gamma_[0-9.]+", str(c))), key=lambda c: float(c[6:]))
 
 
+def pgd_columns(columns) -> list[str]:
+    """The per-ε PGD accuracy columns (``pgd_accuracy_eps_<ε>``) of a runs table, in ε order."""
+    cols = [c for c in columns if re.fullmatch(r"pgd_accuracy_eps_[0-9.]+", c)]
+    return sorted(cols, key=lambda c: float(c.rsplit("_", 1)[1]))
+
+
+def sample_distance_table(*vae_metrics: Mapping[str, object]) -> pd.DataFrame:
+    """FID and KID (mean ± std) of each set of images the VAE chapter measured (``sample_distance`` of
+    the plain and the adversarial VAE's metrics; a set measured in both, e.g. the test images, is shown
+    once), with the paper's CIFAR-10 FID/KID beside the mixers it reports."""
+    rows: dict[str, dict] = {}
+    for m in vae_metrics:
+        for name, v in (m.get("sample_distance") or {}).items():
+            rows.setdefault(name, dict(v))
+    if not rows:
+        raise ValueError("no sample_distance in the VAE metrics: run the VAE chapter (01_vae) first")
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("samples")
+    fid_kid = paper.SAMPLE_DISTANCE.get("cifar10", {})
+    table["paper FID (cifar10)"] = [fid_kid.get(n, (np.nan, np.nan))[0] for n in table.index]
+    table["paper KID (cifar10)"] = [fid_kid.get(n, (np.nan, np.nan))[1] for n in table.index]
+    return table
+
+
 def verdict_summary(table: pd.DataFrame) -> pd.DataFrame:
     """:func:`varmix.stats.compare`'s table as one row per claim and one column per "arm vs rival" pair
     (in the table's order), each cell the verdict."""
@@ -114,16 +137,20 @@ def formatted_comparisons(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------------
-# the study's claims, fixed before looking (06_report runs them; tests/test_report.py pins them)
+# the study's claims, fixed before looking (07_report runs them; tests/test_report.py pins them)
 def study_claims(n_bins: int = 15):
-    """The three claims the study decides, as :class:`varmix.stats.Claim`: higher corruption accuracy
-    (mean over the 15 corruptions x 5 severities), lower clean ECE, lower mean γ at ε = 8/255."""
+    """The four claims the study decides, as :class:`varmix.stats.Claim`: higher corruption accuracy
+    (mean over the 15 corruptions x 5 severities), lower clean ECE, lower mean γ at ε = 8/255, higher
+    accuracy under PGD-ℓ∞ (per image: the share of the perturbation chapter's ε at which it stays robust;
+    per run: the mean of the accuracies at those ε)."""
     from varmix import stats
 
     return [stats.Claim("1. corruptions", "corruption_accuracy", +1, label="corruption accuracy (15 corruptions)",
                         unit=" points", scale=100),
             stats.Claim("2. calibration", "ece", -1, statistic=stats.ECE(n_bins), label="clean ECE"),
-            stats.Claim("3. local linearity", "gamma_8", -1, label="mean γ at ε = 8/255")]
+            stats.Claim("3. local linearity", "gamma_8", -1, label="mean γ at ε = 8/255"),
+            stats.Claim("4. perturbations", "pgd_accuracy", +1, label="accuracy under PGD (mean over ε)",
+                        unit=" points", scale=100)]
 
 
 def secondary_claims():
@@ -150,11 +177,13 @@ def run_key(name: str) -> tuple[str, int]:
 
 
 def per_image_inputs(corruptions: Mapping[str, object], logits: Mapping[str, tuple], gammas: pd.DataFrame,
-                     eps_255: float = 8) -> dict[str, dict[tuple[str, int], np.ndarray]]:
+                     eps_255: float = 8, perturbations: Mapping[str, Mapping[float, np.ndarray]] | None = None
+                     ) -> dict[str, dict[tuple[str, int], np.ndarray]]:
     """The per-image arrays :func:`varmix.stats.compare` resamples, keyed metric -> (arm, seed):
     ``corruptions`` = ``robustness.load_per_image`` (run -> PerImage), ``logits`` = ``io.read_logits``
     (run -> (logits, labels)), ``gammas`` = the landscape chapter's per-image γ table (columns method =
-    arm, seed, eps_255, image, gamma)."""
+    arm, seed, eps_255, image, gamma), ``perturbations`` = ``perturbation.load_masks`` (run -> {ε in
+    1/255: robust per image}) as ``pgd_accuracy``, the mean over ε > 0 of each image's robustness."""
     from varmix import calibration, robustness
 
     out: dict[str, dict[tuple[str, int], np.ndarray]] = {}
@@ -173,6 +202,9 @@ def per_image_inputs(corruptions: Mapping[str, object], logits: Mapping[str, tup
         raise ValueError(f"no γ at ε = {eps_255}/255 among {sorted(gammas['eps_255'].unique())}")
     for (arm, seed), g in at.groupby(["method", "seed"], sort=False):
         out.setdefault(f"gamma_{eps_255:g}", {})[(arm, int(seed))] = g.sort_values("image")["gamma"].to_numpy()
+    for name, masks in (perturbations or {}).items():  # eps 0 (clean, if stored) is not a perturbation
+        out.setdefault("pgd_accuracy", {})[run_key(name)] = np.mean(
+            [np.asarray(m, dtype=np.float64) for e, m in masks.items() if e > 0], axis=0)
     return out
 
 

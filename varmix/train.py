@@ -13,11 +13,16 @@ The loop follows torchvision's references/classification/train.py, with the data
   alone). The three data generators are seeded with values derived from ``seed`` (numpy SeedSequence), so
   that weight init and data are not the same Mersenne-Twister stream, and so that arms are paired: one
   seed gives every method the same initial weights, image order, crops and flips (``_data_seed``).
+- The adversarial methods (at, trades, iat; ``adversarial_loss``, docs/ADVERSARIAL.md) attack the augmented
+  clean batch with ``varmix.attacks.pgd_linf`` (settings ``cfg.adversarial``), drawing random starts from a
+  fourth generator ("attack") that only they have, then train on it (AT), on TRADES's loss, or on mixup of
+  the clean and of the attacked batch (IAT, ``mixing``'s mixup mixer).
 - CUDA: bf16 autocast (``cfg.amp``), channels_last (``cfg.channels_last``), fused optimisers, the training
   loss accumulated on the device and read once per epoch. CPU: the same code in fp32. Evaluation is
   always fp32 (no autocast), so reported test numbers do not depend on ``cfg.amp``.
 - Each epoch writes ``checkpoint.pt`` (model, optimiser, scheduler, generator states, history) and
-  ``history.json`` atomically. A run finding a checkpoint of the same run in ``out_dir`` resumes from it;
+  ``history.json`` atomically. A run finding a checkpoint of the same run (equal ``run_settings``, arm,
+  seed, data and VAE) in ``out_dir`` resumes from it;
   on CPU the resumed run ends with bit-identical weights to an uninterrupted one. A checkpoint may also
   be continued with more epochs (``cfg.epochs[method]`` is the only setting allowed to differ), which
   equals training that many epochs in one go as long as the lr schedule agrees (milestones; a cosine
@@ -48,6 +53,7 @@ import hashlib
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -57,13 +63,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from varmix import config, io, mixing
+from varmix import attacks, config, io, mixing
 from varmix.data import ImageData, to_float
 from varmix.models import NUM_MIX_LAYERS, build_model
 
 CHECKPOINT_FORMAT = "varmix-classifier-checkpoint-2"  # 2: three generators (order, augmentation, mixing)
 MODEL_FORMAT = "varmix-classifier-1"
-VAE_METHODS = ("mixup_r", "varmixup")
+VAE_METHODS = config.VAE_METHODS
 EVAL_BATCH_SIZE = 500
 
 
@@ -95,24 +101,115 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tens
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, mixer, x: torch.Tensor, y: torch.Tensor,
                gen: torch.Generator, *, pad: int | None, amp: bool, channels_last: bool,
-               loss: str = "soft_ce", aug_gen: torch.Generator | None = None) -> torch.Tensor:
+               loss: str = "soft_ce", aug_gen: torch.Generator | None = None,
+               adversary: "Adversary | None" = None, attack_gen: torch.Generator | None = None) -> torch.Tensor:
     """One optimisation step on a uint8 batch already on the model's device; returns the (detached)
     loss as a device tensor (no host sync). ``pad=None`` switches augmentation off. ``loss`` names the
     training loss (``varmix.mixing.mixed_loss``; see ``loss_for``). The mixer draws from ``gen``, the
-    augmentation from ``aug_gen`` (default: ``gen`` too)."""
+    augmentation from ``aug_gen`` (default: ``gen`` too). ``adversary`` (an adversarial method's
+    settings) replaces the loss by ``adversarial_loss``'s, whose attack draws from ``attack_gen``."""
     if pad is not None:
         x = augment_batch(x, gen if aug_gen is None else aug_gen, pad)
     x = to_float(x)
-    with torch.no_grad():  # the mixed batch is an input: no gradient into the (frozen) VAE
-        mb = mixer(x, y, gen)
-    xm = mb.x.contiguous(memory_format=torch.channels_last) if channels_last else mb.x
-    with torch.autocast(device_type=xm.device.type, dtype=torch.bfloat16, enabled=amp):
-        logits = model(xm, mix_layer=mb.mix_layer, lam=mb.lam, perm=mb.perm)
-    value = mixing.mixed_loss(loss, logits.float(), mb.target)
+    if adversary is not None:
+        value = adversarial_loss(adversary, model, mixer, x, y, gen, attack_gen, amp=amp,
+                                 channels_last=channels_last)
+    else:
+        with torch.no_grad():  # the mixed batch is an input: no gradient into the (frozen) VAE
+            mb = mixer(x, y, gen)
+        value = mixing.mixed_loss(loss, _logits(model, mb, amp, channels_last), mb.target)
     optimizer.zero_grad(set_to_none=True)
     value.backward()
     optimizer.step()
     return value.detach()
+
+
+def _logits(model: nn.Module, mb: mixing.MixedBatch, amp: bool, channels_last: bool) -> torch.Tensor:
+    """The model's (float32) logits for a mixed batch, in train mode under the step's autocast."""
+    xm = mb.x.contiguous(memory_format=torch.channels_last) if channels_last else mb.x
+    with torch.autocast(device_type=xm.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(xm, mix_layer=mb.mix_layer, lam=mb.lam, perm=mb.perm)
+    return logits.float()
+
+
+# ----------------------------------------------------------------------------------------------
+# the adversarial methods (config.ADVERSARIAL_METHODS; docs/ADVERSARIAL.md)
+# Each is a vicinal method's mixer applied around an attack: AT and TRADES use erm's (the batch, one-hot
+# targets; no draws), IAT mixup's (varmix.mixing.mixup, the same mixer as the mixup arm).
+ADVERSARIAL_MIXER = {"at": "erm", "trades": "erm", "iat": "mixup"}
+assert set(ADVERSARIAL_MIXER) == set(config.ADVERSARIAL_METHODS)
+
+
+@dataclass(frozen=True)
+class Adversary:
+    """An adversarial method and its attack in pixel units (``from_config`` converts params.yaml's 1/255)."""
+
+    method: str          # at | trades | iat
+    eps: float           # l-inf radius, pixel units
+    step: float          # step size, pixel units
+    steps: int
+    random_start: bool
+    beta: float          # TRADES only
+
+    @classmethod
+    def from_config(cls, method: str, adv: config.AdversarialConfig) -> "Adversary":
+        if method not in ADVERSARIAL_MIXER:
+            raise ValueError(f"method {method!r} is not adversarial: expected one of "
+                             f"{', '.join(config.ADVERSARIAL_METHODS)}")
+        if not isinstance(adv, config.AdversarialConfig):
+            raise ValueError(f"cfg.adversarial is a {type(adv).__name__}: expected a "
+                             f"varmix.config.AdversarialConfig")
+        attacks.check_attack(adv.eps, adv.step, adv.steps, "cfg.adversarial.", units="units of 1/255")
+        if not isinstance(adv.random_start, bool):
+            raise ValueError(f"cfg.adversarial.random_start = {adv.random_start!r} is invalid: expected True or "
+                             f"False")
+        return cls(method, adv.radius, adv.step_size, int(adv.steps), adv.random_start,
+                   attacks.check_beta(adv.beta, "cfg.adversarial.beta"))
+
+    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, *,
+               amp: bool = False) -> torch.Tensor:
+        """The method's adversarial batch for clean images x (TRADES: the KL attack, else the CE one)."""
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
+            return attacks.pgd_linf(model, x, y, self.eps, self.step, self.steps, gen,
+                                    random_start=self.random_start, loss="kl" if self.method == "trades" else "ce")
+
+
+def iat_batches(adversary: Adversary, model: nn.Module, mixer, x: torch.Tensor, y: torch.Tensor,
+                gen: torch.Generator, attack_gen: torch.Generator, *, amp: bool = False
+                ) -> tuple[mixing.MixedBatch, mixing.MixedBatch]:
+    """IAT's two batches (Lamb et al., "Interpolated Adversarial Training"): the attack on the clean batch
+    (labels y) first, then ``mixer`` (mixup's) on the clean batch and on the adversarial batch, in that
+    order, each with its own lambda and partners from ``gen``."""
+    x_adv = adversary.attack(model, x, y, attack_gen, amp=amp)
+    with torch.no_grad():
+        return mixer(x, y, gen), mixer(x_adv, y, gen)
+
+
+def adversarial_loss(adversary: Adversary, model: nn.Module, mixer, x: torch.Tensor, y: torch.Tensor,
+                     gen: torch.Generator, attack_gen: torch.Generator, *, amp: bool = False,
+                     channels_last: bool = False) -> torch.Tensor:
+    """The training loss of an adversarial method on the float batch x (the attack first, on the model as
+    it stands, in eval mode; then the train-mode forward passes):
+
+    - at: the soft CE (= CE) of the PGD batch with one-hot targets (Madry et al.);
+    - trades: ``attacks.trades_loss`` of the clean and the KL-attacked batch's logits (two forward
+      passes: clean, then adversarial), with one-hot targets and ``adversary.beta``;
+    - iat: (soft CE of mixup on the clean batch + soft CE of mixup on the PGD batch) / 2 (Lamb et al.),
+      two forward passes, clean first."""
+    m = adversary.method
+    if m == "iat":
+        clean, adv = iat_batches(adversary, model, mixer, x, y, gen, attack_gen, amp=amp)
+        return 0.5 * (mixing.soft_cross_entropy(_logits(model, clean, amp, channels_last), clean.target)
+                      + mixing.soft_cross_entropy(_logits(model, adv, amp, channels_last), adv.target))
+    x_adv = adversary.attack(model, x, y, attack_gen, amp=amp)
+    with torch.no_grad():
+        adv = mixer(x_adv, y, gen)  # erm's: the batch with one-hot targets, no draws
+    if m == "at":
+        return mixing.soft_cross_entropy(_logits(model, adv, amp, channels_last), adv.target)
+    with torch.no_grad():
+        clean = mixer(x, y, gen)
+    return attacks.trades_loss(_logits(model, clean, amp, channels_last), _logits(model, adv, amp, channels_last),
+                               clean.target, adversary.beta)
 
 
 def loss_for(method: str, cfg: config.TrainConfig) -> str:
@@ -177,13 +274,16 @@ def _tqdm_disable(progress: bool | None) -> bool | None:
 def _data_seed(seed: int, stream: int = 0) -> int:
     """The seed of a data generator: derived from ``seed`` so it is not the init's stream. Streams: 0 the
     order of the training images, 1 augmentation, 2 the method's own draws (lambda, partners, boxes, layers,
-    clean-or-mixed coins). Separate streams pair the arms of a study: for one seed every arm sees the same
-    images in the same order with the same crops and flips, whatever its method draws."""
+    clean-or-mixed coins), 3 the adversarial methods' attacks (random starts; only those methods have it, so
+    the other arms' checkpoints hold the three streams they always held). Separate streams pair the arms of
+    a study: for one seed every arm sees the same images in the same order with the same crops and flips,
+    whatever its method draws."""
     key = [seed, 0x6461_7461] if stream == 0 else [seed, 0x6461_7461, stream]
     return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
 GENERATORS = ("order", "augment", "mix")  # _data_seed's streams 0, 1, 2
+ATTACK_GENERATOR, ATTACK_STREAM = "attack", 3  # the adversarial methods' fourth stream
 
 
 def _state_md5(module: nn.Module) -> str:
@@ -300,15 +400,33 @@ def _check_inputs(method, cfg, data, seed, vae) -> tuple[ImageData, int, int]:
     return d, epochs, float(alpha)
 
 
+def run_settings(method: str, cfg: config.TrainConfig) -> dict:
+    """The training settings of one run, as its params.json and checkpoint record them: ``cfg``'s fields,
+    with ``epochs``, ``alpha`` and ``mix_prob`` as ``method``'s own values (not the per-method dicts) and
+    the ``adversarial`` block only for an adversarial method. Declaring another method or arm (a new key
+    in those dicts), or changing the adversarial arms' attack, leaves the other runs' records, and so
+    their bytes and checkpoints, as they are. ``method`` and ``cfg`` as checked by ``train_classifier``."""
+    own = config.to_dict(cfg)
+    own.update(epochs=int(cfg.epochs[method]), alpha=float(cfg.alpha[method]),
+               mix_prob=float(cfg.mix_prob[method]))
+    if method not in config.ADVERSARIAL_METHODS:
+        del own["adversarial"]
+    return own
+
+
 def _check_resume(state: Any, params: dict, epochs: int, path: Path) -> None:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} is not a varmix classifier checkpoint (format {found!r}, expected "
                          f"{CHECKPOINT_FORMAT!r}); delete it or choose another out_dir")
     old = state["params"]
+    per_method = [k for k in ("epochs", "alpha", "mix_prob") if isinstance(old.get(k), Mapping)]
+    if per_method:  # written before run_settings: it recorded every method's settings, not this run's own
+        raise ValueError(f"{path} records the settings of every method ({', '.join(per_method)} per method: "
+                         f"an older varmix's format), so it cannot be checked to be the same run as this one. "
+                         f"Delete the checkpoint (or the folder) to start afresh")
     if params.get("schedule") == "cosine" and old.get("epochs") != params.get("epochs"):
-        m = params["method"]
-        raise ValueError(f"{path} was trained for {old.get('epochs', {}).get(m)!r} epochs on a cosine schedule, "
+        raise ValueError(f"{path} was trained for {old.get('epochs')!r} epochs on a cosine schedule, "
                          f"and the schedule's length is fixed by its epochs: continuing to {epochs} would not give "
                          f"the same run as training {epochs} from the start. Delete the checkpoint (or the folder) "
                          f"to start afresh")
@@ -338,6 +456,7 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
     ``arm``: the study's name for this method + settings (params.yaml's arms; default: the method's name),
     recorded with the run and shown in progress bars and messages."""
     d, epochs, alpha = _check_inputs(method, cfg, data, seed, vae)
+    adversary = Adversary.from_config(method, cfg.adversarial) if method in ADVERSARIAL_MIXER else None
     dev = resolve_device(device)
     out = Path(out_dir)
     timings_path = io.timings_path(timings, out)
@@ -350,7 +469,7 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
                          f"the images have {c}")
     use_vae = method in VAE_METHODS
     arm = arm or method
-    params = {**config.to_dict(cfg), "arm": arm, "method": method, "seed": seed, "arch": cfg.arch,
+    params = {**run_settings(method, cfg), "arm": arm, "method": method, "seed": seed, "arch": cfg.arch,
               "dataset": data.name,
               "n_train": len(d.train_x), "n_test": len(d.test_x), "image_shape": [c, s, s],
               "vae_md5": _state_md5(vae) if use_vae else None}
@@ -373,6 +492,8 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
     starts = [i for i in range(0, n, bs) if n - i >= 2]  # drop a last batch of one image
     optimizer, scheduler = make_optimizer(cfg, model, dev, epochs, len(starts))
     gens = {name: torch.Generator().manual_seed(_data_seed(seed, i)) for i, name in enumerate(GENERATORS)}
+    if adversary is not None:  # a stream of its own: the other streams (and the other arms) stay as they were
+        gens[ATTACK_GENERATOR] = torch.Generator().manual_seed(_data_seed(seed, ATTACK_STREAM))
     history: list[dict] = []
     start_epoch = 0
     first_loss = None  # the first step's loss (the untrained model's): divergence is measured against it
@@ -390,7 +511,8 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
 
     if use_vae:
         vae = vae.to(dev).eval()
-    mixer = mixing.make_mixer(method, num_classes=k, alpha=alpha, vae=vae if use_vae else None,
+    mixer = mixing.make_mixer(ADVERSARIAL_MIXER.get(method, method), num_classes=k, alpha=alpha,
+                              vae=vae if use_vae else None,
                               layers=cfg.manifold_layers, prob=cfg.mix_prob[method])
     loss_name = loss_for(method, cfg)
     amp = cfg.amp and dev.type == "cuda"
@@ -418,7 +540,8 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
                                       disable=disable), start=1):
             idx = perm[i:i + bs]
             loss = train_step(model, optimizer, mixer, train_x[idx], train_y[idx], gens["mix"], pad=pad,
-                              amp=amp, channels_last=channels_last, loss=loss_name, aug_gen=gens["augment"])
+                              amp=amp, channels_last=channels_last, loss=loss_name, aug_gen=gens["augment"],
+                              adversary=adversary, attack_gen=gens.get(ATTACK_GENERATOR))
             scheduler.step()
             if check_each_step:
                 if not torch.isfinite(loss):

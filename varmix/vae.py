@@ -41,12 +41,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from varmix.config import METHODS, TrainConfig, TrainingDiverged, VAEBelowGate, VAEConfig, to_dict
+from varmix import attacks
+from varmix.config import (METHODS, AdversarialVAEConfig, TrainConfig, TrainingDiverged, VAEBelowGate, VAEConfig,
+                           to_dict)
 from varmix.data import ImageData, to_float
 from varmix.io import (load_module_state, load_torch, read_epoch_timings, remove_stale_temps, save_torch,
                        timings_path, write_json)
@@ -184,16 +187,25 @@ def _recon_per_image(logits: Tensor, x: Tensor, likelihood: str) -> Tensor:
     return per_pixel.flatten(1).sum(1)
 
 
-def vae_loss(vae: ConvVAE, x: Tensor, cfg: VAEConfig, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+def vae_loss(vae: ConvVAE, x: Tensor, cfg: VAEConfig, gen: torch.Generator,
+             target: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """Training loss for a batch of float images in [0, 1]; returns (loss, parts as floats).
 
     mmd: recon + gamma * MMD(z, prior), z the reparameterised posterior samples of the batch and the
     prior sample of the same size drawn from ``gen``. kl: recon + beta * KL(q(z|x) || N(0, I)), summed
-    over latent dimensions and averaged over the batch (the ELBO's scale when beta = 1)."""
+    over latent dimensions and averaged over the batch (the ELBO's scale when beta = 1). The encoder sees
+    ``x``; the reconstruction term scores the decode against ``target`` (default: ``x`` itself; the
+    adversarially trained VAE passes the clean batch while ``x`` is its attacked copy)."""
     cfg = _check_cfg(cfg)
+    if target is None:
+        target = x
+    elif not isinstance(target, Tensor) or not isinstance(x, Tensor) or target.shape != x.shape:
+        desc = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
+        raise ValueError(f"vae_loss: target {desc} for images {tuple(getattr(x, 'shape', ()))}: expected a "
+                         f"tensor of the images' shape")
     mu, logvar = vae.encode(x)
     z = _reparameterise(mu, logvar, gen)
-    recon = _recon_per_image(vae.decode_logits(z), x, cfg.likelihood).mean()
+    recon = _recon_per_image(vae.decode_logits(z), target, cfg.likelihood).mean()
     if cfg.objective == "mmd":
         prior = torch.randn(z.shape, generator=gen, dtype=z.dtype).to(z.device)
         reg = mmd(z, prior)
@@ -267,6 +279,15 @@ def _freeze(vae: ConvVAE) -> ConvVAE:
     return vae
 
 
+def _config_dict(cfg: VAEConfig) -> dict:
+    """``to_dict(cfg)`` without ``adversarial`` when it is None: a plain VAE's files and checkpoint keys
+    are those written before the setting existed."""
+    c = to_dict(_check_cfg(cfg))
+    if c["adversarial"] is None:
+        c.pop("adversarial")
+    return c
+
+
 def save_vae(path: str | Path, vae: ConvVAE, cfg: VAEConfig | None = None) -> None:
     """Write the VAE's constructor arguments, weights (on CPU) and, optionally, its config atomically."""
     if not isinstance(vae, ConvVAE):
@@ -276,7 +297,7 @@ def save_vae(path: str | Path, vae: ConvVAE, cfg: VAEConfig | None = None) -> No
         "args": {"in_channels": vae.in_channels, "image_size": vae.image_size,
                  "latent_dim": vae.latent_dim, "width": vae.width},
         "state_dict": {k: v.detach().cpu() for k, v in vae.state_dict().items()},
-        "config": None if cfg is None else to_dict(_check_cfg(cfg)),
+        "config": None if cfg is None else _config_dict(cfg),
     })
 
 
@@ -311,8 +332,9 @@ def check_divergence(epoch: int, loss: float, first_loss: float, lr: float) -> N
                                f"{first_loss:.3g}, limit {limit:.3g}) at lr {lr:g}; lower vae.lr in params.yaml")
 
 
-# settings that do not change the VAE's training (the gate and its probe): changing them keeps a checkpoint
-_NOT_TRAINING = ("min_psnr", "min_recon_accuracy", "probe_epochs", "probe_subset")
+# settings that do not change the VAE's training (the gate and its probe, the mixed samples' FID/KID):
+# changing them keeps a checkpoint
+_NOT_TRAINING = ("min_psnr", "min_recon_accuracy", "probe_epochs", "probe_subset", "fid_features", "fid_samples")
 
 
 def step_lr(cfg: VAEConfig, step: int, total_steps: int) -> float:
@@ -326,14 +348,77 @@ def step_lr(cfg: VAEConfig, step: int, total_steps: int) -> float:
 
 def _resume_key(cfg: VAEConfig, seed: int, n_train: int, n_test: int, shape: tuple) -> dict:
     """What must agree for a checkpoint to be continued (epochs may grow)."""
-    c = to_dict(cfg)
+    c = _config_dict(cfg)
     if cfg.lr_schedule == "constant":  # a cosine schedule spans all epochs: more of them change every step
         c.pop("epochs")
     for k in _NOT_TRAINING:
         c.pop(k)
+    if c["dataset"] is None:  # the classifier's dataset: the key of checkpoints written before the setting
+        c.pop("dataset")
     return {"config": c, "seed": seed, "n_train": n_train, "n_test": n_test, "image_shape": list(shape)}
 
 
+def _flat_key(key: Any) -> dict:
+    """A resume key with the config's entries as ``config.<name>`` (the names the messages show)."""
+    if not isinstance(key, dict):
+        return {"key": key}
+    flat = {k: v for k, v in key.items() if k != "config"}
+    config = key.get("config")
+    flat.update({f"config.{k}": v for k, v in config.items()} if isinstance(config, dict) else {"config": config})
+    return flat
+
+
+def _key_difference(saved: Any, now: dict) -> str:
+    """The entries in which a checkpoint's resume key differs from this run's, as "name = saved there, now
+    now" (an entry one key lacks shows as None: a plain VAE's key has no config.adversarial)."""
+    old, new = _flat_key(saved), _flat_key(now)
+    return "; ".join(f"{k} = {old.get(k)!r} there, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
+                     if old.get(k) != new.get(k))
+
+
+# ----------------------------------------------------------------------------------------------
+# adv-VarMixup's VAE (docs/ADVERSARIAL.md, "adv-VarMixup's VAE (our recipe)")
+_ATTACK_STREAM = 0x7661_6561  # tags the attack generator's seed: SeedSequence([seed, tag])
+
+
+def attack_seed(seed: int) -> int:
+    """The seed of the adversarially trained VAE's attack generator, derived from the run's ``seed`` so it
+    is not the main generator's stream (``torch.Generator().manual_seed(seed)``)."""
+    return int(np.random.SeedSequence([seed, _ATTACK_STREAM]).generate_state(1)[0])
+
+
+def _check_adversarial(cfg: VAEConfig) -> AdversarialVAEConfig | None:
+    adv = cfg.adversarial
+    if adv is None:
+        return None
+    if not isinstance(adv, AdversarialVAEConfig):
+        raise ValueError(f"cfg.adversarial is a {type(adv).__name__}: expected None or a "
+                         f"varmix.config.AdversarialVAEConfig")
+    attacks.check_attack(adv.eps, adv.step, adv.steps, "cfg.adversarial.", units="units of 1/255")
+    if not isinstance(adv.random_start, bool):
+        raise ValueError(f"cfg.adversarial.random_start = {adv.random_start!r} is invalid: expected True or False")
+    return adv
+
+
+def adversarial_batch(vae: ConvVAE, x: Tensor, cfg: VAEConfig, gen: torch.Generator) -> Tensor:
+    """The attacked copy x' of the float batch ``x`` (in [0, 1]) that adv-VarMixup's VAE trains on: PGD
+    with ``cfg.adversarial``'s settings (``varmix.attacks.pgd_linf_objective``: l-inf ball of radius eps/255
+    around x intersected with [0, 1], a uniform random start if ``random_start``, sign-gradient steps of
+    step/255) ascending ``vae_loss(vae, x', cfg, gen, target=x)``: the loss of reconstructing the clean x
+    from the encoding of x', plus the MMD (or KL) term. Every draw (the start; each step's
+    reparameterisation and MMD prior samples) comes from ``gen``. The VAE's mode is left as it is (it has
+    no batch norm or dropout) and no parameter's ``.grad`` is touched. ``eps = 0`` returns x's values."""
+    cfg = _check_cfg(cfg)
+    adv = _check_adversarial(cfg)
+    if adv is None:
+        raise ValueError("cfg.adversarial is None: adversarial_batch needs the attack's settings "
+                         "(varmix.config.AdversarialVAEConfig)")
+    x = x.detach()
+    return attacks.pgd_linf_objective(lambda x_adv: vae_loss(vae, x_adv, cfg, gen, target=x)[0], x,
+                                      adv.radius, adv.step_size, adv.steps, gen, adv.random_start)
+
+
+# ----------------------------------------------------------------------------------------------
 def train_vae(cfg: VAEConfig, train_x: Tensor, test_x: Tensor, out_dir: str | Path, seed: int,
               device: str | torch.device | None = None, progress: bool | None = None,
               timings: str | Path | None = None) -> ConvVAE:
@@ -343,8 +428,16 @@ def train_vae(cfg: VAEConfig, train_x: Tensor, test_x: Tensor, out_dir: str | Pa
     is an error. The files in ``out_dir`` depend only on the weights (equal runs give equal bytes); the
     per-epoch seconds go to ``timings`` (a JSON file outside ``out_dir``) when given. A loss that
     explodes stops the run (``check_divergence``). Returns the trained VAE frozen in eval mode on
-    ``device``."""
+    ``device``.
+
+    With ``cfg.adversarial`` set (adv-VarMixup's VAE), each batch x is first attacked
+    (``adversarial_batch``, drawing from a second generator seeded with ``attack_seed(seed)`` and
+    checkpointed with the first) and the step minimises ``vae_loss(vae, x', cfg, gen, target=x)``; the
+    main generator's draws (order, reparameterisation, prior) are then those of the plain run, so at
+    eps = 0 the weights are the plain VAE's bit for bit. The history's train parts are those of the
+    attacked batches."""
     cfg = _check_cfg(cfg)
+    adversarial = _check_adversarial(cfg)
     _check_images("train_x", train_x)
     _check_images("test_x", test_x)
     if train_x.shape[1:] != test_x.shape[1:]:
@@ -369,6 +462,7 @@ def train_vae(cfg: VAEConfig, train_x: Tensor, test_x: Tensor, out_dir: str | Pa
     vae.to(device)
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(seed)
+    attack_gen = None if adversarial is None else torch.Generator().manual_seed(attack_seed(seed))
     history: list[dict] = []
     start = 0
     first_loss = None  # the first step's loss (the untrained VAE's): divergence is measured against it
@@ -377,15 +471,17 @@ def train_vae(cfg: VAEConfig, train_x: Tensor, test_x: Tensor, out_dir: str | Pa
     if ckpt_path.exists():
         ckpt = load_torch(ckpt_path, what="VAE checkpoint")
         if not isinstance(ckpt, dict) or ckpt.get("key") != key:
-            raise ValueError(
-                f"{ckpt_path} belongs to a different run (config, seed or data differ: saved "
-                f"{ckpt.get('key') if isinstance(ckpt, dict) else '?'}, now {key}); delete it to start over")
+            saved = ckpt.get("key") if isinstance(ckpt, dict) else type(ckpt).__name__
+            raise ValueError(f"{ckpt_path} belongs to a different run: {_key_difference(saved, key)}; delete it "
+                             f"to start over")
         if ckpt["epoch"] > cfg.epochs:
             raise ValueError(f"{ckpt_path} holds {ckpt['epoch']} epochs but cfg.epochs = {cfg.epochs}; "
                              f"delete it to train a shorter run")
         vae.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         gen.set_state(ckpt["generator"])
+        if attack_gen is not None:
+            attack_gen.set_state(ckpt["attack_generator"])
         history, start = ckpt["history"], ckpt["epoch"]
         first_loss = ckpt.get("first_loss", history[0]["train"]["loss"])
     remove_stale_temps(out_dir)
@@ -405,7 +501,10 @@ def train_vae(cfg: VAEConfig, train_x: Tensor, test_x: Tensor, out_dir: str | Pa
                 lr = step_lr(cfg, epoch * steps + step, cfg.epochs * steps)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                loss, parts = vae_loss(vae, x, cfg, gen)
+                if attack_gen is None:
+                    loss, parts = vae_loss(vae, x, cfg, gen)
+                else:  # the attacked batch, reconstructed towards the clean one
+                    loss, parts = vae_loss(vae, adversarial_batch(vae, x, cfg, attack_gen), cfg, gen, target=x)
                 if not math.isfinite(parts["loss"]):
                     raise FloatingPointError(
                         f"VAE loss is {parts['loss']} at epoch {epoch + 1} step {step + 1}/{steps} "
@@ -428,9 +527,11 @@ def train_vae(cfg: VAEConfig, train_x: Tensor, test_x: Tensor, out_dir: str | Pa
             times.append({"epoch": epoch + 1, "seconds": seconds})
             if times_file is not None:  # before the checkpoint: a resumed run keeps the epochs it continues
                 write_json(times_file, times)
-            save_torch(ckpt_path, {"key": key, "epoch": epoch + 1, "model": vae.state_dict(),
-                                   "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                                   "history": history, "first_loss": first_loss})
+            state = {"key": key, "epoch": epoch + 1, "model": vae.state_dict(), "optimizer": opt.state_dict(),
+                     "generator": gen.get_state(), "history": history, "first_loss": first_loss}
+            if attack_gen is not None:  # a plain run's checkpoint keeps the entries it always had
+                state["attack_generator"] = attack_gen.get_state()
+            save_torch(ckpt_path, state)
             write_json(out_dir / "history.json", history)
     finally:
         bar.close()
