@@ -131,7 +131,8 @@ def test_missing_vae_names_folder_and_stage(project):
     first, second = short_error(r.stderr, most=2)
     vae = project / "runs" / "fashion-mnist" / "smoke" / "vae" / "vae.pt"
     assert first.startswith("error in notebook 02_train (arm varmixup, seed 0): FileNotFoundError: "
-                            f"the VAE {vae} is missing (the mixup_r and varmixup arms need it)"), first
+                            f"the VAE {vae} is missing (the arms of mixup_r, varmixup with vae: plain need it): train it "
+                            "first with `dvc repro vae`"), first
     assert "`dvc repro vae`" in first
     assert second == f"full traceback: {smoke_out(project) / 'notebooks' / '02_train-varmixup-s0.failed.ipynb'}"
 

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
+import smoke_clone
 from varmix import verify
 from varmix.__main__ import main as cli
 
@@ -140,19 +138,7 @@ def test_cli_verify_data_writes_only_the_stamp(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------------------------
 # the real pipeline in a temporary clone
-def _run(clone: Path, *cmd: str, check: bool = False) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(clone), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
-           "MPLBACKEND": "Agg", "DVC_NO_ANALYTICS": "1"}
-    env.pop("VARMIX_WORKDIR", None)
-    env.pop("DVC_ROOT", None)
-    out = subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True, timeout=900)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
-    return out
-
-
-def _dvc(clone: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess:
-    return _run(clone, sys.executable, "-m", "dvc", *args, check=check)
+_run, _dvc = smoke_clone.run, smoke_clone.dvc
 
 
 def _snapshot(clone: Path) -> dict[str, str]:
@@ -173,29 +159,7 @@ def clone(tmp_path_factory):
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("needs git and the project as a git checkout")
     pytest.importorskip("dvc")
-    dst = tmp_path_factory.mktemp("varmix-clone")
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
-    for rel in filter(None, listed):
-        src = ROOT / rel
-        if src.is_file() and not rel.startswith(("results/", "runs/")):
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-    raw = yaml.safe_load((dst / "params.yaml").read_text())
-    text = (dst / "params.yaml").read_text()
-    text = text.replace(f"profile: {raw['profile']}", "profile: smoke", 1)
-    text = text.replace(f"arms: [{', '.join(raw['arms'])}]", "arms: [erm, mixup]", 1)
-    text = text.replace(f"seeds: [{', '.join(map(str, raw['seeds']))}]", "seeds: [0]", 1)
-    text = re.sub(r"^comparisons:\n(  .*\n)+", "comparisons: {}\n", text, count=1, flags=re.M)  # arms it lacks
-    (dst / "params.yaml").write_text(text)
-    assert yaml.safe_load(text)["arms"] == ["erm", "mixup"] and yaml.safe_load(text)["seeds"] == [0]
-    if (ROOT / "data" / DATASET / "meta.json").is_file():
-        shutil.copytree(ROOT / "data", dst / "data")
-    else:
-        _run(dst, sys.executable, "-m", "varmix", "prepare-data", check=True)
-    for cmd in (("git", "init", "-q"), ("git", "config", "user.email", "t@t"), ("git", "config", "user.name", "t"),
-                ("git", "add", "-A"), ("git", "commit", "-qm", "clone")):
-        _run(dst, *cmd, check=True)
+    dst = smoke_clone.make(tmp_path_factory.mktemp("varmix-clone"), ["erm", "mixup"], [0])
     _dvc(dst, "repro", "corruptions", check=True)
     _run(dst, "git", "add", "-A", check=True)
     _run(dst, "git", "commit", "-qm", "smoke results", check=True)

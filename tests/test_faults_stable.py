@@ -135,7 +135,7 @@ def test_no_stage_depends_on_timings_or_executed_notebooks():
             for v in volatile:
                 assert not (v == dep or v.startswith(dep.rstrip("/") + "/") or dep.startswith(v + "/")), (name, dep)
     # the notebooks pass timings to the trainers outside the model and VAE folders
-    for nb, needle in (("01_vae", 'timings=s.layout.timings("vae-epochs")'),
+    for nb, needle in (("01_vae", 'timings=s.layout.timings(f"{name}-epochs")'),
                        ("02_train", 'timings=s.layout.timings(f"train-{name}-epochs")')):
         assert needle in (ROOT / "notebooks" / f"{nb}.ipynb").read_text().replace('\\"', '"'), nb
 
