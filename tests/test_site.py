@@ -66,7 +66,7 @@ class _Collect(HTMLParser):
 
 def parse(path: Path) -> _Collect:
     p = _Collect()
-    p.feed(path.read_text())
+    p.feed(path.read_text(encoding="utf-8"))
     return p
 
 
@@ -131,7 +131,7 @@ def test_the_landing_page_shows_report_json_verdicts_figure_chapters_and_the_pap
     chapters = {p.chapter for p in site.notebook_pages(results / "notebooks")}
     for chapter in chapters:
         assert f"{chapter}.html" in hrefs, chapter  # the chapter's page, or the index of its runs
-    text = (built / "index.html").read_text()
+    text = (built / "index.html").read_text(encoding="utf-8")
     assert "The paper&#39;s numbers beside ours" in text or "The paper's numbers beside ours" in text
     # the paper's CIFAR-10 corruption accuracy for varmixup (varmix/paper.py) beside ours
     assert "<td>82.57</td>" in text
@@ -141,7 +141,7 @@ def test_a_chapter_of_runs_gets_an_arm_by_seed_index(small):
     results, built = small
     runs = [p for p in site.notebook_pages(results / "notebooks") if p.chapter.startswith("02_train")]
     assert runs and all(p.variant for p in runs)
-    index = (built / "02_train.html").read_text()
+    index = (built / "02_train.html").read_text(encoding="utf-8")
     for p in runs:
         acc = io.read_json(results / "metrics" / f"train-{p.variant}.json")["test_acc"]
         assert f'<a href="{p.name}.html">{100 * acc:.1f}%</a>' in index
@@ -154,17 +154,22 @@ def test_bad_input_stops_before_anything_is_written(small, tmp_path):
         site.build_site(tmp_path / "nowhere", out)
     bad = tmp_path / "bad" / "fashion-mnist" / "default"
     shutil.copytree(results, bad)
-    (bad / "notebooks" / "06_stale_report.ipynb").write_text((bad / "notebooks" / "01_vae.ipynb").read_text())
-    (bad / "notebooks" / "06_other.ipynb").write_text((bad / "notebooks" / "01_vae.ipynb").read_text())
-    with pytest.raises(ValueError, match=r"holds two chapters numbered 06 \(06_other, 06_stale_report\): one is "
+    shutil.copy(bad / "notebooks" / "01_vae.ipynb", bad / "notebooks" / "09_stale_report.ipynb")
+    shutil.copy(bad / "notebooks" / "01_vae.ipynb", bad / "notebooks" / "09_other.ipynb")
+    with pytest.raises(ValueError, match=r"holds two chapters numbered 09 \(09_other, 09_stale_report\): one is "
                                          r"left over from an older layout"):
         site.build_site(bad, out)
-    for p in bad.glob("notebooks/06_*.ipynb"):
+    for p in bad.glob("notebooks/09_*.ipynb"):
         p.unlink()
     (bad / "notebooks" / "Notes.ipynb").write_text("{}")
     with pytest.raises(ValueError, match=r"Notes.ipynb is not named like an executed notebook"):
         site.build_site(bad, out)
     (bad / "notebooks" / "Notes.ipynb").unlink()
+    good = (bad / "notebooks" / "01_vae.ipynb").read_bytes()
+    (bad / "notebooks" / "01_vae.ipynb").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=r"01_vae.ipynb is not a readable notebook \(.*\): run its stage again"):
+        site.build_site(bad, out)
+    (bad / "notebooks" / "01_vae.ipynb").write_bytes(good)
     (bad / "notebooks" / ".01_vae.ipynb.x1.tmp.ipynb").write_text("{}")  # a killed write's temporary: ignored
     (bad / "notebooks" / "03_x.failed.ipynb").write_text("{}")  # a failed run's traceback: ignored
     io.write_json(bad / "metrics" / "report.json", {"claims": {"1. corruptions": "holds"}})
@@ -187,7 +192,7 @@ def test_the_command_line_builds_the_site_of_the_selected_study(small, tmp_path,
 
 
 def test_the_site_stage_renders_the_report_stage_results():
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     st = stages["site"]
     assert st["cmd"] == "python -m varmix site --profile ${profile} --dataset ${dataset}"
     results = "results/${dataset}/${profile}"
@@ -195,3 +200,14 @@ def test_the_site_stage_renders_the_report_stage_results():
     assert "varmix/site.py" in st["deps"] and "varmix/site_templates" in st["deps"]
     assert st["outs"] == [{f"{results}/site": {"cache": False}}]
     assert list(stages)[-1] == "site"
+
+
+def test_the_committed_site_is_what_the_committed_results_give(tmp_path):
+    """Once `dvc repro site` has run (dvc.lock records the stage), the committed site must be exactly what
+    the committed results build: a stale site (results regenerated, site not) fails here."""
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text(encoding="utf-8")).get("stages", {})
+    if "site" not in lock:
+        pytest.skip("dvc.lock records no site stage yet: `dvc repro site` builds the site, then commit it")
+    committed = site.site_dir(RESULTS)
+    assert committed.is_dir(), f"{committed} is not committed: run `dvc repro site` and commit it"
+    assert _files(site.build_site(RESULTS, tmp_path / "site")) == _files(committed)

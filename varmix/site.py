@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import glob
+import logging
 import os
 import re
 import shutil
@@ -136,9 +137,7 @@ def build_site(results: str | os.PathLike, out: str | os.PathLike | None = None)
     if not reports:
         raise FileNotFoundError(f"{results / 'notebooks'} holds no report notebook (NN_report.ipynb): run the "
                                 f"report stage first (`dvc repro report`)")
-    import nbformat
-
-    books = {p.name: nbformat.read(p.path, as_version=4) for p in pages}
+    books = {p.name: _read_notebook(p.path) for p in pages}
     report = reports[-1]
     figure = _first_png(books[report.name])
     if figure is None:
@@ -170,26 +169,26 @@ def _write_site(tmp: Path, results: Path, pages: list[Page], books: Mapping[str,
               "footer": f"Built by python -m varmix site from results/{dataset}/{profile}/ ({generator})."}
 
     (tmp / "static").mkdir()
-    (tmp / STYLESHEET).write_text(_stylesheet(exporter))
+    (tmp / STYLESHEET).write_text(_stylesheet(exporter), encoding="utf-8")
     (tmp / FIGURE).write_bytes(figure)
 
     for name, group in chapters.items():
         links = [dict(link, current=link["label"] == name) for link in nav]
-        parent = None
+        parent = {"href": _chapter_href(name, group), "label": titles[name]}  # what a variant's page links back to
         if not _has_own_page(name, group):
-            parent = {"href": _chapter_href(name, group), "label": titles[name]}
             (tmp / f"{name}.html").write_text(page_template.render(
                 **common, landing=False, title=titles[name], chapters=links,
                 paragraph=_paragraph_html(books[group[0].name]),
                 intro=f"{len(group)} executed notebooks of this chapter, one page each.",
-                grid=_run_grid(group, results / "metrics"), pages=[{"href": p.href, "label": p.name} for p in group]))
+                grid=_run_grid(group, results / "metrics"), pages=[{"href": p.href, "label": p.name} for p in group]),
+                encoding="utf-8")
         for p in group:
             label = p.name if p.variant is None else p.variant
             site = {**common, "title": titles[name] if p.variant is None else f"{titles[name]} ({p.variant})",
                     "chapters": links, "parent": parent if p.variant is not None else None, "page_label": label}
             body, _ = exporter.from_notebook_node(books[p.name], resources={"site": site,
                                                                             "metadata": {"name": p.name}})
-            (tmp / p.href).write_text(body if body.endswith("\n") else body + "\n")
+            (tmp / p.href).write_text(body if body.endswith("\n") else body + "\n", encoding="utf-8")
 
     entries = []
     for name, group in chapters.items():
@@ -210,7 +209,8 @@ def _write_site(tmp: Path, results: Path, pages: list[Page], books: Mapping[str,
         paper_rows=paper_rows,
         paper_caption=f"The paper's numbers (Mangla et al.; varmix/paper.py) are for {paper_dataset}, ours for "
                       f"{dataset} with this profile's model and budget: different data and training, so compare "
-                      f"the order of the methods, not the values. '–': not measured or not reported."))
+                      f"the order of the methods, not the values. '–': not measured or not reported."),
+        encoding="utf-8")
 
 
 def _chapters(pages: Sequence[Page]) -> dict[str, list[Page]]:
@@ -222,6 +222,7 @@ def _chapters(pages: Sequence[Page]) -> dict[str, list[Page]]:
 
 
 def _has_own_page(chapter: str, group: Sequence[Page]) -> bool:
+    """Whether the chapter has a notebook of its own (``01_vae``), or only runs (``02_train-<run>``)."""
     return group[0].variant is None
 
 
@@ -323,6 +324,16 @@ def _paper_beside_ours(summary: Mapping[str, Mapping[str, Any]], dataset: str):
     return [_OURS[k][0] for k in ours_keys], [v[0] for v in _PAPER.values()], rows, paper_dataset
 
 
+def _read_notebook(path: Path):
+    import nbformat
+
+    try:
+        return nbformat.read(path, as_version=4)
+    except Exception as exc:  # nbformat raises several kinds (JSON, schema, reader): one message for all
+        raise ValueError(f"{path} is not a readable notebook ({type(exc).__name__}: {exc}): run its stage "
+                         f"again (`dvc repro`)") from exc
+
+
 def _first_png(book) -> bytes | None:
     for cell in book.cells:
         for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
@@ -334,11 +345,22 @@ def _first_png(book) -> bytes | None:
 
 # ----------------------------------------------------------------------------------------------
 # nbconvert
+class _QuietAltText(logging.Filter):
+    """Drops nbconvert's warning that a figure has no alternative text: it warns once per notebook with a
+    figure (matplotlib outputs carry none) and gives each such image a generic one itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Alternative text is missing")
+
+
 def _exporter():
     from nbconvert import HTMLExporter
 
     # varmix/site_templates/notebook: JupyterLab's template with a <head> that loads no script
-    return HTMLExporter(extra_template_basedirs=[str(TEMPLATES)], template_name="notebook")
+    exporter = HTMLExporter(extra_template_basedirs=[str(TEMPLATES)], template_name="notebook")
+    if not any(isinstance(f, _QuietAltText) for f in exporter.log.filters):
+        exporter.log.addFilter(_QuietAltText())
+    return exporter
 
 
 def _generator() -> str:
@@ -358,8 +380,10 @@ def _stylesheet(exporter) -> str:
     if lab is None:
         raise FileNotFoundError(f"nbconvert's lab template (static/index.css) is not among "
                                 f"{exporter.template_paths}: reinstall nbconvert")
-    parts = [(lab / "static" / "index.css").read_text(), (lab / "static" / "theme-light.css").read_text(),
-             HtmlFormatter(style=JupyterStyle).get_style_defs(".highlight"), (TEMPLATES / "site.css").read_text()]
+    parts = [(lab / "static" / "index.css").read_text(encoding="utf-8"),
+             (lab / "static" / "theme-light.css").read_text(encoding="utf-8"),
+             HtmlFormatter(style=JupyterStyle).get_style_defs(".highlight"),
+             (TEMPLATES / "site.css").read_text(encoding="utf-8")]
     return "\n".join(p.rstrip("\n") for p in parts) + "\n"
 
 
