@@ -9,7 +9,7 @@ chromium is not installed.
 - JupyterLab, started on a free port on a temporary copy of one smoke notebook (02_train for the ERM run of
   seed 0, the quickest: a second of training on the smoke profile), runs it through the UI's Run menu and
   sees its last output, the learning curves, and the run's numbers, which must equal nbval's reference.
-  Skipped for now (its reason says why): it is not yet reliable.
+  Skipped unless VARMIX_TRY_LAB=1 (its reason says why): it is not yet reliable.
 """
 
 from __future__ import annotations
@@ -223,9 +223,10 @@ def lab(tmp_path):
         log.close()
 
 
-@pytest.mark.skip(reason="unfinished: on JupyterLab 4.6.6 the page sometimes starts two kernels or asks to select "
-                         "one, and Run All Cells then shows no output within 240 s (passed 2 of 7 tries on a busy "
-                         "2-core machine); the site's browser tests above are not affected")
+@pytest.mark.skipif(not os.environ.get("VARMIX_TRY_LAB"), reason=(
+    "unfinished, not yet reliable: on JupyterLab 4.6.6 the page sometimes starts two kernels, attaches to the one it "
+    "shuts down or asks to select one, and Run All Cells then shows no output within 240 s (the current version "
+    "passed 1 of 3 tries on a busy 2-core machine, 50 s when it passes); VARMIX_TRY_LAB=1 runs it"))
 def test_jupyterlab_runs_a_smoke_notebook_through_its_ui(browser, lab):
     base, token, scratch = lab
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -250,7 +251,11 @@ def test_jupyterlab_runs_a_smoke_notebook_through_its_ui(browser, lab):
     # the last cell's output: the learning curves, an image that decoded
     last = page.locator(".jp-NotebookPanel .jp-CodeCell").last
     image = last.locator(".jp-OutputArea-output img")
-    image.wait_for(timeout=240_000)
+    try:
+        image.wait_for(timeout=240_000)
+    except PlaywrightTimeout:
+        page.screenshot(path=scratch.parent / "jupyterlab.png")  # beside lab.log, for whoever reads the failure
+        raise
     assert page.evaluate("(img) => img.complete && img.naturalWidth > 0 && img.naturalHeight > 0",
                          image.element_handle())
     assert not page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']", has_text="Error").count()
