@@ -30,6 +30,10 @@ The loop follows torchvision's references/classification/train.py, with the data
 - Every file in ``out_dir`` depends only on the weights and settings (equal runs, resumed or not, give
   equal bytes, so DVC sees an unchanged folder); the per-epoch seconds go to the ``timings`` file, which
   must lie outside ``out_dir``. Stale temporaries of killed writes in ``out_dir`` are removed at the start.
+- Several processes (``cfg.processes`` > 1; varmix.distributed, docs/DISTRIBUTED.md): the call starts
+  torchrun, whose workers run this same function; each trains on its slice of every global batch (the same
+  permutation, augmentation, mixing and attack on every process, batch norm synchronised, DDP averaging
+  the gradients) and rank 0 alone writes. The checkpoint does not depend on the process count.
 - Divergence: non-finite losses stop the run at once (CPU: at the step; CUDA: at the epoch's end); a
   finite loss that explodes, or a collapse to chance accuracy, stops it at the epoch's end
   (``check_divergence``) with ``config.TrainingDiverged``.
@@ -540,8 +544,10 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
     nproc = distributed.resolve_processes(cfg.processes, dev)
     distributed.check_batches(nproc, [min(bs, n - i) for i in starts], bs, n)
     if nproc > 1 and not distributed.in_worker():  # start torchrun's workers, each runs this function
+        # (the data as clones: torch.save would write a subset's whole underlying storage)
+        data_only = ImageData(d.name, *(t.clone() for t in (d.train_x, d.train_y, d.test_x, d.test_y)))
         return _launch(nproc, out, timings_path, state, dev, dict(
-            method=method, cfg=cfg, data=d, out_dir=str(out), seed=seed, vae=vae, device=dev.type,
+            method=method, cfg=cfg, data=data_only, out_dir=str(out), seed=seed, vae=vae, device=dev.type,
             progress=progress, arm=arm))
     shard, dev = distributed.join(dev)  # a torchrun worker: its slice of every batch; else None
 
