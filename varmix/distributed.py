@@ -120,10 +120,10 @@ class Shard:
         dist.all_reduce(t)
         return t
 
-    def gather(self, t: torch.Tensor) -> torch.Tensor:
-        """The global batch from every process's slice ``t`` (rows in rank order), differentiable: the
-        gradient of each process's loss reaches the process whose rows it used (``_Gather``)."""
-        return _Gather.apply(t, self)
+    def gather(self, t: torch.Tensor, n: int) -> torch.Tensor:
+        """The global batch of ``n`` rows from every process's slice ``t`` (in rank order), differentiable:
+        the gradient of each process's loss reaches the process whose rows it used (``_Gather``)."""
+        return _Gather.apply(t, self, n)
 
     def barrier(self) -> None:
         dist.barrier()
@@ -183,15 +183,14 @@ class _Gather(torch.autograd.Function):
     the global batch; the backward sums the global gradient over processes and returns this slice's rows."""
 
     @staticmethod
-    def forward(ctx, x, shard: Shard):
-        n = shard.sum(torch.tensor([len(x)], device=x.device)).item()
-        sizes = shard.sizes(int(n))
+    def forward(ctx, x, shard: Shard, n: int):
+        sizes = shard.sizes(n)
         pad = max(sizes)
         padded = x.new_zeros((pad, *x.shape[1:]))
         padded[:len(x)] = x
         parts = [torch.empty_like(padded) for _ in range(shard.world)]
         dist.all_gather(parts, padded.contiguous())
-        ctx.shard, ctx.n = shard, int(n)
+        ctx.shard, ctx.n = shard, n
         return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
     @staticmethod
@@ -199,7 +198,7 @@ class _Gather(torch.autograd.Function):
         g = g.contiguous().clone()
         dist.all_reduce(g)
         a, b = ctx.shard.bounds(ctx.n)
-        return g[a:b], None
+        return g[a:b], None, None
 
 
 class CPUSyncBatchNorm(nn.BatchNorm2d):
@@ -268,12 +267,12 @@ class StepModule(nn.Module):
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
-    """DistributedDataParallel around ``StepModule(model)``. broadcast_buffers is off: the synchronised
-    batch norms give every process the same running statistics."""
+    """DistributedDataParallel around ``StepModule(model)``, without syncing buffers at each forward: the
+    synchronised batch norms give every process the same running statistics."""
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(StepModule(model), device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+                                   forward_sync_buffers=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,7 +307,16 @@ def launch(nproc: int, call: dict[str, Any]) -> None:
         torch.save({"format": SPEC_FORMAT, "call": call, "settings": settings}, spec)
         cmd = torchrun_command(nproc, spec)
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(settings["threads"]))}
-        rc = subprocess.run(cmd, env=env).returncode
+        proc = subprocess.Popen(cmd, env=env)
+        try:
+            rc = proc.wait()
+        except BaseException:  # Ctrl-C or SIGTERM here: torchrun stops its workers on SIGTERM (a SIGKILL
+            proc.terminate()   # would leave them running: they are in sessions of their own)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
     if rc != 0:
         raise WorkersFailed(f"the {nproc} training processes stopped with exit code {rc} (torchrun: "
                             f"{shlex.join(cmd[1:])}); their errors are printed above")

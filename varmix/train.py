@@ -177,7 +177,7 @@ def _logits_target(model: nn.Module, mb: mixing.MixedBatch, amp: bool, channels_
         return _logits(model, local, amp, channels_last), local.target
     a, b = shard.bounds(len(perm))
     handle = model.stages[layer - 1].register_forward_hook(
-        lambda module, inputs, h: lam * h + (1.0 - lam) * shard.gather(h)[perm[a:b]])
+        lambda module, inputs, h: lam * h + (1.0 - lam) * shard.gather(h, len(perm))[perm[a:b]])
     try:
         return _logits(model, local, amp, channels_last), local.target
     finally:

@@ -2,9 +2,11 @@
 launcher, torchrun's agent and each worker. With VARMIX_TEST_WATCH set it records, through an audit hook
 (sys.addaudithook), every write under that folder (a file opened for writing, a rename, a removal, a new
 folder) as "<RANK> <event> <path>" lines in VARMIX_TEST_LOG (RANK is torchrun's; "launcher" outside
-torchrun). With VARMIX_TEST_KILL_AFTER=N, the process that renames epoch N's checkpoint.pt into place kills
-its whole process group (SIGKILL: launcher, torchrun and every worker) at its next rename, i.e. right
-after that checkpoint was complete: a run killed between epochs."""
+torchrun). With VARMIX_TEST_KILL_AFTER=N, the process that renames epoch N's checkpoint.pt
+into place kills the launcher's process group (the launcher and torchrun: VARMIX_TEST_PGID, which the
+launcher sets for its children) and itself with SIGKILL at its next rename, i.e. right after that
+checkpoint was complete: a run killed between epochs (torchrun's other workers, in sessions of their own,
+stop at their next collective once rank 0 is gone)."""
 
 import os
 import signal
@@ -17,6 +19,7 @@ if WATCH:
     _log = os.environ["VARMIX_TEST_LOG"]
     _kill_after = int(os.environ.get("VARMIX_TEST_KILL_AFTER") or 0)
     _rank = os.environ.get("RANK", "launcher")
+    os.environ.setdefault("VARMIX_TEST_PGID", str(os.getpgrp()))
     _state = {"busy": False, "checkpoints": 0}
     _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
@@ -49,7 +52,8 @@ if WATCH:
                 return
             if _kill_after and event == "os.rename":
                 if _state["checkpoints"] == _kill_after:
-                    os.killpg(os.getpgrp(), signal.SIGKILL)
+                    os.killpg(int(os.environ["VARMIX_TEST_PGID"]), signal.SIGKILL)
+                    os.kill(os.getpid(), signal.SIGKILL)
                 if os.path.basename(hits[0]) == "checkpoint.pt":
                     _state["checkpoints"] += 1
             with open(_log, "a") as f:
