@@ -8,12 +8,15 @@ tests/ddp_hooks/sitecustomize.py records which process writes what, and kills a 
 
 The tolerance: a 2-process step equals the 1-process step up to float rounding (the batch norm's statistics
 and the gradients are sums in another order), measured 1e-7 on one step's gradients. Training amplifies
-such differences (a ReLU or a max-pool that flips): after the run's 8 SGD steps the weights differ by at
-most 1.5e-3 (measured on a shared, busy 2-core AMD EPYC, AVX2), so the final weights must agree within
-``WEIGHT_TOL`` = 1e-2, and the first epoch's mean training loss within ``LOSS_TOL`` = 1e-4 (measured
-5e-6). Without the synchronised batch norm the weights differ by 6e-2 and the first epoch's loss by 4.5e-3.
+such differences (a ReLU or a max-pool that flips on a near-tie; the attack's sign of the gradient): after
+the run's 8 SGD steps the weights differ by at most 1.5e-3 for mixup, 2e-7 for manifold_mixup and cutmix,
+7.6e-3 for trades and 1.3e-2 for iat (measured on a shared, busy 2-core AMD EPYC, AVX2). So the final
+weights must agree within ``WEIGHT_TOL`` = 1e-2 (``ADV_WEIGHT_TOL`` = 3e-2 for the adversarial methods) and
+the first epoch's mean training loss within ``LOSS_TOL`` = 1e-4 relative (measured at most 1.8e-5).
+Breaking it: without the synchronised batch norm the mixup weights differ by 6e-2 and the first epoch's
+loss by 2e-3; without the loss weights of an uneven last batch (3 + 2 images) the weights differ by 2.4e-2.
 The matching runs use SGD: Adam's per-coordinate normalisation turns float noise in a near-zero gradient
-into a step of the full learning rate (the same runs with Adam differ by 6e-3)."""
+into a step of the full learning rate (the mixup runs with Adam differ by 6e-3)."""
 
 import dataclasses
 import hashlib
@@ -37,6 +40,7 @@ import ddp_run  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = Path(__file__).parent / "ddp_hooks"
 WEIGHT_TOL = 1e-2
+ADV_WEIGHT_TOL = 3e-2
 LOSS_TOL = 1e-4
 FILES = ("checkpoint.pt", "history.json", "model.pt", "params.json", "test_logits.npy")
 
@@ -172,7 +176,8 @@ def test_manifold_mixup_and_trades_match_with_two_processes(tmp_path):
     _run(tmp_path / "two", methods, processes=2)
     for m in methods.split(","):
         one, two = tmp_path / "one" / m, tmp_path / "two" / m
-        assert _max_diff(_weights(two), _weights(one)) <= WEIGHT_TOL, m
+        tol = ADV_WEIGHT_TOL if m in config.ADVERSARIAL_METHODS else WEIGHT_TOL
+        assert _max_diff(_weights(two), _weights(one)) <= tol, m
         assert _history(two)[0]["train_loss"] == pytest.approx(_history(one)[0]["train_loss"], rel=LOSS_TOL, abs=0), m
 
 
