@@ -206,7 +206,7 @@ def test_bad_process_count_stops_training_before_any_work(value, tmp_path):
 def test_more_processes_than_a_batch_has_images_is_refused(tmp_path):
     cfg = dataclasses.replace(ddp_run.tiny_cfg(), processes=3, train_subset=66)  # batches 32, 32, 2
     with pytest.raises(ValueError, match=r"processes = 3 is too many for batches of 2 image\(s\).*66 training "
-                                         r"images in batches of 32; use at most 2 processes"):
+                                         r"images in batches of 32\); use at most 2 processes"):
         train.train_classifier("mixup", cfg, ddp_run.tiny_data(), tmp_path / "out", seed=0, device="cpu")
     assert not (tmp_path / "out").exists()
 
