@@ -1,4 +1,5 @@
-"""Command line: ``python -m varmix prepare-data | check-params | verify-data | notebook | refresh-notebooks | site``."""
+"""Command line: ``python -m varmix prepare-data | check-params | verify-data | notebook | refresh-notebooks |
+site | train-worker``."""
 
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     site.add_argument("--profile", default=None)
     site.add_argument("--dataset", default=None)
     site.add_argument("--out", default=None, help="output folder (default: results/<dataset>/<profile>/site)")
+    wrk = sub.add_parser("train-worker", help="one torchrun worker of a distributed training run (started by "
+                                              "varmix.distributed.launch; docs/DISTRIBUTED.md)")
+    wrk.add_argument("spec", help="the run's spec file, written by the launcher")
     args = parser.parse_args(argv)
     try:
         return _run(args)
@@ -63,6 +67,10 @@ def _params_root(args: argparse.Namespace) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "train-worker":
+        from varmix import distributed
+
+        return distributed.worker_main(args.spec)
     if args.command in ("notebook", "refresh-notebooks"):
         from varmix import pipeline  # not varmix.data: running a notebook should not import torch here
 
