@@ -8,7 +8,7 @@ export MPLBACKEND ?= Agg
 NB_THREADS := OMP_NUM_THREADS=2
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 
-.PHONY: install data repro test notebooks lab
+.PHONY: install browser data repro test notebooks lab
 
 install:  ## system data package + the project with its test extra + the python3 Jupyter kernel
 	@[ -d /usr/share/datasets/fashion-mnist ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
@@ -26,7 +26,13 @@ data: install  ## validate params.yaml, prepare the data and check it against th
 repro: data  ## regenerate every result
 	dvc repro
 
-test: install  ## library tests, then nbval: re-execute notebooks/ (smoke) and compare with their stored outputs
+# The browser tests (tests/test_site_browser.py) drive Debian's chromium through Playwright, which downloads no
+# browser of its own; when chromium cannot be installed they are skipped, and pytest says why.
+browser:  ## Debian's chromium for the browser tests
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "chromium could not be installed: the browser tests (tests/test_site_browser.py) will be skipped"
+
+test: install browser  ## library tests, then nbval: re-execute notebooks/ (smoke) and compare with their stored outputs
 	$(PYTHON) -m varmix prepare-data
 	$(NB_THREADS) VARMIX_WORKDIR=$$(mktemp -d) $(PYTHON) -m pytest -q -p no:cacheprovider tests notebooks $(NBVAL)
 

@@ -64,6 +64,7 @@ def test_learns_and_writes_the_documented_files(reference, fmnist):
     own = config.to_dict(_cfg(3))
     own.update(epochs=3, alpha=1.0, mix_prob=1.0)  # the run's own values, not every method's
     del own["adversarial"]  # only the adversarial methods record their attack
+    del own["processes"]  # how many processes train a run is not part of it (docs/DISTRIBUTED.md)
     assert params == json.loads(json.dumps({**own, "arm": "mixup", "method": "mixup", "seed": 1, "arch": "small_cnn",
                                             "dataset": "fashion-mnist", "n_train": N_TRAIN, "n_test": N_TEST,
                                             "image_shape": [1, 28, 28], "vae_md5": None}))

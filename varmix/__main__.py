@@ -1,4 +1,5 @@
-"""Command line: ``python -m varmix prepare-data | check-params | verify-data | notebook | refresh-notebooks``."""
+"""Command line: ``python -m varmix prepare-data | check-params | verify-data | notebook | refresh-notebooks |
+site | train-worker``."""
 
 from __future__ import annotations
 
@@ -38,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     nb.add_argument("--vae", default=None, help="01_vae only: plain (default) | adversarial (adv-VarMixup's VAE)")
     ref = sub.add_parser("refresh-notebooks", help="re-execute notebooks/ in place (smoke): nbval's reference outputs")
     ref.add_argument("names", nargs="*", help="notebook names (default: all, in order)")
+    site = sub.add_parser("site", help="build the static HTML results site from results/<dataset>/<profile>/ "
+                                       "(dvc.yaml's site stage)")
+    site.add_argument("--profile", default=None)
+    site.add_argument("--dataset", default=None)
+    site.add_argument("--out", default=None, help="output folder (default: results/<dataset>/<profile>/site)")
+    wrk = sub.add_parser("train-worker", help="one torchrun worker of a distributed training run (started by "
+                                              "varmix.distributed.launch; docs/DISTRIBUTED.md)")
+    wrk.add_argument("spec", help="the run's spec file, written by the launcher")
     args = parser.parse_args(argv)
     try:
         return _run(args)
@@ -58,6 +67,10 @@ def _params_root(args: argparse.Namespace) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "train-worker":
+        from varmix import distributed
+
+        return distributed.worker_main(args.spec)
     if args.command in ("notebook", "refresh-notebooks"):
         from varmix import pipeline  # not varmix.data: running a notebook should not import torch here
 
@@ -66,6 +79,14 @@ def _run(args: argparse.Namespace) -> int:
             print(f"wrote {out}")
         else:
             pipeline.refresh_notebooks(tuple(args.names) or pipeline.NOTEBOOKS)
+        return 0
+
+    if args.command == "site":
+        from varmix import pipeline, site  # no torch: nbconvert and jinja2 only
+
+        _, layout = pipeline._resolve(args.profile, args.dataset)  # params.yaml validated, VARMIX_WORKDIR followed
+        out = site.build_site(layout.results, args.out)
+        print(f"wrote {out}/index.html")
         return 0
 
     if args.command == "verify-data":

@@ -62,6 +62,7 @@ MAX_SURFACE_POINTS = 1_001  # per axis: points**2 loss evaluations
 MAX_SEED = 2**32 - 1        # numpy's seed range
 MAX_THREADS = 1024
 MAX_BETA = 1_000.0          # TRADES's beta (Zhang et al. use 1 to 6)
+MAX_PROCESSES = 1024        # training processes per node (varmix.distributed)
 
 
 class ConfigError(ValueError):
@@ -352,6 +353,10 @@ class TrainConfig:
     test_subset: int | None = None
     # the adversarial methods' attack and TRADES's beta (AdversarialConfig); the other methods ignore it
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    # training processes per node (varmix.distributed, docs/DISTRIBUTED.md): 1 trains in the stage's own
+    # process; N > 1 starts torchrun with N processes (DDP: gloo on CPU, NCCL with one GPU each); auto: every
+    # visible GPU (1 on a CPU). Not a setting of the run: a checkpoint resumes with another count.
+    processes: int | str = 1
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], key: str) -> "TrainConfig":
@@ -395,7 +400,16 @@ class TrainConfig:
             train_subset=_opt_int(f"{key}.train_subset", g("train_subset"), hi=MAX_SUBSET),
             test_subset=_opt_int(f"{key}.test_subset", g("test_subset"), hi=MAX_SUBSET),
             adversarial=AdversarialConfig.from_dict(d.get("adversarial", {}), f"{key}.adversarial"),
+            processes=_processes(f"{key}.processes", g("processes")),
         )
+
+
+def _processes(key: str, v: Any) -> int | str:
+    if v == "auto" and isinstance(v, str):
+        return v
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_PROCESSES:
+        raise _fail(key, v, f"an integer from 1 to {MAX_PROCESSES}, or auto (every visible GPU; 1 on a CPU)")
+    return v
 
 
 @dataclass(frozen=True)

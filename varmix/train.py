@@ -30,6 +30,10 @@ The loop follows torchvision's references/classification/train.py, with the data
 - Every file in ``out_dir`` depends only on the weights and settings (equal runs, resumed or not, give
   equal bytes, so DVC sees an unchanged folder); the per-epoch seconds go to the ``timings`` file, which
   must lie outside ``out_dir``. Stale temporaries of killed writes in ``out_dir`` are removed at the start.
+- Several processes (``cfg.processes`` > 1; varmix.distributed, docs/DISTRIBUTED.md): the call starts
+  torchrun, whose workers run this same function; each trains on its slice of every global batch (the same
+  permutation, augmentation, mixing and attack on every process, batch norm synchronised, DDP averaging
+  the gradients) and rank 0 alone writes. The checkpoint does not depend on the process count.
 - Divergence: non-finite losses stop the run at once (CPU: at the step; CUDA: at the epoch's end); a
   finite loss that explodes, or a collapse to chance accuracy, stops it at the epoch's end
   (``check_divergence``) with ``config.TrainingDiverged``.
@@ -49,6 +53,7 @@ Choices the paper leaves open (see also params.yaml):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -63,7 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from varmix import attacks, config, io, mixing
+from varmix import attacks, config, distributed, io, mixing
 from varmix.data import ImageData, to_float
 from varmix.models import NUM_MIX_LAYERS, build_model
 
@@ -102,16 +107,28 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tens
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, mixer, x: torch.Tensor, y: torch.Tensor,
                gen: torch.Generator, *, pad: int | None, amp: bool, channels_last: bool,
                loss: str = "soft_ce", aug_gen: torch.Generator | None = None,
-               adversary: "Adversary | None" = None, attack_gen: torch.Generator | None = None) -> torch.Tensor:
+               adversary: "Adversary | None" = None, attack_gen: torch.Generator | None = None,
+               shard: distributed.Shard | None = None) -> torch.Tensor:
     """One optimisation step on a uint8 batch already on the model's device; returns the (detached)
     loss as a device tensor (no host sync). ``pad=None`` switches augmentation off. ``loss`` names the
     training loss (``varmix.mixing.mixed_loss``; see ``loss_for``). The mixer draws from ``gen``, the
     augmentation from ``aug_gen`` (default: ``gen`` too). ``adversary`` (an adversarial method's
-    settings) replaces the loss by ``adversarial_loss``'s, whose attack draws from ``attack_gen``."""
+    settings) replaces the loss by ``adversarial_loss``'s, whose attack draws from ``attack_gen``.
+
+    ``shard`` (a process of a distributed run, varmix.distributed): x and y are the whole global batch and
+    ``model`` the DDP-wrapped classifier (``distributed.wrap``). Augmentation, mixing (the VAE's too) and
+    the attack are computed for the global batch on every process, from the same generators, so every
+    process draws the same numbers; each process passes its slice through the classifier (``_slice_loss``)
+    and its loss, weighted by ``shard.weight``, gives DDP's averaged gradient the global batch's. The
+    returned loss is the mean over this process's slice."""
     if pad is not None:
         x = augment_batch(x, gen if aug_gen is None else aug_gen, pad)
     x = to_float(x)
-    if adversary is not None:
+    if shard is not None:
+        value = model(functools.partial(_slice_loss, shard=shard, mixer=mixer, x=x, y=y, gen=gen, amp=amp,
+                                        channels_last=channels_last, loss=loss, adversary=adversary,
+                                        attack_gen=attack_gen))
+    elif adversary is not None:
         value = adversarial_loss(adversary, model, mixer, x, y, gen, attack_gen, amp=amp,
                                  channels_last=channels_last)
     else:
@@ -119,9 +136,21 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, mixer, x: tor
             mb = mixer(x, y, gen)
         value = mixing.mixed_loss(loss, _logits(model, mb, amp, channels_last), mb.target)
     optimizer.zero_grad(set_to_none=True)
-    value.backward()
+    (value if shard is None else value * shard.weight(len(x))).backward()
     optimizer.step()
     return value.detach()
+
+
+def _slice_loss(model: nn.Module, *, shard: distributed.Shard, mixer, x: torch.Tensor, y: torch.Tensor,
+                gen: torch.Generator, amp: bool, channels_last: bool, loss: str, adversary: "Adversary | None",
+                attack_gen: torch.Generator | None) -> torch.Tensor:
+    """``train_step``'s loss on this process's slice of the global float batch x (run inside DDP's forward)."""
+    if adversary is not None:
+        return adversarial_loss(adversary, model, mixer, x, y, gen, attack_gen, amp=amp,
+                                channels_last=channels_last, shard=shard)
+    with torch.no_grad():
+        mb = mixer(x, y, gen)
+    return mixing.mixed_loss(loss, *_logits_target(model, mb, amp, channels_last, shard))
 
 
 def _logits(model: nn.Module, mb: mixing.MixedBatch, amp: bool, channels_last: bool) -> torch.Tensor:
@@ -130,6 +159,29 @@ def _logits(model: nn.Module, mb: mixing.MixedBatch, amp: bool, channels_last: b
     with torch.autocast(device_type=xm.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = model(xm, mix_layer=mb.mix_layer, lam=mb.lam, perm=mb.perm)
     return logits.float()
+
+
+def _logits_target(model: nn.Module, mb: mixing.MixedBatch, amp: bool, channels_last: bool,
+                   shard: distributed.Shard | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_logits`` and the targets of a mixed batch; with ``shard``, of this process's slice of the global
+    batch mb. Manifold Mixup's partners come from the whole global batch: at the input (layer 0) the batch
+    is mixed here before slicing, with the model's own expression; at a hidden layer a forward hook mixes
+    the layer's output with that of every process (``shard.gather``)."""
+    if shard is None:
+        return _logits(model, mb, amp, channels_last), mb.target
+    x, layer, lam, perm = mb.x, mb.mix_layer, mb.lam, mb.perm
+    if layer == 0:
+        x = lam * x + (1.0 - lam) * x[perm]  # varmix.models.MixableClassifier.forward's layer 0
+    local = mixing.MixedBatch(shard.take(x), shard.take(mb.target), lam, None)
+    if layer is None or layer == 0:
+        return _logits(model, local, amp, channels_last), local.target
+    a, b = shard.bounds(len(perm))
+    handle = model.stages[layer - 1].register_forward_hook(
+        lambda module, inputs, h: lam * h + (1.0 - lam) * shard.gather(h, len(perm))[perm[a:b]])
+    try:
+        return _logits(model, local, amp, channels_last), local.target
+    finally:
+        handle.remove()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,7 +239,7 @@ def iat_batches(adversary: Adversary, model: nn.Module, mixer, x: torch.Tensor, 
 
 def adversarial_loss(adversary: Adversary, model: nn.Module, mixer, x: torch.Tensor, y: torch.Tensor,
                      gen: torch.Generator, attack_gen: torch.Generator, *, amp: bool = False,
-                     channels_last: bool = False) -> torch.Tensor:
+                     channels_last: bool = False, shard: distributed.Shard | None = None) -> torch.Tensor:
     """The training loss of an adversarial method on the float batch x (the attack first, on the model as
     it stands, in eval mode; then the train-mode forward passes):
 
@@ -195,21 +247,25 @@ def adversarial_loss(adversary: Adversary, model: nn.Module, mixer, x: torch.Ten
     - trades: ``attacks.trades_loss`` of the clean and the KL-attacked batch's logits (two forward
       passes: clean, then adversarial), with one-hot targets and ``adversary.beta``;
     - iat: (soft CE of mixup on the clean batch + soft CE of mixup on the PGD batch) / 2 (Lamb et al.),
-      two forward passes, clean first."""
+      two forward passes, clean first.
+
+    ``shard``: x is a distributed run's global batch; the attack and the mixing are computed for all of it,
+    the forward passes for this process's slice (``_logits_target``)."""
     m = adversary.method
     if m == "iat":
         clean, adv = iat_batches(adversary, model, mixer, x, y, gen, attack_gen, amp=amp)
-        return 0.5 * (mixing.soft_cross_entropy(_logits(model, clean, amp, channels_last), clean.target)
-                      + mixing.soft_cross_entropy(_logits(model, adv, amp, channels_last), adv.target))
+        return 0.5 * (mixing.soft_cross_entropy(*_logits_target(model, clean, amp, channels_last, shard))
+                      + mixing.soft_cross_entropy(*_logits_target(model, adv, amp, channels_last, shard)))
     x_adv = adversary.attack(model, x, y, attack_gen, amp=amp)
     with torch.no_grad():
         adv = mixer(x_adv, y, gen)  # erm's: the batch with one-hot targets, no draws
     if m == "at":
-        return mixing.soft_cross_entropy(_logits(model, adv, amp, channels_last), adv.target)
+        return mixing.soft_cross_entropy(*_logits_target(model, adv, amp, channels_last, shard))
     with torch.no_grad():
         clean = mixer(x, y, gen)
-    return attacks.trades_loss(_logits(model, clean, amp, channels_last), _logits(model, adv, amp, channels_last),
-                               clean.target, adversary.beta)
+    logits_clean, target = _logits_target(model, clean, amp, channels_last, shard)
+    return attacks.trades_loss(logits_clean, _logits_target(model, adv, amp, channels_last, shard)[0],
+                               target, adversary.beta)
 
 
 def loss_for(method: str, cfg: config.TrainConfig) -> str:
@@ -411,6 +467,9 @@ def run_settings(method: str, cfg: config.TrainConfig) -> dict:
                mix_prob=float(cfg.mix_prob[method]))
     if method not in config.ADVERSARIAL_METHODS:
         del own["adversarial"]
+    # how many processes train it is not a setting of the run (docs/DISTRIBUTED.md): a checkpoint resumes
+    # with another count, and a 1-process run's records are what they were before processes existed
+    del own["processes"]
     return own
 
 
@@ -479,17 +538,28 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
     if ckpt_path.exists():
         state = io.load_torch(ckpt_path, "checkpoint")  # a corrupt file -> ValueError naming it
         _check_resume(state, params, epochs, ckpt_path)
+    n = len(d.train_x)
+    bs = min(cfg.batch_size, n)
+    starts = [i for i in range(0, n, bs) if n - i >= 2]  # drop a last batch of one image
+    nproc = distributed.resolve_processes(cfg.processes, dev)
+    distributed.check_batches(nproc, [min(bs, n - i) for i in starts], bs, n)
+    if nproc > 1 and not distributed.in_worker():  # start torchrun's workers, each runs this function
+        # (the data as clones: torch.save would write a subset's whole underlying storage)
+        data_only = ImageData(d.name, *(t.clone() for t in (d.train_x, d.train_y, d.test_x, d.test_y)))
+        return _launch(nproc, out, timings_path, state, dev, dict(
+            method=method, cfg=cfg, data=data_only, out_dir=str(out), seed=seed, vae=vae, device=dev.type,
+            progress=progress, arm=arm))
+    shard, dev = distributed.join(dev)  # a torchrun worker: its slice of every batch; else None
 
     # ---- set up (everything above was checking)
-    io.remove_stale_temps(out)
+    distributed.on_main(shard, io.remove_stale_temps, out)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(**build)
     channels_last = cfg.channels_last
+    if shard is not None:
+        model = distributed.sync_batchnorm(model, dev)
     model.to(dev, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    n = len(d.train_x)
-    bs = min(cfg.batch_size, n)
-    starts = [i for i in range(0, n, bs) if n - i >= 2]  # drop a last batch of one image
     optimizer, scheduler = make_optimizer(cfg, model, dev, epochs, len(starts))
     gens = {name: torch.Generator().manual_seed(_data_seed(seed, i)) for i, name in enumerate(GENERATORS)}
     if adversary is not None:  # a stream of its own: the other streams (and the other arms) stay as they were
@@ -507,7 +577,8 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
         start_epoch = int(state["epoch"])
         first_loss = float(state.get("first_loss", history[0]["train_loss"]))
     times = io.read_epoch_timings(timings_path, start_epoch)
-    io.write_json(out / "params.json", params)
+    distributed.on_main(shard, io.write_json, out / "params.json", params)
+    stepper = model if shard is None else distributed.wrap(model, dev)  # what train_step passes batches to
 
     if use_vae:
         vae = vae.to(dev).eval()
@@ -524,7 +595,7 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
     n_seen = sum(min(bs, n - i) for i in starts)
     check_each_step = dev.type == "cpu"  # a host sync is free on the CPU; on CUDA check once per epoch
 
-    disable = _tqdm_disable(progress)
+    disable = _tqdm_disable(progress) if shard is None or shard.rank == 0 else True
     logits = None
     epoch_bar = tqdm(range(start_epoch + 1, epochs + 1), desc=f"{arm} seed {seed}", unit="epoch",
                      initial=start_epoch, total=epochs, disable=disable)
@@ -539,9 +610,9 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
         for step, i in enumerate(tqdm(starts, desc=f"epoch {epoch}", unit="batch", leave=False,
                                       disable=disable), start=1):
             idx = perm[i:i + bs]
-            loss = train_step(model, optimizer, mixer, train_x[idx], train_y[idx], gens["mix"], pad=pad,
+            loss = train_step(stepper, optimizer, mixer, train_x[idx], train_y[idx], gens["mix"], pad=pad,
                               amp=amp, channels_last=channels_last, loss=loss_name, aug_gen=gens["augment"],
-                              adversary=adversary, attack_gen=gens.get(ATTACK_GENERATOR))
+                              adversary=adversary, attack_gen=gens.get(ATTACK_GENERATOR), shard=shard)
             scheduler.step()
             if check_each_step:
                 if not torch.isfinite(loss):
@@ -550,9 +621,13 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
             else:
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss),
                                         torch.full_like(first_bad, step), first_bad)
+            if shard is not None:  # the slice's share of the global batch's mean (summed over processes below)
+                loss = loss * (len(shard.take(idx)) / len(idx))
             if first_step is None:
                 first_step = loss
             loss_sum += loss * len(idx)
+        if shard is not None:  # the global batches' losses: every process records and checks the same
+            loss_sum, first_step = shard.sum(torch.stack([loss_sum, first_step]))
         train_loss = loss_sum.item() / n_seen  # one host sync per epoch
         seconds = time.perf_counter() - t0
         if not math.isfinite(train_loss):
@@ -566,31 +641,54 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
                         "test_acc": test_acc, "lr": lr})
         times.append({"epoch": epoch, "seconds": seconds, "images_per_s": n_seen / seconds})
         if timings_path is not None:  # before the checkpoint: a resumed run keeps the epochs it continues
-            io.write_json(timings_path, times)
-        _save_checkpoint(ckpt_path, {
+            distributed.on_main(shard, io.write_json, timings_path, times)
+        distributed.on_main(shard, _save_checkpoint, ckpt_path, {
             "format": CHECKPOINT_FORMAT, "params": params, "epoch": epoch,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "generators": {k: g.get_state() for k, g in gens.items()},
             "history": history,
             "first_loss": first_loss})
-        io.write_json(out / "history.json", history)
+        distributed.on_main(shard, io.write_json, out / "history.json", history)
         epoch_bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{test_acc:.3f}")
     epoch_bar.close()
 
     if logits is None:  # nothing left to train: the checkpoint was already at the last epoch
         logits, test_loss, test_acc = _evaluate(model, test_x, test_y, dev)
-        io.write_json(out / "history.json", history)
-    io.save_torch(out / "model.pt", {
+        distributed.on_main(shard, io.write_json, out / "history.json", history)
+    distributed.on_main(shard, io.save_torch, out / "model.pt", {
         "format": MODEL_FORMAT, "build": build, "arm": arm, "method": method, "seed": seed, "dataset": data.name,
         "epochs": epochs, "state_dict": {k_: v.detach().cpu().contiguous() for k_, v in model.state_dict().items()}})
-    io.write_npy(out / "test_logits.npy", logits.numpy().astype(np.float32))
-    io.write_npy(out / "test_labels.npy", test_y.numpy().astype(np.int64))
+    distributed.on_main(shard, io.write_npy, out / "test_logits.npy", logits.numpy().astype(np.float32))
+    distributed.on_main(shard, io.write_npy, out / "test_labels.npy", test_y.numpy().astype(np.int64))
+    if shard is not None:  # every process returns once rank 0 has written everything
+        shard.barrier()
     last = history[-1]
     return {"arm": arm, "method": method, "seed": seed, "arch": cfg.arch, "dataset": data.name, "epochs": epochs,
             "resumed_from_epoch": start_epoch, "train_loss": last["train_loss"], "test_loss": test_loss,
             "test_acc": test_acc, "seconds": sum(t["seconds"] for t in times),
             "images_per_s": times[-1]["images_per_s"] if times else None, "device": str(dev),
             "out_dir": str(out)}
+
+
+def _launch(nproc: int, out: Path, timings_path: Path | None, state: dict | None, dev: torch.device,
+            call: dict) -> dict:
+    """``train_classifier``'s run in ``nproc`` torchrun workers (``distributed.launch``), and its summary,
+    read from the files rank 0 wrote (history.json, params.json, the timings: a temporary file when the
+    caller gave none)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="varmix-timings-") as tmp:
+        timings = timings_path or Path(tmp) / "timings.json"
+        distributed.launch(nproc, {**call, "timings": str(timings)})
+        times = io.read_epoch_timings(timings, 10**9)
+    history, params = io.read_json(out / "history.json"), io.read_json(out / "params.json")
+    last = history[-1]
+    return {"arm": params["arm"], "method": params["method"], "seed": params["seed"], "arch": params["arch"],
+            "dataset": params["dataset"], "epochs": params["epochs"],
+            "resumed_from_epoch": 0 if state is None else int(state["epoch"]), "train_loss": last["train_loss"],
+            "test_loss": last["test_loss"], "test_acc": last["test_acc"],
+            "seconds": sum(t["seconds"] for t in times), "images_per_s": times[-1]["images_per_s"] if times else None,
+            "device": str(dev), "out_dir": str(out)}
 
 
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: torch.device):

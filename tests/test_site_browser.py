@@ -1,0 +1,274 @@
+"""The results site and JupyterLab in a real browser: Playwright drives Debian's chromium (`make browser`
+installs it with apt; Playwright's own browser download is never used). Skipped, with the reason, only when
+chromium is not installed.
+
+- The site, built from the committed study (varmix/site.py), opened from disk (file://): every page loads
+  without a console or page error and with the site's stylesheet, every image decodes to a non-zero size,
+  every internal link reaches an existing page and anchor, and the landing page shows report.json's verdicts,
+  one per claim and pair. ``test_the_checks_catch_a_broken_page`` shows the checks fail on a broken page.
+- JupyterLab, started on a free port on a temporary copy of one smoke notebook (02_train for the ERM run of
+  seed 0, the quickest: a second of training on the smoke profile), runs it through the UI's Run menu and
+  sees its last output, the learning curves, and the run's numbers, which must equal nbval's reference.
+  Skipped unless VARMIX_TRY_LAB=1 (its reason says why): it is not yet reliable.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import nbformat
+import pytest
+from markupsafe import escape
+
+from varmix import config, io, pipeline, site
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = config.load_params(ROOT / "params.yaml")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip("Debian's chromium is not installed (`make browser`, i.e. apt-get install chromium): the browser "
+                "tests of the results site and of JupyterLab cannot run", allow_module_level=True)
+
+from playwright.sync_api import TimeoutError as PlaywrightTimeout, sync_playwright  # noqa: E402  (after the skip: only with a browser to drive)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# the results site
+def check_site(browser, folder: Path) -> tuple[list[str], dict[str, list]]:
+    """Open every page of the site in ``folder`` from disk; return the problems found (console and page
+    errors, failed requests, images that did not decode, a stylesheet that did not apply, links to a missing
+    file or anchor) and, per page, its [data-verdict-key] cells as (key, text, visible)."""
+    problems: list[str] = []
+    verdicts: dict[str, list] = {}
+    anchors: dict[str, set[str]] = {}
+    links: list[tuple[str, str]] = []
+    page = browser.new_page()
+    current = {"name": ""}
+    page.on("console", lambda m: m.type == "error" and problems.append(f"{current['name']}: console: {m.text}"))
+    page.on("pageerror", lambda e: problems.append(f"{current['name']}: page error: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"{current['name']}: request failed: {r.url[:100]}"))
+    for path in sorted(folder.glob("*.html")):
+        current["name"] = path.name
+        page.goto(path.as_uri(), wait_until="load")
+        images = page.evaluate("""() => Array.from(document.images).map(i =>
+            [i.getAttribute('src').slice(0, 40), i.complete, i.naturalWidth, i.naturalHeight])""")
+        for src, complete, w, h in images:
+            if not (complete and w > 0 and h > 0):
+                problems.append(f"{path.name}: image {src}... did not decode ({w}x{h})")
+        styled = page.evaluate("() => getComputedStyle(document.body).getPropertyValue('--jp-ui-font-family')")
+        if not styled.strip():
+            problems.append(f"{path.name}: the stylesheet {site.STYLESHEET} did not apply")
+        anchors[path.name] = set(page.evaluate("() => Array.from(document.querySelectorAll('[id]')).map(e => e.id)"))
+        links += [(path.name, h) for h in page.evaluate(
+            "() => Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'))")]
+        verdicts[path.name] = page.evaluate("""() => Array.from(document.querySelectorAll('[data-verdict-key]'))
+            .map(e => [e.dataset.verdictKey, e.innerText.trim(), e.offsetWidth > 0 && e.offsetHeight > 0])""")
+    page.close()
+    for name, href in links:
+        parts = urlsplit(href)
+        if parts.scheme or parts.netloc:
+            continue  # not internal
+        target = unquote(parts.path) or name
+        if not (folder / target).is_file():
+            problems.append(f"{name}: link {href} reaches no file")
+        elif parts.fragment and not {parts.fragment, unquote(parts.fragment)} & anchors.get(target, set()):
+            # as a browser looks the fragment up: as written, then percent-decoded (nbconvert writes a heading
+            # γ(ε) as id="%CE%B3(%CE%B5)")
+            problems.append(f"{name}: link {href} reaches no anchor")
+    return problems, verdicts
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The whole site of the committed study, built into a temporary folder."""
+    results = pipeline.Layout(ROOT, PARAMS.dataset, PARAMS.profile).results
+    if not (results / "metrics" / "report.json").is_file():
+        pytest.fail(f"{results} holds no committed study (metrics/report.json): run `dvc repro` and commit results/")
+    return results, site.build_site(results, tmp_path_factory.mktemp("site") / "site")
+
+
+def test_every_page_of_the_site_loads_cleanly_from_disk(browser, built):
+    results, folder = built
+    problems, verdicts = check_site(browser, folder)
+    assert problems == []
+    pages = site.notebook_pages(results / "notebooks")
+    assert {f"{p.name}.html" for p in pages} <= set(verdicts)
+    # the landing page: one verdict per claim and pair, each shown, equal to report.json's
+    shown = verdicts["index.html"]
+    claims = io.read_json(results / "metrics" / "report.json")["claims"]
+    assert len(shown) == len({k for k, _, _ in shown}) == len(claims)
+    assert {k: v for k, v, _ in shown} == claims
+    assert all(visible for _, _, visible in shown)
+
+
+def test_the_checks_catch_a_broken_page(browser, built, tmp_path):
+    """The checks above fail when the property breaks: a broken image, a link to a missing page and to a
+    missing anchor, a script error, a missing stylesheet and a wrong verdict are each reported (the landing
+    page's links to the chapters, left out here, are reported too)."""
+    _, folder = built
+    broken = tmp_path / "site"  # the landing page with its stylesheet and figure, and a page made broken
+    shutil.copytree(folder / "static", broken / "static")
+    for name in ("index.html", site.FIGURE):
+        shutil.copy2(folder / name, broken / name)
+    landing = (broken / "index.html").read_text(encoding="utf-8")
+    key = next(iter(io.read_json(built[0] / "metrics" / "report.json")["claims"]))
+    cell = f'data-verdict-key="{escape(key)}">'  # as jinja2 escapes it
+    assert cell in landing
+    (broken / "index.html").write_text(landing.replace(cell, cell + "holds or not ", 1), encoding="utf-8")
+    (broken / "bad.html").write_text(
+        '<!DOCTYPE html><html><head><title>bad</title></head><body>'
+        '<img src="data:image/png;base64,iVBORw0KGgo="><a href="nowhere.html">x</a><a href="index.html#nothing">y</a>'
+        '<script>undefined_function()</script></body></html>\n')
+    problems, verdicts = check_site(browser, broken)
+    found = "\n".join(problems)
+    for needle in ("bad.html: image data:image/png;base64,iVBORw0KGgo=... did not decode",
+                   "bad.html: link nowhere.html reaches no file", "bad.html: link index.html#nothing reaches no anchor",
+                   "bad.html: page error: undefined_function is not defined",
+                   f"bad.html: the stylesheet {site.STYLESHEET} did not apply"):
+        assert needle in found
+    assert {k: v for k, v, _ in verdicts["index.html"]}[key].startswith("holds or not ")
+
+
+# ----------------------------------------------------------------------------------------------
+# JupyterLab
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _reference_row(book, arm: str, seed: int) -> dict[str, str]:
+    """The (arm, seed) row of the stored results table of notebooks/02_train.ipynb (nbval's reference)."""
+    cell = next(c for c in book.cells if c.cell_type == "code" and c.source.startswith("results, histories"))
+    lines = cell.outputs[0]["data"]["text/plain"].splitlines()
+    header = lines[0].split()
+    for line in lines[1:]:
+        values = line.split()[1:]  # the index first
+        row = dict(zip(header, values))
+        if row.get("arm") == arm and row.get("seed") == str(seed):
+            return row
+    raise AssertionError(f"no row {arm}, seed {seed} in the reference table")
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """JupyterLab on a free port with a token, serving a temporary project: params.yaml, the prepared data
+    (a link), and notebooks/02_train.ipynb without outputs and with the parameters of one run (ERM, seed 0),
+    as papermill would inject them; its runs go to a scratch folder (VARMIX_WORKDIR). Nothing committed is
+    touched."""
+    data = ROOT / PARAMS.data_dir / PARAMS.dataset / "meta.json"
+    if not data.is_file():
+        pytest.fail(f"{data.parent} is not prepared: run `python -m varmix prepare-data`")
+    project = tmp_path / "project"
+    (project / "notebooks").mkdir(parents=True)
+    shutil.copy2(ROOT / "params.yaml", project / "params.yaml")
+    (project / PARAMS.data_dir).symlink_to(ROOT / PARAMS.data_dir, target_is_directory=True)
+    book = nbformat.read(ROOT / "notebooks" / "02_train.ipynb", as_version=4)
+    params = next(c for c in book.cells if "parameters" in c.metadata.get("tags", []))
+    assert 'arm = "all"' in params.source and 'seed = "all"' in params.source
+    params.source = params.source.replace('arm = "all"', 'arm = "erm"').replace('seed = "all"', "seed = 0")
+    for c in book.cells:
+        if c.cell_type == "code":
+            c.outputs, c.execution_count = [], None
+    nbformat.write(book, project / "notebooks" / "02_train.ipynb")
+    port, token = _free_port(), "varmix-browser-test"
+    env = {**os.environ, pipeline.WORKDIR_ENV: str(tmp_path / "scratch"), "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws"),
+           "TQDM_DISABLE": "1", "MPLBACKEND": "Agg", "PYTHONPATH": os.pathsep.join(
+               filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={project}", "--ServerApp.port_retries=0",
+           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    if os.geteuid() == 0:
+        cmd.append("--allow-root")
+    log = open(tmp_path / "lab.log", "w")
+    server = subprocess.Popen(cmd, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"JupyterLab did not start: {(tmp_path / 'lab.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield base, token, tmp_path / "scratch"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+@pytest.mark.skipif(not os.environ.get("VARMIX_TRY_LAB"), reason=(
+    "unfinished, not yet reliable: on JupyterLab 4.6.6 the page sometimes starts two kernels, attaches to the one it "
+    "shuts down or asks to select one, and Run All Cells then shows no output within 240 s (the current version "
+    "passed 1 of 3 tries on a busy 2-core machine, 50 s when it passes); VARMIX_TRY_LAB=1 runs it"))
+def test_jupyterlab_runs_a_smoke_notebook_through_its_ui(browser, lab):
+    base, token, scratch = lab
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{base}/lab?token={token}")
+    page.locator(".jp-DirListing-item", has_text="notebooks").dblclick(timeout=120_000)  # the file browser
+    page.locator(".jp-DirListing-item", has_text="02_train.ipynb").dblclick(timeout=60_000)
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
+    # the kernel is up: run before that, and JupyterLab may replace the kernel the cells were sent to
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+    # Run > Run All Cells. When the page has not attached the kernel yet, JupyterLab asks for one instead of
+    # running (a race of the page's start): accept its choice (the notebook's python3) and run again.
+    for _ in range(3):
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        try:
+            page.wait_for_selector(".jp-Dialog", timeout=5_000)
+        except PlaywrightTimeout:
+            break
+        page.locator(".jp-Dialog button.jp-mod-accept").first.click()
+        page.wait_for_selector(".jp-Dialog", state="detached", timeout=30_000)
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+    # the last cell's output: the learning curves, an image that decoded
+    last = page.locator(".jp-NotebookPanel .jp-CodeCell").last
+    image = last.locator(".jp-OutputArea-output img")
+    try:
+        image.wait_for(timeout=240_000)
+    except PlaywrightTimeout:
+        page.screenshot(path=scratch.parent / "jupyterlab.png")  # beside lab.log, for whoever reads the failure
+        raise
+    assert page.evaluate("(img) => img.complete && img.naturalWidth > 0 && img.naturalHeight > 0",
+                         image.element_handle())
+    assert not page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']", has_text="Error").count()
+    # the run's numbers as the UI shows them (the results table) equal nbval's reference for erm, seed 0
+    table = page.locator(".jp-NotebookPanel .jp-CodeCell", has_text="results, histories").locator(
+        ".jp-OutputArea-output table")
+    header = [t.strip() for t in table.locator("thead th").all_inner_texts()][1:]  # the index column first
+    first = table.locator("tbody tr").first
+    shown = dict(zip(header, [t.strip() for t in first.locator("td").all_inner_texts()]))
+    reference = _reference_row(nbformat.read(ROOT / "notebooks" / "02_train.ipynb", as_version=4), "erm", 0)
+    for key in ("arm", "seed", "train_loss", "test_loss", "test_acc"):
+        assert shown[key] == reference[key], (key, shown, reference)
+    # and it wrote where VARMIX_WORKDIR points, not into the project
+    written = io.read_json(scratch / "results" / PARAMS.dataset / "smoke" / "metrics" / "train-erm-s0.json")
+    assert f"{written['test_acc']:.4f}" == reference["test_acc"]
+    page.close()
