@@ -64,7 +64,7 @@ def main(argv=None) -> int:
             per_epoch = summary["seconds"] / args.epochs
             if epoch_s and len(epoch_s) > 1:  # the first epoch carries cuDNN's autotuning: time the rest
                 per_epoch = sum(epoch_s[1:]) / len(epoch_s[1:])
-            seeds = len(s.params.seeds)
+            seeds = len(s.params.seeds_of(arm) if arm in s.params.arms else s.params.seeds)  # rivals: rival_seeds
             full = full_epochs * per_epoch * seeds
             projected += full
             rows.append((arm, method, args.epochs, f"{per_epoch:.1f}", f"{summary['test_acc']:.4f}", full_epochs,

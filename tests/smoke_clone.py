@@ -39,7 +39,7 @@ def dvc(clone: Path, *args: str, check: bool = False, timeout: float = 900) -> s
 def make(dst: Path, arms: list[str], seeds: list[int]) -> Path:
     """The project's tracked and untracked-but-not-ignored files copied to ``dst`` (results/ and runs/ left
     out), params.yaml on the smoke profile with ``arms`` and ``seeds`` (no comparisons: the arms may lack
-    their rivals), the prepared data, all committed to a new git repository."""
+    their rivals; no rival_arms), the prepared data, all committed to a new git repository."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout.split("\0")
     for rel in filter(None, listed):
@@ -53,9 +53,12 @@ def make(dst: Path, arms: list[str], seeds: list[int]) -> Path:
     text = re.sub(r"^arms: \[[^\]]*\]", f"arms: [{', '.join(arms)}]", text, count=1, flags=re.M)  # may span lines
     text = re.sub(r"^seeds: \[[^\]]*\]", f"seeds: [{', '.join(map(str, seeds))}]", text, count=1, flags=re.M)
     text = re.sub(r"^comparisons:\n(  .*\n)+", "comparisons: {}\n", text, count=1, flags=re.M)
+    text = re.sub(r"^rival_arms: \[[^\]]*\]", "rival_arms: []", text, count=1, flags=re.M)
+    text = re.sub(r"^rival_seeds: \[[^\]]*\]", f"rival_seeds: [{', '.join(map(str, seeds))}]", text, count=1, flags=re.M)
     (dst / "params.yaml").write_text(text)
     got = yaml.safe_load(text)
-    assert (got["profile"], got["arms"], got["seeds"]) == ("smoke", arms, seeds), "params.yaml's layout changed"
+    assert (got["profile"], got["arms"], got["seeds"], got["rival_arms"], got["rival_seeds"]) == (
+        "smoke", arms, seeds, [], seeds), "params.yaml's layout changed"
     if (ROOT / "data" / DATASET / "meta.json").is_file():
         shutil.copytree(ROOT / "data", dst / "data")
     else:

@@ -23,7 +23,7 @@ def test_committed_logits_give_the_committed_calibration_numbers():
     assert path.is_file(), f"{path} is not committed: run `dvc repro` and commit results/"
     assert path.stat().st_size <= 10_000_000
     stored = io.read_logits(path)
-    assert set(stored) == {run_name(a, sd) for a in PARAMS.arms for sd in PARAMS.seeds}
+    assert set(stored) == {run_name(a, sd) for a, sd in PARAMS.runs}
     committed = io.read_json(LAYOUT.metrics("calibration"))
     bins = PARAMS.eval.ece_bins
     for name, (logits, labels) in stored.items():

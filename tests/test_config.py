@@ -50,6 +50,22 @@ def test_departure_switches_default_to_the_earlier_behaviour():
         assert paper == p.profiles["paper"]
 
 
+def test_rival_arms_are_trained_with_their_own_seeds():
+    p = config.load_params(ROOT / "params.yaml")
+    assert p.arms[-len(p.rival_arms):] == p.rival_arms == ("at", "trades", "iat", "adv_varmixup")
+    assert p.seeds_of("at") == p.rival_seeds == (0, 1) and p.seeds_of("varmixup") == p.seeds == (0, 1, 2, 3, 4)
+    assert p.runs[:5] == tuple(("erm", sd) for sd in range(5)) and p.runs[-2:] == (("adv_varmixup", 0), ("adv_varmixup", 1))
+    assert len(p.runs) == 9 * 5 + 4 * 2
+    with pytest.raises(ValueError, match=r"arm = 'xyz' is not in params.yaml's arms or rival_arms"):
+        p.seeds_of("xyz")
+    raw = copy.deepcopy(RAW)
+    del raw["rival_seeds"]  # without rival_seeds, rivals take every seed
+    assert config.Params.from_dict(raw).seeds_of("at") == p.seeds
+    del raw["rival_arms"]
+    q = config.Params.from_dict(raw)
+    assert q.rival_arms == () and q.arms == p.arms[:9] and len(q.runs) == 45
+
+
 def test_arms_resolve_to_a_method_and_its_settings():
     p = config.load_params(ROOT / "params.yaml")
     assert len(p.arms) >= 9 and len(p.seeds) >= 5  # the deciding study (issue 11)
@@ -67,8 +83,8 @@ def test_arms_resolve_to_a_method_and_its_settings():
     assert dataclasses.replace(p.arm_train("mixup_half")[1], mix_prob=p.train.mix_prob) == p.train
     # an arm named after a method needs no declaration (the old per-method names)
     raw = edit(RAW, ("arms",), ["erm", "mixup"])
-    raw.pop("arm_settings")
-    raw.pop("comparisons")
+    for key in ("arm_settings", "comparisons", "rival_arms"):
+        raw.pop(key)
     q = config.Params.from_dict(raw)
     assert q.arm_train("mixup")[0] == "mixup" and q.methods_of() == ("erm", "mixup")
     with pytest.raises(ValueError, match="arm 'mixup_half' is not declared in params.yaml's arm_settings"):
@@ -117,10 +133,22 @@ def edit(raw, path, value):
     (("arm_settings", "Mixup-2"), {"method": "mixup"},
      "arm_settings = 'Mixup-2' is invalid: expected an arm name of lower-case letters"),
     (("comparisons", "varmixup"), ["mixup", "cutmixx"],
-     "comparisons.varmixup[1] = 'cutmixx' is invalid: expected one of the other arms (adv_varmixup, at, cutmix, "),
+     "comparisons.varmixup[1] = 'cutmixx' is invalid: expected one of the other arms (cutmix, erm, "),
     (("comparisons", "varmixup"), ["varmixup"],
-     "comparisons.varmixup[0] = 'varmixup' is invalid: expected one of the other arms (adv_varmixup, at, cutmix, "
-     "erm, iat, manifold_mixup, mixup, mixup_half, mixup_r, mixup_r_full, trades, varmixup_full)"),
+     "comparisons.varmixup[0] = 'varmixup' is invalid: expected one of the other arms (cutmix, "
+     "erm, manifold_mixup, mixup, mixup_half, mixup_r, mixup_r_full, varmixup_full)"),
+    # the rivals, trained with fewer seeds, are not in the paired family (they lack seeds 2..4)
+    (("comparisons", "varmixup"), ["at"],
+     "comparisons.varmixup[0] = 'at' is invalid: expected one of the other arms (cutmix, erm, "),
+    (("rival_arms",), ["at", "erm"], "rival_arms = ['at', 'erm'] is invalid: expected arms not in arms "
+                                     "(given in both: erm)"),
+    (("rival_arms",), ["at", "att"], "rival_arms[1] = 'att' is invalid: expected an arm declared in arm_settings"),
+    (("rival_arms",), ["at", "at"], "rival_arms = ['at', 'at'] is invalid: expected each arm at most once"),
+    (("rival_seeds",), [1, 2], "rival_seeds = [1, 2] is invalid: expected seeds among seeds [0, 1, 2, 3, 4], "
+                               "holding its first, 0"),
+    (("rival_seeds",), [0, 7], "rival_seeds = [0, 7] is invalid: expected seeds among seeds [0, 1, 2, 3, 4]"),
+    (("rival_seeds",), [0, 0], "rival_seeds = [0, 0] is invalid: expected each seed at most once"),
+    (("rival_seeds",), [], "rival_seeds = [] is invalid: expected a non-empty list"),
     (("profiles", "smoke", "train", "schedule"), "linear",
      "profiles.smoke.train.schedule = 'linear' is invalid: expected one of constant, step, cosine"),
     (("profiles", "smoke", "train", "milestones"), [1],
@@ -308,7 +336,7 @@ def test_perturbation_settings_are_validated():
     ev = p.profiles["default"].eval
     assert ev.perturbation_eps == (1, 2, 4, 8) and ev.perturbation_steps >= 20 and ev.perturbation_restarts >= 2
     for key, value, allowed in (("perturbation_eps", [0], "a number > 0 and <= 255"), ("perturbation_steps", 0, "1"),
-                                ("perturbation_restarts", 0, "1"), ("autoattack_version", "plus", "standard, rand"),
+                                ("perturbation_restarts", 0, "1"), ("autoattack_version", "plus", "standard, rand, apgd"),
                                 ("autoattack_eps", -1, "255")):
         raw = edit(RAW, ("profiles", "default", "eval", key), value)
         with pytest.raises(config.ConfigError, match=rf"profiles.default.eval.{key}.*{allowed}"):
@@ -333,7 +361,7 @@ def test_the_adversarial_vae_has_its_own_block():
     with pytest.raises(config.ConfigError, match=r"profiles.default.vae_adversarial is not set, but the arms "
                                                  r"adv_varmixup use the adversarial VAE"):
         config.Params.from_dict(raw)
-    raw["arms"] = [a for a in raw["arms"] if a != "adv_varmixup"]
+    raw["rival_arms"] = [a for a in raw["rival_arms"] if a != "adv_varmixup"]
     q = config.Params.from_dict(raw)
     with pytest.raises(config.ConfigError, match="profiles.default.vae_adversarial is not set"):
         q.vae_of("adversarial")

@@ -239,6 +239,21 @@ def test_autoattack_robust_is_sound_and_strong(linear, batch, autoattack):
 
 
 @needs_torchattacks
+def test_autoattack_apgd_is_the_standard_versions_first_two_attacks(linear, batch, autoattack):
+    """"apgd" (APGD-CE then APGD-T) is sound, at least as strong as one PGD step, repeats for a seed, and
+    the standard version (which runs the same two first, then FAB-T and Square on the survivors) can only
+    break more: its mask is inside apgd's."""
+    x, y = batch
+    standard, _, _ = autoattack
+    a, b = (P.autoattack_robust(linear, x, y, 2 / 255, seed=0, version="apgd") for _ in range(2))
+    clean = clean_correct(linear, x, y)
+    assert torch.equal(a, b) and not (a & ~clean).any() and 0 < int(a.sum()) < int(clean.sum())
+    assert not (standard & ~a).any()
+    one_step = P.pgd_robust(linear, x, y, [2 / 255], steps=1, restarts=1, gen=gen())[2 / 255]
+    assert int(a.sum()) <= int(one_step.sum())
+
+
+@needs_torchattacks
 def test_autoattack_robust_repeats_for_a_seed(linear, batch):
     """The "rand" version (APGD-CE then APGD-DLR, 20 EOT iterations, seconds on CPU) against CoinFlip, where
     APGD stays at its random start: the mask is the seed's coin flips (about 1/4 survive both attacks)."""
@@ -253,7 +268,7 @@ def test_autoattack_robust_repeats_for_a_seed(linear, batch):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(eps=1.5), r"eps = 1.5 is invalid: expected a finite number in \[0, 1\]"),
     (dict(eps=-0.1), r"eps = -0.1 is invalid: expected a finite number in \[0, 1\]"),
-    (dict(version="plus2"), r"version = 'plus2' is invalid: expected one of standard, rand"),
+    (dict(version="plus2"), r"version = 'plus2' is invalid: expected one of standard, rand, apgd"),
     (dict(seed=-1), r"seed = -1 is invalid: expected an integer in \[0, 2\*\*63\)"),
     (dict(batch_size=0), r"batch_size = 0 is invalid: expected an integer >= 1"),
 ])

@@ -41,8 +41,9 @@ def _dvc_stages(profile: str = "default", dataset: str = "fashion-mnist") -> dic
     for name, st in stages.items():
         if "matrix" in st:
             body = {k: v for k, v in st.items() if k != "matrix"}
-            for arm in params["arms"]:
-                for seed in params["seeds"]:
+            arms_key, seeds_key = (st["matrix"][k].strip("${}") for k in ("arm", "seed"))
+            for arm in params[arms_key]:
+                for seed in params[seeds_key]:
                     out[f"{name}@{arm}-{seed}"] = fill(body, {"arm": arm, "seed": seed})
         else:
             out[name] = fill(st)
@@ -68,15 +69,16 @@ def test_dvc_outputs_are_the_layouts_paths(layout):
     assert _rel(layout.vae_dir) in _paths(stages["vae"]["outs"])
     assert _rel(layout.notebook("01_vae")) in _paths(stages["vae"]["outs"])
     assert _rel(layout.metrics("vae")) in _paths(stages["vae"]["outs"])
-    for m in params.arms:
-        for sd in params.seeds:
-            st = stages[f"train@{m}-{sd}"]
-            name = pipeline.run_name(m, sd)
-            assert _paths(st["outs"]) == [_rel(layout.model_dir(m, sd)), _rel(layout.notebook(f"02_train-{name}")),
-                                          _rel(layout.metrics(f"train-{name}"))]
-            assert _paths(st["plots"]) == [_rel(layout.plot_data(f"train-{name}"))]
-            assert f"--arm {m} --seed {sd}" in st["cmd"]
-            assert f"arm_settings.{m}" in st["params"]  # an arm's stage depends on its own settings only
+    trained = [name.partition("@")[2] for name in stages if name.startswith(("train@", "train_rivals@"))]
+    assert trained == [f"{m}-{sd}" for m, sd in params.runs]  # the two matrices train every run, once
+    for m, sd in params.runs:
+        st = stages[f"{'train_rivals' if m in params.rival_arms else 'train'}@{m}-{sd}"]
+        name = pipeline.run_name(m, sd)
+        assert _paths(st["outs"]) == [_rel(layout.model_dir(m, sd)), _rel(layout.notebook(f"02_train-{name}")),
+                                      _rel(layout.metrics(f"train-{name}"))]
+        assert _paths(st["plots"]) == [_rel(layout.plot_data(f"train-{name}"))]
+        assert f"--arm {m} --seed {sd}" in st["cmd"]
+        assert f"arm_settings.{m}" in st["params"]  # an arm's stage depends on its own settings only
     assert _rel(layout.metrics("corruptions")) in _paths(stages["corruptions"]["outs"])
     assert _rel(layout.per_image("corruptions")) in _paths(stages["corruptions"]["outs"])
     assert _rel(layout.per_image("logits")) in _paths(stages["calibration"]["outs"])
@@ -145,7 +147,7 @@ def test_run_notebook_checks_arguments_before_any_kernel():
         pipeline.run_notebook("03_corruptions", "smoke", arm="erm", seed=0)
     with pytest.raises(ValueError, match="arm = 'bogus' is not in params.yaml's arms"):
         pipeline.run_notebook("02_train", "smoke", arm="bogus", seed=0)
-    with pytest.raises(ValueError, match=r"seed = 77 is not in params.yaml's seeds \[0, 1, 2, 3, 4\]"):
+    with pytest.raises(ValueError, match=r"seed = 77 is not among params.yaml's seeds for arm 'erm' \[0, 1, 2, 3, 4\]"):
         pipeline.run_notebook("02_train", "smoke", arm="erm", seed=77)
     with pytest.raises(config.ConfigError, match="profile"):
         pipeline.run_notebook("01_vae", "huge")
@@ -202,8 +204,11 @@ def test_session_writes_to_workdir_and_lists_runs(tmp_path, monkeypatch):
     monkeypatch.setenv(pipeline.WORKDIR_ENV, str(tmp_path))
     s = pipeline.start("smoke")
     assert s.layout.results == tmp_path / "results" / "fashion-mnist" / "smoke"
-    assert s.runs() == [(a, sd) for a in s.params.arms for sd in s.params.seeds]
+    assert s.runs() == list(s.params.runs) == [(a, sd) for a in s.params.arms for sd in s.params.seeds_of(a)]
     assert s.runs("cutmix", 0) == [("cutmix", 0)]
+    assert s.runs("at") == [("at", 0), ("at", 1)] and s.params.seeds_of("erm") == (0, 1, 2, 3, 4)
+    with pytest.raises(ValueError, match=r"seed = 3 is not among params.yaml's seeds for arm 'at' \[0, 1\]"):
+        s.runs("at", 3)
     path = s.save_metrics("x", {"erm-s0": {"acc": pd.Series([0.25]).iloc[0], "n": pd.Series([3]).iloc[0]}})
     saved = json.loads(path.read_text())
     assert saved == {"erm-s0": {"acc": 0.25, "n": 3}}  # the same results give the same bytes

@@ -103,7 +103,9 @@ def _run(args: argparse.Namespace) -> int:
     params = config.load_params(args.params)
     if args.command == "check-params":
         print(f"params OK: profile={params.profile} dataset={params.dataset} arms={','.join(params.arms)}"
-              f" seeds={','.join(map(str, params.seeds))}")
+              f" seeds={','.join(map(str, params.seeds))}"
+              + (f" (rival_arms {','.join(params.rival_arms)}: seeds={','.join(map(str, params.rival_seeds))})"
+                 if params.rival_arms else ""))
         return 0
 
     from varmix import data  # imports torch: only here

@@ -516,11 +516,19 @@ class Profile:
                    cpu_threads=_opt_int(f"{key}.cpu_threads", d.get("cpu_threads"), hi=MAX_THREADS))
 
 
-# torchattacks' AutoAttack versions (standard: APGD-CE, APGD-T, FAB-T, Square; rand: APGD-CE and APGD-DLR
-# with EOT, for randomised defences)
-AUTOATTACK_VERSIONS = ("standard", "rand")
+# AutoAttack's versions in torchattacks (standard: APGD-CE, APGD-T, FAB-T, Square; rand: APGD-CE and APGD-DLR
+# with EOT, for randomised defences) and apgd: standard's two white-box gradient attacks alone, APGD-CE then
+# APGD-T (varmix.perturbation.autoattack_robust), without FAB-T and Square, which cost ~99% of its CPU time
+AUTOATTACK_VERSIONS = ("standard", "rand", "apgd")
 # which VAE an arm of a VAE method uses: the vae stage's, or the vae_adversarial stage's (adv-VarMixup)
 VAE_KINDS = ("plain", "adversarial")
+
+
+def check_vae_kind(kind: Any) -> str:
+    """``kind`` if it is one of VAE_KINDS, else a ValueError naming them."""
+    if kind not in VAE_KINDS:
+        raise ValueError(f"vae kind = {kind!r}: expected one of {', '.join(VAE_KINDS)}")
+    return kind
 
 
 @dataclass(frozen=True)
@@ -578,12 +586,27 @@ class Params:
     dataset: str
     data_dir: str
     raw_dir: str | None
-    arms: tuple[str, ...]                 # the arms dvc repro trains (dvc.yaml's matrix: arms x seeds)
+    # every arm dvc repro trains, in the tables' order: params.yaml's arms (dvc.yaml's train matrix, x seeds),
+    # then its rival_arms (the train_rivals matrix, x rival_seeds); seeds_of(arm) gives an arm's seeds
+    arms: tuple[str, ...]
     seeds: tuple[int, ...]
     profiles: Mapping[str, Profile]
     arm_settings: Mapping[str, Arm] = field(default_factory=dict)  # every declared arm, by name
     # the report's family of comparisons, fixed before looking: arm -> its rivals
     comparisons: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    rival_arms: tuple[str, ...] = ()      # the arms of ``arms`` trained with rival_seeds only
+    rival_seeds: tuple[int, ...] = ()     # a subset of seeds holding seeds[0]
+
+    def seeds_of(self, arm: str) -> tuple[int, ...]:
+        """The seeds ``arm`` is trained with: ``rival_seeds`` for a rival arm, else ``seeds``."""
+        if arm not in self.arms:
+            raise ValueError(f"arm = {arm!r} is not in params.yaml's arms or rival_arms ({', '.join(self.arms)})")
+        return self.rival_seeds if arm in self.rival_arms else self.seeds
+
+    @property
+    def runs(self) -> tuple[tuple[str, int], ...]:
+        """Every (arm, seed) dvc repro trains, arm by arm in ``arms``' order."""
+        return tuple((a, sd) for a in self.arms for sd in self.seeds_of(a))
 
     @property
     def selected(self) -> Profile:
@@ -604,9 +627,7 @@ class Params:
     def vae_of(self, kind: str = "plain") -> VAEConfig:
         """The selected profile's VAE settings of ``kind`` (VAE_KINDS): ``vae`` as it is (plain), or with
         the profile's ``vae_adversarial`` as its adversarial training (adversarial)."""
-        if kind not in VAE_KINDS:
-            raise ValueError(f"vae kind = {kind!r}: expected one of {', '.join(VAE_KINDS)}")
-        if kind == "plain":
+        if check_vae_kind(kind) == "plain":
             return self.vae
         adv = self.selected.vae_adversarial
         if adv is None:
@@ -633,7 +654,7 @@ class Params:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Params":
         top = ("profile", "dataset", "data_dir", "raw_dir", "arms", "arm_settings", "comparisons", "seeds",
-               "profiles")
+               "rival_arms", "rival_seeds", "profiles")
         if not isinstance(d, Mapping):
             raise ConfigError(f"params: expected a mapping at the top level, got {type(d).__name__}")
         if "methods" in d:
@@ -661,6 +682,13 @@ class Params:
         arms = tuple(_arm_name(f"arms[{i}]", a, tuple(settings)) for i, a in enumerate(_list("arms", d["arms"])))
         if len(set(arms)) != len(arms):
             raise _fail("arms", list(arms), "each arm at most once")
+        rival_arms = tuple(_arm_name(f"rival_arms[{i}]", a, tuple(settings))
+                           for i, a in enumerate(_list("rival_arms", d.get("rival_arms") or [], nonempty=False)))
+        if len(set(rival_arms)) != len(rival_arms):
+            raise _fail("rival_arms", list(rival_arms), "each arm at most once")
+        both = [a for a in rival_arms if a in arms]
+        if both:
+            raise _fail("rival_arms", list(rival_arms), f"arms not in arms (given in both: {', '.join(both)})")
         comparisons_raw = d.get("comparisons") or {}
         if not isinstance(comparisons_raw, Mapping):
             raise _fail("comparisons", comparisons_raw, "a mapping of arm -> list of rival arms")
@@ -675,6 +703,17 @@ class Params:
         seeds = tuple(_int(f"seeds[{i}]", s, 0, MAX_SEED) for i, s in enumerate(_list("seeds", d["seeds"])))
         if len(set(seeds)) != len(seeds):
             raise _fail("seeds", list(seeds), "each seed at most once")
+        rival_seeds = seeds
+        if d.get("rival_seeds") is not None:
+            rival_seeds = tuple(_int(f"rival_seeds[{i}]", s, 0, MAX_SEED)
+                                for i, s in enumerate(_list("rival_seeds", d["rival_seeds"])))
+            if len(set(rival_seeds)) != len(rival_seeds):
+                raise _fail("rival_seeds", list(rival_seeds), "each seed at most once")
+            # the chapters draw their one-seed figures (reliability diagrams, loss surfaces, AutoAttack) from
+            # seeds[0], for every arm
+            if not set(rival_seeds) <= set(seeds) or seeds[0] not in rival_seeds:
+                raise _fail("rival_seeds", list(rival_seeds), f"seeds among seeds {list(seeds)}, holding its "
+                            f"first, {seeds[0]}")
         data_dir = d.get("data_dir", "data")
         if not isinstance(data_dir, str) or not data_dir:
             raise _fail("data_dir", data_dir, "a folder path")
@@ -682,6 +721,7 @@ class Params:
         if raw_dir is not None and not isinstance(raw_dir, str):
             raise _fail("raw_dir", raw_dir, "a folder path or null")
         profiles = {name: Profile.from_dict(p, f"profiles.{name}") for name, p in profiles_raw.items()}
+        arms = arms + rival_arms
         needs_adv = [a for a in arms if settings[a].vae == "adversarial"]
         if needs_adv and profiles[profile].vae_adversarial is None:
             raise ConfigError(f"params: profiles.{profile}.vae_adversarial is not set, but the arms "
@@ -697,6 +737,8 @@ class Params:
             profiles=profiles,
             arm_settings=settings,
             comparisons=comparisons,
+            rival_arms=rival_arms,
+            rival_seeds=rival_seeds,
         )
 
 

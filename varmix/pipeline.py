@@ -63,7 +63,7 @@ class Layout:
     def vae_folder(self, kind: str = "plain") -> Path:
         """The trained VAE of ``kind`` (config.VAE_KINDS): the vae stage's (plain) or the
         vae_adversarial stage's (adversarial, adv-VarMixup's)."""
-        return self.vae_dir if kind == "plain" else self.runs / f"vae_{_vae_kind(kind)}"
+        return self.vae_dir if kind == "plain" else self.runs / f"vae_{config.check_vae_kind(kind)}"
 
     def model_dir(self, arm: str, seed: int) -> Path:
         return self.runs / "models" / run_name(arm, seed)
@@ -88,16 +88,10 @@ class Layout:
         return self.results / "timings" / f"{name}.json"
 
 
-def _vae_kind(kind: str) -> str:
-    if kind not in config.VAE_KINDS:
-        raise ValueError(f"vae kind = {kind!r}: expected one of {', '.join(config.VAE_KINDS)}")
-    return kind
-
-
 def vae_name(kind: str = "plain") -> str:
     """The name of a VAE's metrics, plot data and executed notebook suffix: ``vae`` (plain) or
     ``vae_adversarial``."""
-    return "vae" if _vae_kind(kind) == "plain" else f"vae_{kind}"
+    return "vae" if config.check_vae_kind(kind) == "plain" else f"vae_{kind}"
 
 
 def run_name(arm: str, seed: int) -> str:
@@ -154,7 +148,7 @@ class Session:
     def vae_config(self, kind: str = "plain"):
         """The VAE settings of ``kind``: the profile's ``vae``; for ``adversarial`` with its
         ``vae_adversarial`` block as the VAE's adversarial training (adv-VarMixup's recipe)."""
-        return self.params.vae_of(_vae_kind(kind))
+        return self.params.vae_of(kind)
 
     def load_vae(self, kind: str = "plain") -> torch.nn.Module:
         """The VAE the ``vae`` stage (01_vae) trained, or for ``kind = "adversarial"`` the
@@ -179,23 +173,26 @@ class Session:
         return vae
 
     def runs(self, arm: str = "all", seed: int | str = "all") -> list[tuple[str, int]]:
-        """The (arm, seed) pairs a notebook works on: ``"all"`` expands to params.yaml's ``arms`` and
-        ``seeds``; a named arm or seed must be one of them."""
+        """The (arm, seed) pairs a notebook works on: ``"all"`` expands to params.yaml's arms and rival_arms,
+        each with its seeds (``Params.seeds_of``: seeds, or rival_seeds for a rival arm); a named arm or seed
+        must be one of them."""
         arms = self.params.arms if arm == "all" else (arm,)
-        seeds = self.params.seeds if seed == "all" else (seed,)
         for a in arms:
             if a not in self.params.arms:
-                raise ValueError(f"arm = {a!r} is not in params.yaml's arms ({', '.join(self.params.arms)})")
-        for sd in seeds:
-            if sd not in self.params.seeds:
-                raise ValueError(f"seed = {sd!r} is not in params.yaml's seeds {list(self.params.seeds)}")
-        return [(a, sd) for a in arms for sd in seeds]
+                raise ValueError(f"arm = {a!r} is not in params.yaml's arms or rival_arms "
+                                 f"({', '.join(self.params.arms)})")
+            if seed != "all" and seed not in self.params.seeds_of(a):
+                raise ValueError(f"seed = {seed!r} is not among params.yaml's seeds for arm {a!r} "
+                                 f"{list(self.params.seeds_of(a))}")
+        return [(a, sd) for a in arms for sd in (self.params.seeds_of(a) if seed == "all" else (seed,))]
 
     def load_models(self, seed: int) -> dict[str, torch.nn.Module]:
-        """Every arm's trained classifier for ``seed``, in params.yaml's order, on the device."""
+        """The trained classifier for ``seed`` of every arm trained with it, in params.yaml's order, on the
+        device."""
         from varmix.train import load_classifier
 
-        return {a: load_classifier(self.layout.model_dir(a, seed), self.device) for a in self.params.arms}
+        return {a: load_classifier(self.layout.model_dir(a, seed), self.device) for a in self.params.arms
+                if seed in self.params.seeds_of(a)}
 
     def eval_set(self, d: data.ImageData) -> tuple[torch.Tensor, torch.Tensor]:
         """The test images (uint8) and labels the evaluation chapters use: the first ``eval.test_subset``."""

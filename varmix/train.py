@@ -622,7 +622,8 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss),
                                         torch.full_like(first_bad, step), first_bad)
             if shard is not None:  # the slice's share of the global batch's mean (summed over processes below)
-                loss = loss * (len(shard.take(idx)) / len(idx))
+                lo, hi = shard.bounds(len(idx))
+                loss = loss * ((hi - lo) / len(idx))
             if first_step is None:
                 first_step = loss
             loss_sum += loss * len(idx)
