@@ -156,3 +156,27 @@ def test_read_logits_refuses_other_archives(tmp_path):
     vio.write_npz(tmp_path / "b.npz", {"erm-s0/logits": np.zeros((2, 3), np.float32)})
     with pytest.raises(ValueError, match="not a logits file"):
         vio.read_logits(tmp_path / "b.npz")
+
+
+# ---------------------------------------------------------------------------------------------------
+# project_root: where a run reads params.yaml and data/ and writes runs/ and results/
+def test_project_root_is_the_cwds_project_not_dvc_root(tmp_path, monkeypatch):
+    # a queued experiment's stage runs in a copy of the project under the main workspace's .dvc/tmp/exps,
+    # with DVC_ROOT set to the main workspace (dvc's queue does so); its root is the copy it runs in
+    main = tmp_path / "main"
+    copy = main / ".dvc" / "tmp" / "exps" / "tmpabc"
+    (copy / "notebooks").mkdir(parents=True)
+    (main / "params.yaml").write_text("seeds: [0]\n")
+    (copy / "params.yaml").write_text("seeds: [1]\n")
+    monkeypatch.setenv("DVC_ROOT", str(main))
+    monkeypatch.chdir(copy)
+    assert vio.project_root() == copy.resolve()
+    monkeypatch.chdir(copy / "notebooks")  # where papermill's kernel runs
+    assert vio.project_root() == copy.resolve()
+    assert vio.project_root(main / ".dvc") == main.resolve()
+
+
+def test_project_root_outside_any_project_names_the_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    with pytest.raises(FileNotFoundError, match=f"no params.yaml found in {tmp_path.resolve()} or any folder above"):
+        vio.project_root(tmp_path)

@@ -185,10 +185,10 @@ def file_md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def project_root(start: str | os.PathLike | None = None) -> Path:
-    """The project root: ``$DVC_ROOT`` when dvc runs a stage, else the first folder upwards that holds
-    dvc.yaml or params.yaml (notebooks run with their own folder as cwd under nbval)."""
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"])
+    """The project root: the first folder upwards from ``start`` (default: the cwd) that holds params.yaml.
+    dvc runs a stage in the folder of its dvc.yaml, the notebooks run in notebooks/ (papermill's cwd and
+    nbval's). ``$DVC_ROOT`` is not used: in a queued or --temp experiment dvc sets it to the main
+    workspace, not to the temporary copy under .dvc/tmp/exps that the stage runs in."""
     here = Path(start or os.getcwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / "params.yaml").is_file():
