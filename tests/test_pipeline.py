@@ -199,6 +199,24 @@ def test_clean_notebook_drops_timings_and_keeps_outputs(tmp_path):
     assert out.cells[1].id == "injected-parameters" and out.cells[0].id == cell.id
 
 
+def test_the_kernel_imports_the_varmix_that_runs_the_notebook(tmp_path, monkeypatch):
+    # a queued experiment runs `python -m varmix` in a copy under .dvc/tmp/exps while PYTHONPATH (or the
+    # editable install) names the main workspace: the kernel must import the copy's varmix, as the runner does
+    decoy = tmp_path / "decoy"
+    (decoy / "varmix").mkdir(parents=True)
+    (decoy / "varmix" / "__init__.py").write_text("")
+    monkeypatch.setenv("PYTHONPATH", str(decoy))
+    book = nbformat.v4.new_notebook()
+    book.cells = [nbformat.v4.new_code_cell("import varmix\nprint(varmix.__file__)")]
+    src, out = tmp_path / "nb" / "probe.ipynb", tmp_path / "out" / "probe.ipynb"
+    src.parent.mkdir()
+    nbformat.write(book, src)
+    pipeline._execute(src, out, None)
+    printed = nbformat.read(out, as_version=4).cells[0].outputs[0]["text"].strip()
+    assert printed == str(Path(pipeline.__file__).resolve().parent / "__init__.py")
+    assert pipeline.kernel_env({"PYTHONPATH": "/a"})["PYTHONPATH"] == os.pathsep.join([str(ROOT), "/a"])
+
+
 @pytest.mark.filterwarnings("ignore:torch uses AVX512")  # this process chose its kernels long before
 def test_session_writes_to_workdir_and_lists_runs(tmp_path, monkeypatch):
     monkeypatch.setenv(pipeline.WORKDIR_ENV, str(tmp_path))

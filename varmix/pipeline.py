@@ -388,6 +388,20 @@ def check_kernel(name: str = KERNEL) -> None:
                                f"{exe or '(no command)'}, {why}: {fix}")
 
 
+def kernel_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) with the project this varmix was imported from (when it was imported
+    from a project checkout, the folder holding params.yaml) first on PYTHONPATH, so the kernel runs the same
+    varmix as the process that runs the notebook. The kernel starts in notebooks/, so it would otherwise
+    import varmix from PYTHONPATH or the editable install: in a queued experiment that is the main
+    workspace's code, not the copy under .dvc/tmp/exps that `python -m varmix` runs and DVC hashes."""
+    env = dict(os.environ if env is None else env)
+    here = Path(__file__).resolve().parents[1]
+    if (here / "params.yaml").is_file():
+        rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join([str(here), *rest])
+    return env
+
+
 @functools.cache
 def _kernel_manager_class():
     from jupyter_client.manager import AsyncKernelManager
@@ -397,6 +411,7 @@ def _kernel_manager_class():
         (jupyter_client starts kernels in their own session) so a signal handler can stop it."""
 
         async def _async_launch_kernel(self, kernel_cmd, **kw):
+            kw["env"] = kernel_env(kw.get("env"))
             await super()._async_launch_kernel(kernel_cmd, **kw)
             _KERNEL_GROUPS.add(getattr(self.provisioner, "pgid", None) or self.provisioner.pid)
 
