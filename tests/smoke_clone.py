@@ -20,20 +20,25 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASET = "fashion-mnist"
 
 
-def run(clone: Path, *cmd: str, check: bool = False, timeout: float = 900) -> subprocess.CompletedProcess:
-    """``cmd`` in ``clone`` with the clone's varmix on the path, one thread, no progress bars."""
+def run(clone: Path, *cmd: str, check: bool = False, timeout: float = 900,
+        capture: bool = True) -> subprocess.CompletedProcess:
+    """``cmd`` in ``clone`` with the clone's varmix on the path, one thread, no progress bars. ``capture=False``
+    sends its output to /dev/null: for a command that leaves processes behind holding its stdout and stderr
+    (`dvc queue start`'s workers), whose captured output would not end before they do."""
     env = {**os.environ, "PYTHONPATH": str(clone), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
            "MPLBACKEND": "Agg", "DVC_NO_ANALYTICS": "1"}
     env.pop("VARMIX_WORKDIR", None)
     env.pop("DVC_ROOT", None)
-    out = subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True, timeout=timeout)
+    pipe = subprocess.PIPE if capture else subprocess.DEVNULL
+    out = subprocess.run(cmd, cwd=clone, env=env, stdout=pipe, stderr=pipe, text=True, timeout=timeout)
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
     return out
 
 
-def dvc(clone: Path, *args: str, check: bool = False, timeout: float = 900) -> subprocess.CompletedProcess:
-    return run(clone, sys.executable, "-m", "dvc", *args, check=check, timeout=timeout)
+def dvc(clone: Path, *args: str, check: bool = False, timeout: float = 900,
+        capture: bool = True) -> subprocess.CompletedProcess:
+    return run(clone, sys.executable, "-m", "dvc", *args, check=check, timeout=timeout, capture=capture)
 
 
 def make(dst: Path, arms: list[str], seeds: list[int]) -> Path:

@@ -34,7 +34,7 @@ def queued(tmp_path_factory):
         # data/ (dvc.yaml's check stage says why): data.dvc is named so that data/ is checked out too
         smoke_clone.dvc(clone, "exp", "run", "--queue", "--name", f"seed-{seed}", "-S", f"seeds=[{seed}]", "train",
                         "data.dvc", check=True)
-    smoke_clone.dvc(clone, "queue", "start", "-j", "1", check=True)
+    smoke_clone.dvc(clone, "queue", "start", "-j", "1", check=True, capture=False, timeout=120)
     deadline = time.monotonic() + QUEUE_TIMEOUT_S
     try:
         while True:
