@@ -5,7 +5,7 @@ Two experiments (seed 0 and seed 1 of the smoke profile's ERM arm) are queued wi
 temporary workspaces under .dvc/tmp/exps), and both must come back: listed by `dvc exp show`, marked
 Success by `dvc queue status`, and each one's training metrics present after `dvc exp apply`.
 Each experiment trains the two smoke VAEs and one classifier in its own copy of the project: about
-13 minutes in all on a shared, busy 2-core CPU (2026-11-26), the queue's two runs one after the other.
+6 to 13 minutes in all on a shared, busy 2-core CPU (2026-11-26), the queue's two runs one after the other.
 """
 
 from __future__ import annotations
