@@ -1,7 +1,7 @@
 """Issue 14, item 2: a sweep through DVC's experiment queue, as the README shows it.
 
 Two experiments (seed 0 and seed 1 of the smoke profile's ERM arm) are queued with
-`dvc exp run --queue -S seeds=[N] train data.dvc`, run by `dvc queue start -j 1` (DVC's own workers, in
+`dvc exp run --queue -S seeds=[N] -S rival_seeds=[N] train data.dvc`, run by `dvc queue start -j 1` (DVC's own workers, in
 temporary workspaces under .dvc/tmp/exps), and both must come back: listed by `dvc exp show`, marked
 Success by `dvc queue status`, and each one's training metrics present after `dvc exp apply`.
 Each experiment trains the two smoke VAEs and one classifier in its own copy of the project: about
@@ -32,8 +32,8 @@ def queued(tmp_path_factory):
     for seed in (0, 1):
         # with targets, a workspace checks out only the targets and their upstream stages, and no stage lists
         # data/ (dvc.yaml's check stage says why): data.dvc is named so that data/ is checked out too
-        smoke_clone.dvc(clone, "exp", "run", "--queue", "--name", f"seed-{seed}", "-S", f"seeds=[{seed}]", "train",
-                        "data.dvc", check=True)
+        smoke_clone.dvc(clone, "exp", "run", "--queue", "--name", f"seed-{seed}", "-S", f"seeds=[{seed}]",
+                        "-S", f"rival_seeds=[{seed}]", "train", "data.dvc", check=True)  # rival_seeds: within seeds
     smoke_clone.dvc(clone, "queue", "start", "-j", "1", check=True, capture=False, timeout=120)
     deadline = time.monotonic() + QUEUE_TIMEOUT_S
     try:
