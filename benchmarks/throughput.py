@@ -128,7 +128,10 @@ def alpha_of(method: str) -> float:
 
 # ----------------------------------------------------------------------------------------------
 # varmix: the trainer's step on device-resident data
-def varmix_train_seconds(method: str, arch: str, shape, args, dev: torch.device) -> float:
+def make_varmix_step(method: str, arch: str, shape, args, dev: torch.device):
+    """The trainer's step for ``method`` on ``arch`` (a fresh seeded model, optimiser and mixer, a small
+    on-device batch source): returns (step, losses), step() running one ``train_step`` and appending its
+    loss to losses. benchmarks/step_profile.py profiles the same closure."""
     c, s, _ = shape
     cfg = config.TrainConfig(arch=arch, optimizer=args.optimizer, batch_size=args.batch_size,
                              amp=args.amp, channels_last=args.channels_last)
@@ -157,6 +160,11 @@ def varmix_train_seconds(method: str, arch: str, shape, args, dev: torch.device)
                                  channels_last=cfg.channels_last))
 
     model.train()
+    return step, losses
+
+
+def varmix_train_seconds(method: str, arch: str, shape, args, dev: torch.device) -> float:
+    step, losses = make_varmix_step(method, arch, shape, args, dev)
     seconds = timed(step, args.warmup, args.steps, dev)
     _check_finite(losses[-1].item(), "varmix", method, arch)
     # One more step, untimed, under torch's FLOP counter: every matmul/convolution of the step (forward,

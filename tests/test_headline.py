@@ -56,3 +56,33 @@ def test_bad_names_are_refused_before_writing(tmp_path):
     with pytest.raises(ValueError, match=r"headline names \['../x'\] are invalid"):
         headline.write(tmp_path / "s", {"erm": {"acc": 1.0}, "../x": {"acc": 0.0}})
     assert not (tmp_path / "s").exists()
+
+
+def test_tally_counts_holds_and_contradicted_per_claim_in_short_columns():
+    table = pd.concat([_table(), _table().assign(rival="mixup", verdict=["contradicted", "holds", "contradicted"])])
+    assert headline.tally(table) == {"holds": {"corr": 1, "ece": 1, "gamma": 0},
+                                     "contradicted": {"corr": 1, "ece": 0, "gamma": 2}}
+    assert list(headline.tally(table)["holds"]) == ["corr", "ece", "gamma"]  # COLUMNS' order
+
+
+def test_tally_refuses_a_table_it_cannot_read():
+    with pytest.raises(ValueError, match=r"comparison table lacks the columns \['verdict'\]"):
+        headline.tally(_table().drop(columns="verdict"))
+    with pytest.raises(ValueError, match=r"claims on metrics \['brier'\] have no headline column"):
+        headline.tally(_table().assign(metric="brier"))
+
+
+def test_dvc_shows_the_committed_headline_in_200_columns():
+    """The declared metrics are the tally alone: `dvc metrics show` prints one row that fits a terminal of
+    200 columns (declaring the per-arm files made `dvc exp show` ~16,000 columns wide)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(["dvc", "metrics", "show"], cwd=root, capture_output=True, text=True, check=True).stdout
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 2 and lines[1].split()[0].endswith("/metrics/headline.json"), out
+    assert max(map(len, lines)) <= 200, out
+    header, values = lines[0].split()[1:], lines[1].split()[1:]
+    assert sorted(header) == sorted(f"{v}.{k}" for v in ("holds", "contradicted") for k in ("corr", "ece", "gamma", "pgd"))
+    assert all(v.isdigit() for v in values)

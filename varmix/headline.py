@@ -1,13 +1,23 @@
-"""The study's headline numbers as the small files DVC declares as metrics (`dvc metrics show`,
-`dvc metrics diff`, `dvc exp show`), so that a terminal of 200 columns shows them.
+"""The study's headline as the small files DVC shows in a terminal of 200 columns.
 
-One JSON file per arm, ``<arm>.json``: the mean over seeds of clean accuracy (``acc``), corruption
-accuracy over the 15 corruptions x severities (``corr_acc``), clean ``ece``, clean ``nll`` and mean γ at
-ε = 8/255 (``gamma_8``) and accuracy under PGD-ℓ∞ averaged over the perturbation chapter's ε
-(``pgd_acc``), rounded to 4 digits; and one file per primary comparison,
-``<arm>-vs-<rival>.json``, holding its verdicts (holds / contradicted / inconclusive / not tested) under
-the column of the claim's metric. DVC prints one row per file and one column per key, so the table
-has six columns whatever the number of arms; the detailed per-run files stay outputs of their stages.
+- ``metrics/headline.json``, the one file dvc.yaml declares as metrics (what `dvc metrics show`,
+  `dvc metrics diff` and `dvc exp show` print): over the primary comparisons of params.yaml's
+  ``comparisons``, how many hold (``holds.<claim>``) and how many are contradicted
+  (``contradicted.<claim>``) per claim (``corr``, ``ece``, ``gamma``, ``pgd``: TALLY_KEYS); the rest are
+  inconclusive or not tested. Eight short columns: `dvc exp show --only-changed` compares experiments
+  (seeds, datasets, settings) on them in one row each. DVC names a column by its key alone only when no
+  other metrics file has that key (``path:key`` otherwise), so declaring the per-arm files below, whose
+  keys repeat, made `dvc exp show` one ~60-character column per arm and number (~16,000 columns for
+  13 arms, measured).
+- ``metrics/summary/``, one JSON file per arm, ``<arm>.json``: the mean over seeds of clean accuracy
+  (``acc``), corruption accuracy over the 15 corruptions x severities (``corr_acc``), clean ``ece``,
+  clean ``nll``, mean γ at ε = 8/255 (``gamma_8``) and accuracy under PGD-ℓ∞ averaged over the
+  perturbation chapter's ε (``pgd_acc``), rounded to 4 digits; and one file per primary comparison,
+  ``<arm>-vs-<rival>.json``, holding its verdicts (holds / contradicted / inconclusive / not tested) under
+  the column of the claim's metric. `dvc metrics show <that folder>` prints one row per file and six
+  columns whatever the number of arms.
+
+The detailed per-run files stay outputs of their stages.
 """
 
 from __future__ import annotations
@@ -25,6 +35,9 @@ from varmix import io
 # column -> the runs table's metric (varmix.report.per_run merged over the stages' metrics files)
 COLUMNS = {"acc": "accuracy", "corr_acc": "corruption_accuracy", "ece": "ece", "nll": "nll", "gamma_8": "gamma_8",
            "pgd_acc": "pgd_accuracy"}
+# the short names tally() uses for the same columns (metrics/headline.json)
+TALLY_KEYS = {"acc": "acc", "corr_acc": "corr", "ece": "ece", "nll": "nll", "gamma_8": "gamma", "pgd_acc": "pgd"}
+assert set(TALLY_KEYS) == set(COLUMNS)
 DIGITS = 4
 _NAME = re.compile(r"[a-z][a-z0-9_]*(-vs-[a-z][a-z0-9_]*)?")
 
@@ -38,14 +51,7 @@ def summary(runs: pd.DataFrame, table: pd.DataFrame, arms: list[str] | tuple[str
     if missing:
         raise ValueError(f"runs table lacks the columns {missing}: expected varmix.report.per_run's table "
                          f"merged over the train, corruptions, calibration, linearity and perturbations metrics")
-    missing = sorted({"arm", "rival", "metric", "verdict"} - set(table.columns))
-    if missing:
-        raise ValueError(f"comparison table lacks the columns {missing}: expected varmix.stats.compare's table")
-    by_metric = {metric: col for col, metric in COLUMNS.items()}
-    unknown = sorted(set(table["metric"]) - set(by_metric))
-    if unknown:
-        raise ValueError(f"claims on metrics {unknown} have no headline column: expected metrics among "
-                         f"{sorted(by_metric)}")
+    by_metric = _check_table(table, {"arm", "rival", "metric", "verdict"})
     out: dict[str, dict[str, Any]] = {}
     for arm in arms:
         rows = runs[runs["arm"] == arm]
@@ -56,6 +62,20 @@ def summary(runs: pd.DataFrame, table: pd.DataFrame, arms: list[str] | tuple[str
     for r in table.itertuples():
         out.setdefault(f"{r.arm}-vs-{r.rival}", {})[by_metric[r.metric]] = r.verdict
     return out
+
+
+def _check_table(table: pd.DataFrame, need: set[str]) -> dict[str, str]:
+    """Refuse a comparison table without the columns ``need`` or with a claim on a metric that has no
+    headline column; return {metric: headline column}."""
+    missing = sorted(need - set(table.columns))
+    if missing:
+        raise ValueError(f"comparison table lacks the columns {missing}: expected varmix.stats.compare's table")
+    by_metric = {metric: col for col, metric in COLUMNS.items()}
+    unknown = sorted(set(table["metric"]) - set(by_metric))
+    if unknown:
+        raise ValueError(f"claims on metrics {unknown} have no headline column: expected metrics among "
+                         f"{sorted(by_metric)}")
+    return by_metric
 
 
 def _mean(values: pd.Series) -> float | None:
@@ -78,3 +98,15 @@ def write(folder: str | os.PathLike, headline: dict[str, dict[str, Any]]) -> lis
         io.write_json(path, values)
         paths.append(path)
     return paths
+
+
+def tally(table: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """``{"holds": {key: n}, "contradicted": {key: n}}`` over varmix.stats.compare's table of the study's
+    claims: per claim, how many of the primary comparisons hold and how many are contradicted (the others
+    are inconclusive or not tested). Keys are TALLY_KEYS' short names of the claims' headline columns, in
+    COLUMNS' order: with them `dvc metrics show` is 187 columns wide (measured; the full column names
+    would make it 222)."""
+    _check_table(table, {"metric", "verdict"})
+    claimed = [col for col, metric in COLUMNS.items() if metric in set(table["metric"])]
+    return {verdict: {TALLY_KEYS[col]: int(((table["metric"] == COLUMNS[col]) & (table["verdict"] == verdict)).sum())
+                      for col in claimed} for verdict in ("holds", "contradicted")}

@@ -177,14 +177,11 @@ class Session:
         each with its seeds (``Params.seeds_of``: seeds, or rival_seeds for a rival arm); a named arm or seed
         must be one of them."""
         arms = self.params.arms if arm == "all" else (arm,)
+        seeds = {a: self.params.seeds_of(a) for a in arms}  # refuses an arm that is not in params.yaml
         for a in arms:
-            if a not in self.params.arms:
-                raise ValueError(f"arm = {a!r} is not in params.yaml's arms or rival_arms "
-                                 f"({', '.join(self.params.arms)})")
-            if seed != "all" and seed not in self.params.seeds_of(a):
-                raise ValueError(f"seed = {seed!r} is not among params.yaml's seeds for arm {a!r} "
-                                 f"{list(self.params.seeds_of(a))}")
-        return [(a, sd) for a in arms for sd in (self.params.seeds_of(a) if seed == "all" else (seed,))]
+            if seed != "all" and seed not in seeds[a]:
+                raise ValueError(f"seed = {seed!r} is not among params.yaml's seeds for arm {a!r} {list(seeds[a])}")
+        return [(a, sd) for a in arms for sd in (seeds[a] if seed == "all" else (seed,))]
 
     def load_models(self, seed: int) -> dict[str, torch.nn.Module]:
         """The trained classifier for ``seed`` of every arm trained with it, in params.yaml's order, on the

@@ -1,0 +1,86 @@
+"""The benchmark scripts' bookkeeping (not their speed: speed is measured by running them, never in tests):
+benchmarks/step_profile.py groups the profiler's operators into parts that add up to the step, and counts
+the same FLOPs as benchmarks/throughput.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def step_profile():
+    return _load("step_profile")
+
+
+@pytest.mark.parametrize("op, part", [
+    ("aten::convolution_backward", "convolution, backward"),
+    ("autograd::engine::evaluate_function: ConvolutionBackward0", "convolution, backward"),
+    ("aten::mkldnn_convolution", "convolution, forward"),
+    ("aten::conv2d", "convolution, forward"),
+    ("aten::addmm", "matmul (linear layers), fwd + bwd"),
+    ("aten::mm", "matmul (linear layers), fwd + bwd"),
+    ("AddmmBackward0", "matmul (linear layers), fwd + bwd"),
+    ("aten::native_batch_norm_backward", "batch norm, fwd + bwd"),
+    ("aten::max_pool2d_with_indices_backward", "pooling, fwd + bwd"),
+    ("aten::_adaptive_avg_pool2d", "pooling, fwd + bwd"),
+    ("aten::_foreach_addcdiv_", "optimiser (Adam)"),
+    ("Optimizer.step#Adam.step", "optimiser (Adam)"),
+    ("aten::relu_", "activations, loss, augmentation, mixing, copies"),
+    ("aten::copy_", "activations, loss, augmentation, mixing, copies"),
+    ("aten::mean", "activations, loss, augmentation, mixing, copies"),
+])
+def test_operators_fall_into_their_part(step_profile, op, part):
+    assert step_profile.part_of(op) == part
+
+
+def _rows(text: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| small_cnn")]
+
+
+def test_profile_parts_add_up_to_the_step_and_count_throughputs_flops(step_profile, capsys):
+    throughput = sys.modules["throughput"]
+    argv = ["--archs", "small_cnn", "--shapes", "1x28x28", "--methods", "varmixup", "--batch-size", "8",
+            "--steps", "1", "--warmup", "0", "--top", "3"]
+    assert step_profile.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = _rows(out)
+    parts = [r[3] for r in rows]
+    assert parts == [p for p, _ in step_profile.PARTS] + [step_profile.OUTSIDE, "**the step** (unprofiled)"]
+    shares = [float(r[5].rstrip("%")) for r in rows[:-1]]
+    assert sum(shares) == pytest.approx(100.0, abs=0.05 * len(shares))  # each share rounded to 0.1%
+    # the counted FLOPs: the parts' sum is the step's, and equals throughput.py's count for the same step
+    gflop = [float(r[6]) for r in rows[:-1] if r[6] != "—"]
+    assert sum(gflop) == pytest.approx(float(rows[-1][6]), abs=0.01)
+    args = throughput.get_args_parser().parse_args(["--batch-size", "8", "--steps", "1", "--warmup", "0"])
+    throughput.resolve_args(throughput.get_args_parser(), args)
+    throughput.varmix_train_seconds("varmixup", "small_cnn", (1, 28, 28), args, throughput.resolve_device("cpu"))
+    assert float(rows[-1][6]) == pytest.approx(throughput.FLOPS_PER_IMAGE["varmixup", "small_cnn", (1, 28, 28)]
+                                               * 8 / 1e9, abs=0.005)
+    # convolutions forward carry FLOPs, batch norm none; the note names 3 operators with their times
+    by_part = {r[3]: r for r in rows}
+    assert float(by_part["convolution, forward"][6]) > 0 and by_part["batch norm, fwd + bwd"][6] == "—"
+    note = next(line for line in out.splitlines() if line.startswith("- small_cnn 1x28x28 varmixup"))
+    assert len(re.findall(r"[\d.,]+ ms", note)) == 3
+
+
+def test_bad_arguments_are_refused_by_name(step_profile, capsys):
+    with pytest.raises(SystemExit):
+        step_profile.main(["--archs", "vgg16"])
+    assert "unknown 'vgg16'" in capsys.readouterr().err
