@@ -190,11 +190,29 @@ def edit(raw, path, value):
      "profiles.smoke.eval.linearity_clip = 'yes' is invalid: expected true or false"),
     (("profiles", "smoke", "eval", "linearity_steps"), 0,
      "profiles.smoke.eval.linearity_steps = 0 is invalid: expected an integer >= 1"),
+    # a scalar where a list belongs, a non-name among the arms, no profile at all
+    (("profiles", "smoke", "eval", "severities"), 3,
+     "profiles.smoke.eval.severities = 3 is invalid: expected a non-empty list"),
+    (("profiles", "smoke", "eval", "corruptions"), "fog",
+     "profiles.smoke.eval.corruptions = 'fog' is invalid: expected a non-empty list"),
+    (("arms",), ["erm", 3], "arms[1] = 3 is invalid: expected an arm name of lower-case letters"),
+    (("profiles",), {}, "profiles = {} is invalid: expected a mapping of profile name -> settings"),
+    (("profiles", "fast"), {}, "profiles = 'fast' is invalid: expected one of smoke, default, paper"),
+    (("arm_settings", "mixup_half", "name"), "half",
+     "unknown key arm_settings.mixup_half.name; allowed keys in arm_settings.mixup_half: alpha, epochs, method"),
 ])
 def test_bad_values_name_key_value_and_allowed(tmp_path, path, value, message):
     with pytest.raises(config.ConfigError) as err:
         load(tmp_path, edit(RAW, path, value))
     assert message in str(err.value)
+
+
+def test_defaults_are_checked_as_given_values():
+    # the defaults go through the same checks: numbers become floats, as in a profile that gives them
+    e = config.EvalConfig.from_dict({}, "profiles.smoke.eval")
+    assert e == config.EvalConfig() and e.linearity_eps == (1.0, 2.0, 4.0, 8.0, 16.0)
+    assert all(type(v) is float for v in e.linearity_eps + e.perturbation_eps)
+    assert config.to_dict(e) == config.to_dict(config.EvalConfig.from_dict(config.to_dict(e), "k"))
 
 
 def test_unknown_and_missing_keys(tmp_path):
