@@ -34,7 +34,7 @@ CPU in one process. The baseline follows that loop style and the libraries' algo
 exact code (see ``REFERENCE_CORRUPTIONS``).
 
     python benchmarks/throughput.py --quick                   # smoke check, ~80 s on a 2-core CPU
-    python benchmarks/throughput.py                           # full table; 2-core CPU ~16 min (2 timed steps)
+    python benchmarks/throughput.py                           # full table; 2-core EPYC (AVX2) ~17 min (2 timed steps)
     python benchmarks/throughput.py --steps 1                 # full table; 2-core CPU ~11 min
     python benchmarks/throughput.py --device cuda             # full table on a GPU (30 timed steps)
     python benchmarks/throughput.py --archs small_cnn --shapes 1x28x28 --only train --steps 10
@@ -88,12 +88,15 @@ FLOPS_PER_IMAGE: dict = {}
 
 def matmul_peak(dev: torch.device, dtype: torch.dtype) -> float:
     """GFLOP/s of a large square matmul (the hardware's practical limit for dense work): n = 4096 on the
-    CPU, 8192 on CUDA; the best of a few timed products after a warm-up."""
+    CPU, 8192 on CUDA; the best of 10 timed products after two untimed ones. (On the 2-core EPYC, 3 products
+    gave anything from 103 to 164 GFLOP/s from one run to the next; main() also measures it before and after
+    the training rows and keeps the higher.)"""
     n = 8192 if dev.type == "cuda" else 4096
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=gen).to(dev, dtype)
     b = torch.randn(n, n, generator=gen).to(dev, dtype)
-    reps = 10 if dev.type == "cuda" else 3
+    reps = 10
+    torch.mm(a, b)
     torch.mm(a, b)
     best = math.inf
     for _ in range(reps):
@@ -421,7 +424,9 @@ def shape_name(shape) -> str:
     return "x".join(map(str, shape))
 
 
-def training_rows(args, dev: torch.device, device_label: str, peak: float) -> list[tuple[str, ...]]:
+def training_rows(args, dev: torch.device, device_label: str) -> list[tuple]:
+    """The train rows; each row's last two cells are the varmix step's GFLOP/s as a float (main() formats
+    it and its share of the peak)."""
     jobs = [(arch, shape, method, path) for arch in args.archs for shape in args.shapes
             for method in args.methods for path in ("varmix", "baseline")]
     seconds = {}
@@ -441,7 +446,7 @@ def training_rows(args, dev: torch.device, device_label: str, peak: float) -> li
                 gflops = FLOPS_PER_IMAGE[method, arch, shape] / v / 1e9
                 rows.append((device_label, "train", arch, shape_name(shape), method, fmt_rate(1 / v),
                              fmt_rate(1 / b), fmt_ratio(b / v), fmt_ratio(v / v_erm), fmt_ratio(b / b_erm),
-                             fmt_rate(gflops), f"{gflops / peak:.1%}"))
+                             gflops, gflops))
     return rows
 
 
@@ -545,9 +550,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", type=parse_shapes, default=DEFAULT_SHAPES,
                    help="comma-separated CxHxW image shapes, for training and corruptions "
                         "(default 3x32x32,1x28x28)")
-    p.add_argument("--methods", type=csv_choices("--methods", config.METHODS), default=config.METHODS,
-                   help="comma-separated, among " + ", ".join(config.METHODS) + " (erm is always added: the "
-                        "cost column is relative to it; default: all)")
+    # The adversarial methods (at, trades, iat) have no reference-style loop here to compare with; their
+    # cost per epoch is measured by benchmarks/paper_slice.py.
+    p.add_argument("--methods", type=csv_choices("--methods", config.VICINAL_METHODS), default=config.VICINAL_METHODS,
+                   help="comma-separated, among " + ", ".join(config.VICINAL_METHODS) + " (erm is always added: "
+                        "the cost column is relative to it; default: all)")
     p.add_argument("--only", choices=("train", "corrupt"), default=None, help="run one part only (default: both)")
     p.add_argument("--batch-size", type=int_at_least(2), default=None, help="training batch (default 128)")
     p.add_argument("--steps", type=int_at_least(1), default=None,
@@ -626,13 +633,17 @@ def main(argv: list[str] | None = None) -> int:
         # The peak the training rows are measured against: fp32 on the CPU; on CUDA the dtype the step's
         # matmuls run in (bf16 under autocast, else fp32 with PyTorch's default matmul precision).
         peak_dtype = torch.bfloat16 if args.amp and dev.type == "cuda" else torch.float32
-        peak = matmul_peak(dev, peak_dtype)
+        before = matmul_peak(dev, peak_dtype)
+        train = training_rows(args, dev, device_label)
+        after = matmul_peak(dev, peak_dtype)
+        peak = max(before, after)
         fp32 = peak if peak_dtype == torch.float32 else matmul_peak(dev, torch.float32)
         print(f"peak: a large matmul runs at {peak:,.0f} GFLOP/s in {str(peak_dtype).removeprefix('torch.')}"
               + ("" if peak_dtype == torch.float32 else f" ({fp32:,.0f} in float32)")
-              + f" on {dev}; 'of peak' = the varmix step's counted FLOPs x img/s / that")
+              + f" on {dev} (the higher of {before:,.0f} before and {after:,.0f} after the training rows); "
+              + "'of peak' = the varmix step's counted FLOPs x img/s / that")
         print()
-        rows += training_rows(args, dev, device_label, peak)
+        rows += [r[:-2] + (fmt_rate(r[-2]), f"{r[-1] / peak:.1%}") for r in train]
     if args.only != "train":
         corr_rows, notes = corruption_rows(args, dev, device_label)
         rows += corr_rows

@@ -710,7 +710,8 @@ def brightness(x: torch.Tensor, severity: int, gen: torch.Generator | None = Non
         return _end_fresh(x + c, dtype)
     v = x.amax(1, keepdim=True)
     v2 = (v + c).clamp(0, 1)
-    return _end_fresh(torch.where(v > 0, x * (v2 / v.clamp_min(1e-12)), v2.expand_as(x)), dtype)
+    out = x * (v2 / v.clamp_min(1e-12))  # black pixels (v = 0, every channel 0) give exact zeros here ...
+    return _end_fresh(out.add_(torch.where(v > 0, 0.0, v2)), dtype)  # ... and v2 after this (+0 elsewhere)
 
 
 def contrast(x: torch.Tensor, severity: int, gen: torch.Generator | None = None) -> torch.Tensor:
