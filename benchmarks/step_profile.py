@@ -56,6 +56,7 @@ FLOP_PARTS = {"convolution": "convolution, forward", "convolution_backward": "co
               "addmm": "matmul (linear layers), fwd + bwd", "mm": "matmul (linear layers), fwd + bwd",
               "bmm": "matmul (linear layers), fwd + bwd"}
 HEADERS = ("arch", "shape", "method", "part", "ms/step", "share", "GFLOP/step", "GFLOP/s", "of peak")
+NUMERIC = {"ms/step", "share", "GFLOP/step", "GFLOP/s", "of peak"}
 
 
 def part_of(name: str) -> str:
@@ -112,23 +113,14 @@ def profile_step(method: str, arch: str, shape, args, dev: torch.device,
     return rows, note
 
 
-def markdown(rows) -> str:
-    numeric = {"ms/step", "share", "GFLOP/step", "GFLOP/s", "of peak"}
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
-    line = lambda cells, right=True: "| " + " | ".join(  # noqa: E731
-        c.rjust(w) if right and h in numeric else c.ljust(w) for c, w, h in zip(cells, widths, HEADERS)) + " |"
-    rule = "| " + " | ".join("-" * (w - 1) + ":" if h in numeric else "-" * w for w, h in zip(widths, HEADERS)) + " |"
-    return "\n".join([line(HEADERS, right=False), rule] + [line(r) for r in rows])
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu (default) | cuda | cuda:N")
     p.add_argument("--archs", type=throughput.csv_choices("--archs", config.ARCHS),
                    default=("small_cnn", "preact_resnet18"), help="comma-separated (default small_cnn,preact_resnet18)")
     p.add_argument("--shapes", type=throughput.parse_shapes, default=((3, 32, 32),), help="default 3x32x32")
-    p.add_argument("--methods", type=throughput.csv_choices("--methods", config.METHODS), default=("erm",),
-                   help="comma-separated (default erm)")
+    p.add_argument("--methods", type=throughput.csv_choices("--methods", config.VICINAL_METHODS), default=("erm",),
+                   help="comma-separated, among " + ", ".join(config.VICINAL_METHODS) + " (default erm)")
     p.add_argument("--batch-size", type=throughput.int_at_least(2), default=128, help="default 128")
     p.add_argument("--steps", type=throughput.int_at_least(1), default=3, help="profiled steps (default 3)")
     p.add_argument("--warmup", type=throughput.int_at_least(0), default=1, help="untimed steps first (default 1)")
@@ -145,14 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     # what make_varmix_step reads besides the above: throughput.py's defaults
-    args.optimizer, args.num_classes, args.amp = "adam", 10, True
-    args.latent_dim, args.vae_width = 16, 32
+    defaults = throughput.get_args_parser().parse_args([])
+    for key in ("optimizer", "num_classes", "amp", "latent_dim", "vae_width"):
+        setattr(args, key, getattr(defaults, key))
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     peak_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     peak = throughput.matmul_peak(dev, peak_dtype)
     print(f"# varmix step profile: torch {torch.__version__}, device {dev}, {torch.get_num_threads()} CPU threads, "
-          f"batch {args.batch_size}, {args.steps} profiled step(s) after {args.warmup} warm-up, adam, "
+          f"batch {args.batch_size}, {args.steps} profiled step(s) after {args.warmup} warm-up, {args.optimizer}, "
           f"channels_last {args.channels_last}, bf16 autocast {dev.type == 'cuda'}")
     print(f"peak: a large matmul runs at {peak:,.0f} GFLOP/s in {str(peak_dtype).removeprefix('torch.')} on {dev}")
     print()
@@ -164,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 more, note = profile_step(method, arch, shape, args, dev, peak)
                 rows += more
                 notes.append(note)
-    print(markdown(rows))
+    print(throughput.markdown_table(rows, HEADERS, NUMERIC))
     print()
     print("\n".join(notes))
     return 0

@@ -407,16 +407,17 @@ def fmt_ratio(v: float | None) -> str:
     return DASH if v is None else f"{v:.2f}x"
 
 
-def markdown_table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(HEADERS)]
+def markdown_table(rows: list[tuple[str, ...]], headers=HEADERS, numeric=NUMERIC) -> str:
+    """A markdown table, the ``numeric`` columns right-aligned (benchmarks/step_profile.py passes its own)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
 
     def line(cells, numeric_right=True):
-        out = [c.rjust(w) if numeric_right and h in NUMERIC else c.ljust(w)
-               for c, w, h in zip(cells, widths, HEADERS)]
+        out = [c.rjust(w) if numeric_right and h in numeric else c.ljust(w)
+               for c, w, h in zip(cells, widths, headers)]
         return "| " + " | ".join(out) + " |"
 
-    rule = ["-" * (w - 1) + ":" if h in NUMERIC else "-" * w for w, h in zip(widths, HEADERS)]
-    return "\n".join([line(HEADERS, numeric_right=False), "| " + " | ".join(rule) + " |"]
+    rule = ["-" * (w - 1) + ":" if h in numeric else "-" * w for w, h in zip(widths, headers)]
+    return "\n".join([line(headers, numeric_right=False), "| " + " | ".join(rule) + " |"]
                      + [line(r) for r in rows])
 
 
@@ -425,8 +426,8 @@ def shape_name(shape) -> str:
 
 
 def training_rows(args, dev: torch.device, device_label: str) -> list[tuple]:
-    """The train rows; each row's last two cells are the varmix step's GFLOP/s as a float (main() formats
-    it and its share of the peak)."""
+    """The train rows; each row's last cell is the varmix step's GFLOP/s as a float (main() formats it and
+    its share of the peak, measured after these rows)."""
     jobs = [(arch, shape, method, path) for arch in args.archs for shape in args.shapes
             for method in args.methods for path in ("varmix", "baseline")]
     seconds = {}
@@ -446,7 +447,7 @@ def training_rows(args, dev: torch.device, device_label: str) -> list[tuple]:
                 gflops = FLOPS_PER_IMAGE[method, arch, shape] / v / 1e9
                 rows.append((device_label, "train", arch, shape_name(shape), method, fmt_rate(1 / v),
                              fmt_rate(1 / b), fmt_ratio(b / v), fmt_ratio(v / v_erm), fmt_ratio(b / b_erm),
-                             gflops, gflops))
+                             gflops))
     return rows
 
 
@@ -643,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
               + f" on {dev} (the higher of {before:,.0f} before and {after:,.0f} after the training rows); "
               + "'of peak' = the varmix step's counted FLOPs x img/s / that")
         print()
-        rows += [r[:-2] + (fmt_rate(r[-2]), f"{r[-1] / peak:.1%}") for r in train]
+        rows += [r[:-1] + (fmt_rate(r[-1]), f"{r[-1] / peak:.1%}") for r in train]
     if args.only != "train":
         corr_rows, notes = corruption_rows(args, dev, device_label)
         rows += corr_rows

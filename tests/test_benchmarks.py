@@ -84,3 +84,6 @@ def test_bad_arguments_are_refused_by_name(step_profile, capsys):
     with pytest.raises(SystemExit):
         step_profile.main(["--archs", "vgg16"])
     assert "unknown 'vgg16'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # no mixer: refused before any work, not by make_mixer mid-run
+        step_profile.main(["--methods", "at"])
+    assert "unknown 'at'" in capsys.readouterr().err
