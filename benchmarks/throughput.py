@@ -29,13 +29,16 @@ read, and ``cudnn.benchmark`` is on for both paths (both the trainer and mixup-c
 Corruptions (rows "corrupt"): images/s of ``varmix.corruptions.corrupt`` (batched torch ops on float
 images on the device) per corruption over severities 1-5, the 15 x 5 benchmark suite as a whole, and,
 for a representative few corruptions, a reference-style baseline: the per-image Python loop of
-hendrycks/robustness make_cifar_c.py (uint8 image -> PIL -> numpy / scipy / PIL -> uint8), always on the
-CPU in one process. The baseline follows that loop style and the libraries' algorithms, not the script's
-exact code (see ``REFERENCE_CORRUPTIONS``).
+hendrycks/robustness make_cifar_c.py (uint8 image -> its convert_img, ToTensor then ToPILImage -> numpy /
+scipy / PIL -> uint8), always on the CPU in one process. The baseline follows that loop and the libraries'
+algorithms, not the script's exact corruption code (see ``REFERENCE_CORRUPTIONS``). Each corruption is timed
+in ``--repeats`` rounds; within a round the two paths run back to back at each severity, so that a ratio
+compares them on the same machine state (this VM's speed drifts by up to 2x over seconds), and the table
+shows medians. The loop's convert_img share is timed image by image and shown on its own row and in a note.
 
     python benchmarks/throughput.py --quick                   # smoke check, ~80 s on a 2-core CPU
-    python benchmarks/throughput.py                           # full table; 2-core EPYC (AVX2) ~17 min (2 timed steps)
-    python benchmarks/throughput.py --steps 1                 # full table; 2-core CPU ~11 min
+    python benchmarks/throughput.py                           # full table; 2-core EPYC (AVX2) ~19 min (2 timed steps)
+    python benchmarks/throughput.py --steps 1                 # full table; 2-core CPU ~13 min
     python benchmarks/throughput.py --device cuda             # full table on a GPU (30 timed steps)
     python benchmarks/throughput.py --archs small_cnn --shapes 1x28x28 --only train --steps 10
     python benchmarks/throughput.py --only corrupt --shapes 3x32x32 --corruption-images 1000
@@ -51,7 +54,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -77,7 +79,7 @@ DEFAULT_SHAPES = ((3, 32, 32), (1, 28, 28))
 # Timed steps / warm-up steps per measurement. A 128-image ResNet-34 step takes ~9 s on 2 CPU cores
 # (3x32x32; PreAct ResNet-18 about half that), so the 48 CPU measurements of the full table take ~16 min.
 DEVICE_DEFAULTS = {"cpu": {"steps": 2, "warmup": 1}, "cuda": {"steps": 30, "warmup": 5}}
-QUICK = {"batch_size": 16, "steps": 1, "warmup": 1, "corruption_images": 32, "corruption_batch": 32}
+QUICK = {"batch_size": 16, "steps": 1, "warmup": 1, "corruption_images": 32, "corruption_batch": 32, "repeats": 1}
 SUITE_IMAGES = 10_000  # the CIFAR-10-C test set, for the suite's time estimate
 MANIFOLD_ALPHA = 2.0   # Verma et al.'s recommendation; every other method uses alpha 1
 
@@ -295,23 +297,21 @@ def _check_finite(loss: float, path: str, method: str, arch: str) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # corruptions
-def varmix_corruption_seconds(name: str, x: torch.Tensor, batch: int) -> float:
-    """Seconds to corrupt all of x (float, on its device) at severities 1-5, in batches of ``batch``.
-    Each severity is warmed up on one batch first (cached matrices, allocator, CUDA kernels)."""
-    gen = torch.Generator().manual_seed(0)
-    total = 0.0
-    for severity in range(1, 6):
-        corrupt(x[:batch], name, severity, gen)
-        total += timed(lambda: [corrupt(x[i:i + batch], name, severity, gen) for i in range(0, len(x), batch)],
-                       0, 1, x.device)
-    return total
+def varmix_corruption_seconds(name: str, x: torch.Tensor, batch: int, severity: int,
+                              gen: torch.Generator) -> float:
+    """Seconds to corrupt all of x (float, on its device) at ``severity``, in batches of ``batch``."""
+    return timed(lambda: [corrupt(x[i:i + batch], name, severity, gen) for i in range(0, len(x), batch)],
+                 0, 1, x.device)
 
 
 # Reference-style baseline: make_cifar_c.py builds CIFAR-10-C with a per-image Python loop,
-#     for img in test_data.data: cifar_c.append(np.uint8(corruption(PILImage.fromarray(img))))
+#     convert_img = trn.Compose([trn.ToTensor(), trn.ToPILImage()])
+#     for img, label in zip(test_data.data, test_data.targets):
+#         cifar_c.append(np.uint8(corruption(convert_img(img))))
 # each corruption taking a PIL image and returning a float array in [0, 255] made with numpy /
-# scikit-image / PIL. The functions below keep that loop style and those libraries' algorithms for a
-# representative few corruptions; they are not the script's exact code (skimage is not installed here:
+# scikit-image / PIL. CONVERT_IMG and baseline_corruption_seconds are that loop; the functions below keep
+# those libraries' algorithms for a representative few corruptions; they are not the script's exact code
+# (skimage is not installed here:
 # its gaussian is scipy.ndimage.gaussian_filter underneath, and its rgb2hsv / hsv2rgb are re-written in
 # numpy below; pixelate uses the image's size instead of the hard-coded 32).
 def _rgb2hsv(rgb: np.ndarray) -> np.ndarray:
@@ -375,19 +375,50 @@ if gaussian_filter is not None:
     REFERENCE_CORRUPTIONS["gaussian_blur"] = ref_gaussian_blur
 
 
-def baseline_corruption_seconds(name: str, images: np.ndarray) -> float:
-    """Seconds for make_cifar_c's loop over all uint8 ``images`` at severities 1-5 (after a 2-image warm-up)."""
-    fn = REFERENCE_CORRUPTIONS[name]
-    np.random.seed(0)
-    for img in images[:2]:
-        np.uint8(fn(Image.fromarray(img), CONSTANTS[name][0]))
+CONVERT_IMG = transforms.Compose([transforms.ToTensor(), transforms.ToPILImage()])  # the script's convert_img
+
+
+def baseline_corruption_seconds(name: str, images: np.ndarray, severity: int) -> tuple[float, float]:
+    """Seconds of make_cifar_c's loop over all uint8 ``images`` at ``severity``, in two parts: the script's
+    convert_img, and the corruption with its uint8 cast (timed image by image, so that the two are paired)."""
+    fn, c = REFERENCE_CORRUPTIONS[name], CONSTANTS[name][severity - 1]
     out = []
-    start = time.perf_counter()
+    convert = corrupt_s = 0.0
+    for img in images:
+        t0 = time.perf_counter()
+        pil = CONVERT_IMG(img)
+        t1 = time.perf_counter()
+        out.append(np.uint8(fn(pil, c)))
+        t2 = time.perf_counter()
+        convert += t1 - t0
+        corrupt_s += t2 - t1
+    return convert, corrupt_s
+
+
+def corruption_rounds(name: str, x: torch.Tensor, u8: np.ndarray | None, batch: int, rounds: int) -> np.ndarray:
+    """Seconds of each round [rounds, 3], each summed over severities 1-5: column 0 varmix, column 1 the
+    baseline loop, column 2 the part of it spent in the script's convert_img (columns 1-2 NaN without
+    ``u8``). Within a round every severity's varmix pass is followed at once by the baseline's loop at that
+    severity, so the two see the same machine: on a shared VM the speed of the same operation drifts by up
+    to 2x over seconds, and a ratio of paths timed apart would carry that drift. Every severity is warmed up
+    first (cached matrices, allocator, CUDA kernels; two baseline images)."""
+    gen = torch.Generator().manual_seed(0)
+    np.random.seed(0)
     for severity in range(1, 6):
-        c = CONSTANTS[name][severity - 1]
-        for img in images:
-            out.append(np.uint8(fn(Image.fromarray(img), c)))
-    return time.perf_counter() - start
+        corrupt(x[:batch], name, severity, gen)
+        if u8 is not None:
+            baseline_corruption_seconds(name, u8[:2], severity)
+    out = np.zeros((rounds, 3))
+    for r in range(rounds):
+        for severity in range(1, 6):
+            out[r, 0] += varmix_corruption_seconds(name, x, batch, severity, gen)
+            if u8 is not None:
+                convert, rest = baseline_corruption_seconds(name, u8, severity)
+                out[r, 1] += convert + rest
+                out[r, 2] += convert
+    if u8 is None:
+        out[:, 1:] = np.nan
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -452,50 +483,58 @@ def training_rows(args, dev: torch.device, device_label: str) -> list[tuple]:
 
 
 def corruption_rows(args, dev: torch.device, device_label: str) -> tuple[list[tuple[str, ...]], list[str]]:
+    """The corrupt rows. Every figure is a median over ``args.repeats`` rounds (``corruption_rounds``): the
+    img/s columns the median round's time, a speedup the median of the rounds' own ratios (each round's
+    two paths timed side by side), and the baselined aggregate the median of the rounds' summed ratios."""
     rows, notes = [], []
     n = args.corruption_images
-    jobs = [(shape, name, path) for shape in args.shapes for name in CORRUPTIONS
-            for path in (("varmix", "baseline") if name in REFERENCE_CORRUPTIONS else ("varmix",))]
-    bar = tqdm(jobs, desc="corruptions", unit="run", file=sys.stderr, dynamic_ncols=True)
+    jobs = [(shape, name) for shape in args.shapes for name in CORRUPTIONS]
+    bar = tqdm(jobs, desc="corruptions", unit="corruption", file=sys.stderr, dynamic_ncols=True)
     seconds, data = {}, {}
-    for shape, name, path in bar:
-        bar.set_postfix_str(f"{shape_name(shape)} {name} {path}")
+    for shape, name in bar:
+        bar.set_postfix_str(f"{shape_name(shape)} {name}")
         if shape not in data:
             c, h, w = shape
             x = torch.rand(n, c, h, w, generator=torch.Generator().manual_seed(0))
             u8 = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # NHWC, as CIFAR-10's .data
             data[shape] = (x.to(dev), u8[..., 0] if c == 1 else u8)
         x, u8 = data[shape]
-        if path == "varmix":
-            seconds[shape, name, path] = varmix_corruption_seconds(name, x, args.corruption_batch)
-        else:
-            seconds[shape, name, path] = baseline_corruption_seconds(name, u8)
+        seconds[shape, name] = corruption_rounds(name, x, u8 if name in REFERENCE_CORRUPTIONS else None,
+                                                 args.corruption_batch, args.repeats)
     bar.close()
 
     per_run = 5 * n  # images produced per corruption: n images x 5 severities
+    ref = list(REFERENCE_CORRUPTIONS)
     for shape in args.shapes:
         sname = shape_name(shape)
         for name in CORRUPTIONS:
-            v = seconds[shape, name, "varmix"]
-            b = seconds.get((shape, name, "baseline"))
+            t = seconds[shape, name]
+            v, b = np.median(t[:, 0]), np.median(t[:, 1])
+            has_b = name in REFERENCE_CORRUPTIONS
             label = name if name in BENCHMARK_CORRUPTIONS else f"{name} (extra)"
             rows.append((device_label, "corrupt", DASH, sname, label, fmt_rate(per_run / v),
-                         fmt_rate(None if b is None else per_run / b), fmt_ratio(None if b is None else b / v),
-                         DASH, DASH, DASH, DASH))
-        ref = list(REFERENCE_CORRUPTIONS)
-        v_ref = sum(seconds[shape, name, "varmix"] for name in ref)
-        b_ref = sum(seconds[shape, name, "baseline"] for name in ref)
+                         fmt_rate(per_run / b if has_b else None),
+                         fmt_ratio(np.median(t[:, 1] / t[:, 0]) if has_b else None), DASH, DASH, DASH, DASH))
+        v_rounds = sum(seconds[shape, name][:, 0] for name in ref)
+        b_rounds = sum(seconds[shape, name][:, 1] for name in ref)
+        v_ref, b_ref = np.median(v_rounds), np.median(b_rounds)
         rows.append((device_label, "corrupt", DASH, sname, f"baselined {len(ref)} x 5 severities",
                      fmt_rate(len(ref) * per_run / v_ref), fmt_rate(len(ref) * per_run / b_ref),
-                     fmt_ratio(b_ref / v_ref), DASH, DASH, DASH, DASH))
-        suite = sum(seconds[shape, name, "varmix"] for name in BENCHMARK_CORRUPTIONS)
+                     fmt_ratio(np.median(b_rounds / v_rounds)), DASH, DASH, DASH, DASH))
+        suite = np.median(sum(seconds[shape, name][:, 0] for name in BENCHMARK_CORRUPTIONS))
         rows.append((device_label, "corrupt", DASH, sname, f"suite {len(BENCHMARK_CORRUPTIONS)} x 5 severities",
                      fmt_rate(len(BENCHMARK_CORRUPTIONS) * per_run / suite), DASH, DASH, DASH, DASH, DASH,
                      DASH))
+        c_rounds = sum(seconds[shape, name][:, 2] for name in ref)
+        rows.append((device_label, "corrupt", DASH, sname, "(baseline: its convert_img alone)", DASH,
+                     fmt_rate(len(ref) * per_run / np.median(c_rounds)), DASH, DASH, DASH, DASH, DASH))
         notes.append(f"- corruption suite, {sname}: varmix would take ~{suite / n * SUITE_IMAGES:.0f} s for "
                      f"{len(BENCHMARK_CORRUPTIONS)} corruptions x 5 severities x {SUITE_IMAGES:,} images "
                      f"(the baselined {len(ref)}: varmix ~{v_ref / n * SUITE_IMAGES:.0f} s, per-image loop "
-                     f"~{b_ref / n * SUITE_IMAGES:.0f} s)")
+                     f"~{b_ref / n * SUITE_IMAGES:.0f} s; their speedup round by round: "
+                     f"{', '.join(f'{r:.1f}x' for r in b_rounds / v_rounds)}). Of the loop, the script's "
+                     f"convert_img (ToTensor -> ToPILImage) takes {np.median(c_rounds / b_rounds):.0%}; without it "
+                     f"the speedup would be {np.median((b_rounds - c_rounds) / v_rounds):.1f}x")
     return rows, notes
 
 
@@ -581,6 +620,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="images per corruption and severity (default 1000)")
     p.add_argument("--corruption-batch", type=int_at_least(1), default=None,
                    help="images per varmix corruption call (default 500)")
+    p.add_argument("--repeats", type=int_at_least(1), default=None,
+                   help="corrupt rows: rounds per corruption, each timing severities 1-5 on both paths side by "
+                        "side; the table shows medians over the rounds (default 5)")
     p.add_argument("--threads", type=int_at_least(1), default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--quick", action="store_true",
                    help="smoke check: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK.items())
@@ -593,7 +635,7 @@ def resolve_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> torch.
         dev = resolve_device(None if args.device == "auto" else args.device)
     except ValueError as exc:
         p.error(f"--device: {exc}")
-    defaults = {"batch_size": 128, "corruption_images": 1000, "corruption_batch": 500,
+    defaults = {"batch_size": 128, "corruption_images": 1000, "corruption_batch": 500, "repeats": 5,
                 **DEVICE_DEFAULTS[dev.type], **(QUICK if args.quick else {})}
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -624,9 +666,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.channels_last}, bf16 autocast {args.amp and dev.type == 'cuda'}; baseline: DataLoader "
               f"num_workers={args.workers}, per-sample PIL transforms, fp32, contiguous, VAE with autograd on")
     if args.only != "train":
-        print(f"corruptions: {args.corruption_images} images x severities 1-5 per corruption; varmix batches of "
-              f"{args.corruption_batch} on {dev}; baseline: make_cifar_c-style per-image loop on the CPU "
-              f"({', '.join(REFERENCE_CORRUPTIONS)})")
+        print(f"corruptions: {args.corruption_images} images x severities 1-5 per corruption, {args.repeats} "
+              f"round(s); varmix batches of {args.corruption_batch} on {dev}; baseline: make_cifar_c-style "
+              f"per-image loop on the CPU ({', '.join(REFERENCE_CORRUPTIONS)}), timed right after varmix at each "
+              f"severity")
     print()
 
     rows, notes = [], []
@@ -656,8 +699,9 @@ def main(argv: list[str] | None = None) -> int:
         print("- train rows: varmix GFLOP/s = FLOPs per image of the varmix step (torch.utils.flop_counter: "
               "matmuls and convolutions of forward, backward and the VAE) x varmix img/s")
     if args.only != "train":
-        print("- corrupt rows: images produced per second (an image at each of the 5 severities counts 5 times); "
-              "the baseline runs on the CPU whatever the device")
+        print("- corrupt rows: images produced per second (an image at each of the 5 severities counts 5 times) "
+              "in the median round; speedup = the median of the rounds' own ratios; the baseline runs on the "
+              "CPU whatever the device")
     for line in notes:
         print(line)
     return 0

@@ -1,6 +1,7 @@
 """The benchmark scripts' bookkeeping (not their speed: speed is measured by running them, never in tests):
 benchmarks/step_profile.py groups the profiler's operators into parts that add up to the step, and counts
-the same FLOPs as benchmarks/throughput.py."""
+the same FLOPs as benchmarks/throughput.py; throughput.py's corrupt rows time the script's own loop
+(convert_img included) beside varmix, round by round."""
 
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ def _load(name: str):
 @pytest.fixture(scope="module")
 def step_profile():
     return _load("step_profile")
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    return _load("throughput")
 
 
 @pytest.mark.parametrize("op, part", [
@@ -87,3 +93,59 @@ def test_bad_arguments_are_refused_by_name(step_profile, capsys):
     with pytest.raises(SystemExit):  # no mixer: refused before any work, not by make_mixer mid-run
         step_profile.main(["--methods", "at"])
     assert "unknown 'at'" in capsys.readouterr().err
+
+
+def test_baseline_is_the_scripts_loop_with_its_convert_img(throughput, monkeypatch):
+    """make_cifar_c converts every image with ToTensor -> ToPILImage before corrupting it; the baseline does
+    too, and reports that part of its time separately."""
+    import numpy as np
+    from PIL import Image
+
+    calls = []
+    real = throughput.CONVERT_IMG
+
+    def counting(img):
+        calls.append(img.shape)
+        return real(img)
+
+    monkeypatch.setattr(throughput, "CONVERT_IMG", counting)
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    convert, rest = throughput.baseline_corruption_seconds("contrast", images, 2)
+    assert calls == [(32, 32, 3)] * 4 and convert > 0 and rest > 0
+    # the round trip is the identity on uint8 images, so the loop corrupts the images it was given
+    assert all(np.array_equal(np.asarray(real(img)), img) for img in images)
+    assert isinstance(real(images[0][..., 0]), Image.Image)
+
+
+def test_corruption_rounds_pair_the_paths(throughput):
+    import numpy as np
+    import torch
+
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    u8 = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    t = throughput.corruption_rounds("brightness", x, u8, 3, 2)
+    assert t.shape == (2, 3) and (t > 0).all() and (t[:, 2] < t[:, 1]).all()  # convert_img is part of the loop
+    alone = throughput.corruption_rounds("fog", x, None, 3, 2)  # no baseline: its columns are NaN
+    assert (alone[:, 0] > 0).all() and np.isnan(alone[:, 1:]).all()
+
+
+def test_corrupt_rows_report_medians_and_the_conversion(throughput, capsys):
+    argv = ["--only", "corrupt", "--shapes", "1x28x28", "--corruption-images", "4", "--corruption-batch", "2",
+            "--repeats", "2", "--device", "cpu"]
+    assert throughput.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = {r[4]: r for r in ([c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()
+                              if line.startswith("| cpu"))}
+    assert rows["baselined 5 x 5 severities"][7].endswith("x")
+    convert = rows["(baseline: its convert_img alone)"]
+    assert convert[6] != "—" and convert[5] == "—"  # a baseline-only row
+    assert "2 round(s)" in out
+    note = next(line for line in out.splitlines() if line.startswith("- corruption suite, 1x28x28"))
+    assert len(re.findall(r"\d+\.\dx", note.split("round by round: ")[1].split(")")[0])) == 2
+    assert re.search(r"without it the speedup would be \d+\.\dx", note)
+
+
+def test_repeats_must_be_positive(throughput, capsys):
+    with pytest.raises(SystemExit):
+        throughput.main(["--only", "corrupt", "--repeats", "0"])
+    assert "--repeats" in capsys.readouterr().err
