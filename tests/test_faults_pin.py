@@ -136,6 +136,32 @@ def test_cli_verify_data_writes_only_the_stamp(tmp_path, capsys):
     assert not stamp.exists()
 
 
+def test_cli_verify_data_checks_the_vaes_dataset_too(tmp_path, capsys):
+    """vae.dataset names the data the VAE trains on: the check stage verifies it beside the classifier's."""
+    root = _prepared(tmp_path, FILES)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["profiles"]["smoke"]["vae"]["dataset"] = "cifar10"
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    stamp = tmp_path / "out" / "checked.json"
+    argv = ["verify-data", "--params", str(root / "params.yaml"), "--profile", "smoke", "--stamp", str(stamp)]
+    assert cli(argv) == 2
+    assert "prepared cifar10 not found: data/cifar10/meta.json is missing" in capsys.readouterr().err
+    assert not stamp.exists()
+    # prepared and pinned: both are checked, and the stamp is the classifier data's, as without vae.dataset
+    other = root / "data" / "cifar10"
+    other.mkdir()
+    (other / "test_y.npy").write_bytes(b"cifar")
+    (other / "meta.json").write_text(json.dumps({"md5": {"test_y.npy": hashlib.md5(b"cifar").hexdigest()}}))
+    md5 = verify.dir_md5(verify.dir_entries(root / "data"))
+    (root / "data.dvc").write_text(f"outs:\n- md5: {md5}\n  size: 1\n  nfiles: 5\n  hash: md5\n  path: data\n")
+    assert cli(argv) == 0
+    assert f"({DATASET}, cifar10 checked)" in capsys.readouterr().out
+    assert json.loads(stamp.read_bytes()) == {"data": md5, "dataset": DATASET}
+    (other / "test_y.npy").write_bytes(b"damaged")
+    assert cli(argv) == 2
+    assert "data/cifar10/test_y.npy is damaged" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------------------------
 # the real pipeline in a temporary clone
 _run, _dvc = smoke_clone.run, smoke_clone.dvc

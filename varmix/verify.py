@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,29 +113,35 @@ def _shown(path: Path, root: Path) -> str:
         return str(path)
 
 
-def verify_data(root: str | os.PathLike, data_dir: str, dataset: str) -> str:
-    """Check ``root/data_dir/<dataset>`` against its meta.json and, when data.dvc pins ``data_dir``, the
-    whole folder against data.dvc's hash. Reads only. Returns the verified hash (or, for a folder that
-    data.dvc does not pin, the folder's own hash); raises ``PinError`` naming the file and the fix."""
+def verify_data(root: str | os.PathLike, data_dir: str, dataset: str | Sequence[str]) -> str:
+    """Check ``root/data_dir/<dataset>`` (or each of several datasets, in order) against its meta.json and,
+    when data.dvc pins ``data_dir``, the whole folder against data.dvc's hash. Reads only. Returns the
+    verified hash (or, for a folder that data.dvc does not pin, the folder's own hash); raises ``PinError``
+    naming the file and the fix. The meta.json checks come first: they name the damaged file."""
     root = Path(root)
     folder = root / data_dir
-    meta_path = folder / dataset / "meta.json"
-    if not meta_path.is_file():
-        raise PinError(f"prepared {dataset} not found: {_shown(meta_path, root)} is missing; {RESTORE}")
-    try:
-        listed = json.loads(meta_path.read_text())["md5"]
-        if not isinstance(listed, dict) or not listed:
-            raise TypeError("md5 is not a mapping of file -> md5")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PinError(f"{_shown(meta_path, root)} is damaged ({type(exc).__name__}: {exc}); {RESTORE}") from None
-    entries = dir_entries(folder, root)
-    for fname, md5 in sorted(listed.items()):
-        rel = f"{dataset}/{fname}"
-        if rel not in entries:
-            raise PinError(f"{_shown(folder / rel, root)} is missing; {RESTORE}")
-        if entries[rel] != md5:
-            raise PinError(f"{_shown(folder / rel, root)} is damaged (md5 {entries[rel]}, its meta.json "
-                           f"says {md5}); {RESTORE}")
+    entries = None
+    for name in [dataset] if isinstance(dataset, str) else dataset:
+        meta_path = folder / name / "meta.json"
+        if not meta_path.is_file():
+            raise PinError(f"prepared {name} not found: {_shown(meta_path, root)} is missing; {RESTORE}")
+        try:
+            listed = json.loads(meta_path.read_text())["md5"]
+            if not isinstance(listed, dict) or not listed:
+                raise TypeError("md5 is not a mapping of file -> md5")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PinError(f"{_shown(meta_path, root)} is damaged ({type(exc).__name__}: {exc}); "
+                           f"{RESTORE}") from None
+        entries = dir_entries(folder, root) if entries is None else entries
+        for fname, md5 in sorted(listed.items()):
+            rel = f"{name}/{fname}"
+            if rel not in entries:
+                raise PinError(f"{_shown(folder / rel, root)} is missing; {RESTORE}")
+            if entries[rel] != md5:
+                raise PinError(f"{_shown(folder / rel, root)} is damaged (md5 {entries[rel]}, its meta.json "
+                               f"says {md5}); {RESTORE}")
+    if entries is None:
+        raise ValueError("verify_data needs at least one dataset")
     got = dir_md5(entries)
     dvc_file = root / "data.dvc"
     if not dvc_file.is_file():
