@@ -36,6 +36,13 @@ from varmix.config import ARCHS, NUM_MIX_LAYERS  # noqa: F401  (NUM_MIX_LAYERS r
 MIN_IMAGE_SIZE = 16
 
 
+def mix_hidden(h: torch.Tensor, partner: torch.Tensor, lam: float) -> torch.Tensor:
+    """Manifold Mixup's interpolation of a hidden state with its partners' (``h[perm]`` in one process;
+    gathered from every process under DDP, varmix.train._logits_target): ``lam * h + (1 - lam) * partner``.
+    The one expression every path mixes with, so a single-process and a distributed run mix alike."""
+    return lam * h + (1.0 - lam) * partner
+
+
 class MixableClassifier(nn.Module):
     """Shared plumbing: input normalisation, argument checks and the manifold-mixup loop over stages.
 
@@ -76,12 +83,12 @@ class MixableClassifier(nn.Module):
         # mixing the normalised input.
         h = x
         if mix_layer == 0:
-            h = lam * h + (1.0 - lam) * h[perm]
+            h = mix_hidden(h, h[perm], lam)
         h = (h - self.mean) / self.std
         for k, stage in enumerate(self.stages, start=1):
             h = stage(h)
             if mix_layer == k:
-                h = lam * h + (1.0 - lam) * h[perm]
+                h = mix_hidden(h, h[perm], lam)
         h = self.features_out(h)
         h = torch.flatten(F.adaptive_avg_pool2d(h, self.pool_size), 1)
         return self.head(h)

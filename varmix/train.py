@@ -70,7 +70,7 @@ from tqdm import tqdm
 
 from varmix import attacks, config, distributed, io, mixing
 from varmix.data import ImageData, to_float
-from varmix.models import NUM_MIX_LAYERS, build_model
+from varmix.models import NUM_MIX_LAYERS, build_model, mix_hidden
 
 CHECKPOINT_FORMAT = "varmix-classifier-checkpoint-2"  # 2: three generators (order, augmentation, mixing)
 MODEL_FORMAT = "varmix-classifier-1"
@@ -171,13 +171,13 @@ def _logits_target(model: nn.Module, mb: mixing.MixedBatch, amp: bool, channels_
         return _logits(model, mb, amp, channels_last), mb.target
     x, layer, lam, perm = mb.x, mb.mix_layer, mb.lam, mb.perm
     if layer == 0:
-        x = lam * x + (1.0 - lam) * x[perm]  # varmix.models.MixableClassifier.forward's layer 0
+        x = mix_hidden(x, x[perm], lam)  # before slicing: partners come from the global batch
     local = mixing.MixedBatch(shard.take(x), shard.take(mb.target), lam, None)
     if layer is None or layer == 0:
         return _logits(model, local, amp, channels_last), local.target
     a, b = shard.bounds(len(perm))
     handle = model.stages[layer - 1].register_forward_hook(
-        lambda module, inputs, h: lam * h + (1.0 - lam) * shard.gather(h, len(perm))[perm[a:b]])
+        lambda module, inputs, h: mix_hidden(h, shard.gather(h, len(perm))[perm[a:b]], lam))
     try:
         return _logits(model, local, amp, channels_last), local.target
     finally:
