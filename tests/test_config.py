@@ -207,6 +207,15 @@ def test_bad_values_name_key_value_and_allowed(tmp_path, path, value, message):
     assert message in str(err.value)
 
 
+def test_datasets_the_stages_read(tmp_path):
+    """dataset, then vae.dataset when it names another (the check stage verifies each)."""
+    assert load(tmp_path, RAW).datasets == ("fashion-mnist",)
+    p = load(tmp_path, edit(RAW, ("profiles", RAW["profile"], "vae", "dataset"), "cifar10"))
+    assert p.vae_dataset == "cifar10" and p.datasets == ("fashion-mnist", "cifar10")
+    same = load(tmp_path, edit(RAW, ("profiles", RAW["profile"], "vae", "dataset"), "fashion-mnist"))
+    assert same.vae_dataset == "fashion-mnist" and same.datasets == ("fashion-mnist",)
+
+
 def test_defaults_are_checked_as_given_values():
     # the defaults go through the same checks: numbers become floats, as in a profile that gives them
     e = config.EvalConfig.from_dict({}, "profiles.smoke.eval")

@@ -94,13 +94,11 @@ def _run(args: argparse.Namespace) -> int:
 
         params = config.load_params(args.params, {"profile": args.profile, "dataset": args.dataset})
         root = _params_root(args)
-        # the classifier's dataset and, when vae.dataset names another, the VAE's: both are read by the stages
-        datasets = list(dict.fromkeys([params.dataset, params.vae.dataset or params.dataset]))
-        md5 = verify.verify_data(root, params.data_dir, datasets)
+        md5 = verify.verify_data(root, params.data_dir, params.datasets)  # the classifier's and the VAE's
         if args.stamp:
             verify.write_stamp(args.stamp, params.dataset, md5)
         print(f"params OK (profile={params.profile}); data OK: {params.data_dir}/ = {md5}, as data.dvc pins "
-              f"({', '.join(datasets)} checked)")
+              f"({', '.join(params.datasets)} checked)")
         return 0
 
     params = config.load_params(args.params)

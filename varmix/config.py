@@ -576,6 +576,16 @@ class Params(_Section):
         return self.selected.vae
 
     @property
+    def vae_dataset(self) -> str:
+        """The dataset the VAE trains on: the selected profile's ``vae.dataset``, by default ``dataset``."""
+        return self.vae.dataset or self.dataset
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """Every dataset the stages read: ``dataset``, then ``vae_dataset`` when it is another."""
+        return tuple(dict.fromkeys((self.dataset, self.vae_dataset)))
+
+    @property
     def train(self) -> TrainConfig:
         return self.selected.train
 

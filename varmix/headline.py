@@ -107,6 +107,7 @@ def tally(table: pd.DataFrame) -> dict[str, dict[str, int]]:
     COLUMNS' order: with them `dvc metrics show` is 187 columns wide (measured; the full column names
     would make it 222)."""
     _check_table(table, {"metric", "verdict"})
-    claimed = [col for col, metric in COLUMNS.items() if metric in set(table["metric"])]
+    metrics = set(table["metric"])
+    claimed = [col for col, metric in COLUMNS.items() if metric in metrics]
     return {verdict: {TALLY_KEYS[col]: int(((table["metric"] == COLUMNS[col]) & (table["verdict"] == verdict)).sum())
                       for col in claimed} for verdict in ("holds", "contradicted")}

@@ -117,7 +117,7 @@ class Session:
     @property
     def vae_dataset(self) -> str:
         """The dataset the VAE trains on: params.yaml's ``vae.dataset``, by default the classifier's."""
-        return self.params.vae.dataset or self.params.dataset
+        return self.params.vae_dataset
 
     def check_vae_dataset(self) -> None:
         """A VAE from another dataset (``vae.dataset``) must take the classifier's images as they are: a

@@ -113,6 +113,20 @@ def _shown(path: Path, root: Path) -> str:
         return str(path)
 
 
+def _meta_md5(folder: Path, dataset: str, root: Path) -> dict[str, str]:
+    """The {file: md5} that ``folder/dataset/meta.json`` lists (a PinError naming it when missing or damaged)."""
+    meta_path = folder / dataset / "meta.json"
+    if not meta_path.is_file():
+        raise PinError(f"prepared {dataset} not found: {_shown(meta_path, root)} is missing; {RESTORE}")
+    try:
+        listed = json.loads(meta_path.read_text())["md5"]
+        if not isinstance(listed, dict) or not listed:
+            raise TypeError("md5 is not a mapping of file -> md5")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PinError(f"{_shown(meta_path, root)} is damaged ({type(exc).__name__}: {exc}); {RESTORE}") from None
+    return listed
+
+
 def verify_data(root: str | os.PathLike, data_dir: str, dataset: str | Sequence[str]) -> str:
     """Check ``root/data_dir/<dataset>`` (or each of several datasets, in order) against its meta.json and,
     when data.dvc pins ``data_dir``, the whole folder against data.dvc's hash. Reads only. Returns the
@@ -120,28 +134,19 @@ def verify_data(root: str | os.PathLike, data_dir: str, dataset: str | Sequence[
     naming the file and the fix. The meta.json checks come first: they name the damaged file."""
     root = Path(root)
     folder = root / data_dir
-    entries = None
-    for name in [dataset] if isinstance(dataset, str) else dataset:
-        meta_path = folder / name / "meta.json"
-        if not meta_path.is_file():
-            raise PinError(f"prepared {name} not found: {_shown(meta_path, root)} is missing; {RESTORE}")
-        try:
-            listed = json.loads(meta_path.read_text())["md5"]
-            if not isinstance(listed, dict) or not listed:
-                raise TypeError("md5 is not a mapping of file -> md5")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise PinError(f"{_shown(meta_path, root)} is damaged ({type(exc).__name__}: {exc}); "
-                           f"{RESTORE}") from None
-        entries = dir_entries(folder, root) if entries is None else entries
-        for fname, md5 in sorted(listed.items()):
+    names = [dataset] if isinstance(dataset, str) else list(dataset)
+    if not names:
+        raise ValueError("verify_data needs at least one dataset")
+    listed = {name: _meta_md5(folder, name, root) for name in names}
+    entries = dir_entries(folder, root)
+    for name, files in listed.items():
+        for fname, md5 in sorted(files.items()):
             rel = f"{name}/{fname}"
             if rel not in entries:
                 raise PinError(f"{_shown(folder / rel, root)} is missing; {RESTORE}")
             if entries[rel] != md5:
                 raise PinError(f"{_shown(folder / rel, root)} is damaged (md5 {entries[rel]}, its meta.json "
                                f"says {md5}); {RESTORE}")
-    if entries is None:
-        raise ValueError("verify_data needs at least one dataset")
     got = dir_md5(entries)
     dvc_file = root / "data.dvc"
     if not dvc_file.is_file():
