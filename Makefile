@@ -1,5 +1,11 @@
 # The README's two commands: `make repro` (the whole study) and `make test` (pytest + nbval).
-PYTHON ?= python3
+# Both install into the project's own venv, $(VENV) (made from $(BASE_PYTHON) when missing), exactly as
+# requirements.lock pins it; every recipe below runs that venv's python, dvc and pytest (its bin/ is first on
+# PATH). To use another environment (a conda env, say): `make test VENV=$$CONDA_PREFIX`.
+BASE_PYTHON ?= python3
+VENV ?= .venv
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+PYTHON := $(abspath $(VENV))/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export TQDM_DISABLE ?= 1
 export MPLBACKEND ?= Agg
@@ -7,13 +13,39 @@ export MPLBACKEND ?= Agg
 # number of threads can round differently, so the smoke runs use 2 on any machine.
 NB_THREADS := OMP_NUM_THREADS=2
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
+# `make lock`'s tool, in a venv of its own (pip-tools resolves with pip's own resolver, the one `pip install`
+# uses); PIP_CONFIG_FILE=/dev/null: the lock is resolved and hashed from PyPI alone, whatever pip.conf adds.
+PIP_TOOLS := pip-tools==7.7.0
+LOCK_VENV := .venv-lock
+PIN_FLAGS := --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
 
-.PHONY: install browser data repro test notebooks lab
+.PHONY: install lock browser data repro test notebooks lab
 
-install:  ## system data package + the project with its test extra + the python3 Jupyter kernel
+$(PYTHON):
+	$(BASE_PYTHON) -m venv $(VENV)
+
+# --require-hashes: every file pip fetches must have one of the lock's sha256s; --no-deps: the lock is the
+# whole environment (imagecorruptions and torchattacks are in it without their dependencies, pyproject.toml
+# says why); --no-build-isolation: the project is built with the lock's setuptools, not a fresh download.
+install: $(PYTHON)  ## system data package + the locked environment + the project + the python3 Jupyter kernel
 	@[ -d /usr/share/datasets/fashion-mnist ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
-	$(PYTHON) -m pip install -q -e ".[test]" && $(PYTHON) -m pip install -q --no-deps "imagecorruptions==1.1.2" "torchattacks==3.5.1"  # frost photographs; AutoAttack (pyproject.toml says why --no-deps)
+	$(PYTHON) -m pip install -q --require-hashes --no-deps -r requirements.lock
+	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PYTHON) -m varmix check-env
 	$(PYTHON) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (varmix)" >/dev/null
+
+# Refreshing the lock is a deliberate act: it can change committed bytes (the site's pages, the executed
+# notebooks, numbers), which are then regenerated (`dvc repro`, `make notebooks`) and committed with it.
+lock:  ## re-resolve requirements.lock from pyproject.toml (+ requirements/pins.txt, requirements/nodeps.txt)
+	[ -x $(LOCK_VENV)/bin/pip-compile ] || { $(BASE_PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q "$(PIP_TOOLS)"; }
+	PIP_CONFIG_FILE=/dev/null $(LOCK_VENV)/bin/pip-compile -q $(PIN_FLAGS) --extra test \
+		-c requirements/pins.txt -o requirements.lock pyproject.toml
+	rm -rf $(LOCK_VENV)/nodeps && PIP_CONFIG_FILE=/dev/null $(LOCK_VENV)/bin/pip download -q --no-deps \
+		--only-binary=:all: -d $(LOCK_VENV)/nodeps -r requirements/nodeps.txt
+	{ echo "# installed without their dependencies: requirements/nodeps.txt"; for w in $(LOCK_VENV)/nodeps/*.whl; do \
+		n=$$(basename $$w); echo "$$(echo $$n | cut -d- -f1)==$$(echo $$n | cut -d- -f2) \\"; \
+		echo "    --hash=sha256:$$(sha256sum $$w | cut -d' ' -f1)"; echo "    # via -r requirements/nodeps.txt"; \
+		done; } >> requirements.lock
 
 # verify-data compares data/ with data.dvc's hash without writing; only data that matches is then stored in
 # the DVC cache (`dvc commit` of identical bytes rewrites data.dvc unchanged), for `dvc push`/`dvc checkout`.

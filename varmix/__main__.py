@@ -1,5 +1,5 @@
-"""Command line: ``python -m varmix prepare-data | check-params | verify-data | notebook | refresh-notebooks |
-site | train-worker``."""
+"""Command line: ``python -m varmix prepare-data | check-params | check-env | verify-data | notebook |
+refresh-notebooks | site | train-worker``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--download", action="store_true", help="download with torchvision when missing")
     chk = sub.add_parser("check-params", help="validate params.yaml and print the selected profile")
     chk.add_argument("--params", default=None)
+    sub.add_parser("check-env", help="check the installed packages against requirements.lock (make install)")
     ver = sub.add_parser("verify-data", help="validate params.yaml, then check the prepared data against data.dvc "
                                              "and meta.json without writing (dvc.yaml's check stage)")
     ver.add_argument("--params", default=None)
@@ -71,6 +72,11 @@ def _run(args: argparse.Namespace) -> int:
         from varmix import distributed
 
         return distributed.worker_main(args.spec)
+    if args.command == "check-env":
+        from varmix import envlock  # no torch: only package metadata
+
+        print(envlock.check(project_root()))
+        return 0
     if args.command in ("notebook", "refresh-notebooks"):
         from varmix import pipeline  # not varmix.data: running a notebook should not import torch here
 
