@@ -32,7 +32,7 @@ install: $(PYTHON)  ## system data package + the locked environment + the projec
 	$(PYTHON) -m pip install -q --require-hashes --no-deps -r requirements.lock
 	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PYTHON) -m varmix check-env
-	$(PYTHON) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (varmix)" >/dev/null
+	$(PYTHON) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
 
 # Refreshing the lock is a deliberate act: it can change committed bytes (the site's pages, the executed
 # notebooks, numbers), which are then regenerated (`dvc repro`, `make notebooks`) and committed with it.

@@ -21,6 +21,7 @@ chromium is not installed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -195,11 +196,26 @@ def lab(tmp_path):
         if c.cell_type == "code":
             c.outputs, c.execution_count = [], None
     nbformat.write(book, project / "notebooks" / "02_train.ipynb")
+    with _jupyterlab(project, tmp_path) as (base, token):
+        yield base, token, tmp_path / "scratch"
+
+
+@contextlib.contextmanager
+def _jupyterlab(project: Path, tmp_path: Path, autosave_s: int | None = None):
+    """JupyterLab serving ``project`` on a free port with a token, with its config, runtime, workspace and
+    settings folders under ``tmp_path`` (nothing of the user's is read or written) and its runs writing into
+    ``tmp_path/scratch`` (VARMIX_WORKDIR, as `make lab` sets it). ``autosave_s`` shortens the autosave
+    interval (JupyterLab's default is 120 s), so a test sees within seconds what autosave would write."""
     port, token = _free_port(), "varmix-browser-test"
     env = {**os.environ, pipeline.WORKDIR_ENV: str(tmp_path / "scratch"), "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws"),
+           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
            "TQDM_DISABLE": "1", "MPLBACKEND": "Agg", "PYTHONPATH": os.pathsep.join(
                filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if autosave_s is not None:
+        plugin = tmp_path / "settings" / "@jupyterlab" / "docmanager-extension" / "plugin.jupyterlab-settings"
+        plugin.parent.mkdir(parents=True)
+        plugin.write_text(json.dumps({"autosave": True, "autosaveInterval": autosave_s}))
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={project}", "--ServerApp.port_retries=0",
            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.expose_app_in_browser=True"]
@@ -220,7 +236,7 @@ def lab(tmp_path):
             if server.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"JupyterLab did not start: {(tmp_path / 'lab.log').read_text()[-2000:]}")
             time.sleep(0.5)
-        yield base, token, tmp_path / "scratch"
+        yield base, token
     finally:
         server.terminate()
         try:
@@ -295,3 +311,82 @@ def test_jupyterlab_runs_a_smoke_notebook_through_its_ui(browser, lab):
     assert [k["id"] for k in kernels] == [kernel], kernels
     sessions = _api(base, token, "GET", "/api/sessions")
     assert [(x["path"], x["kernel"]["id"]) for x in sessions] == [(notebook, kernel)], sessions
+
+
+# ----------------------------------------------------------------------------------------------
+# JupyterLab leaves the pipeline alone: opening a notebook changes nothing on disk
+# Every panel open, each attached to a kernel that is connected and idle, and whether its model is dirty
+# (JupyterLab marks a notebook modified when the kernel's name or display name, or its language_info,
+# differs from the notebook's metadata; autosave then writes it).
+PANELS = """(paths) => {
+    const app = window.jupyterapp;
+    if (!app) return null;
+    const out = {};
+    for (const w of app.shell.widgets('main')) {
+        const ctx = w.context, sc = w.sessionContext;
+        if (!ctx || !paths.includes(ctx.path)) continue;
+        const k = sc && sc.session && sc.session.kernel;
+        out[ctx.path] = {ready: !!(k && sc.isReady && k.connectionStatus === 'connected' && k.status === 'idle'),
+                         dirty: ctx.model.dirty};
+    }
+    return out;
+}"""
+
+
+def test_opening_notebooks_in_jupyterlab_changes_no_file(browser, tmp_path):
+    """The pipeline's notebooks (DVC dependencies and nbval's references) and a committed executed one, opened
+    in JupyterLab with the project's kernel and left open past autosave, are byte for byte as they were, and
+    what JupyterLab writes beside them (checkpoints) is ignored by git and DVC: looking at the study cannot
+    make `git status` or `dvc status` call anything changed."""
+    project = tmp_path / "project"
+    (project / "notebooks").mkdir(parents=True)
+    shutil.copy2(ROOT / "params.yaml", project / "params.yaml")
+    paths = [f"notebooks/{name}.ipynb" for name in pipeline.NOTEBOOKS]
+    for path in paths:
+        shutil.copy2(ROOT / path, project / path)
+    executed = Path("results") / PARAMS.dataset / PARAMS.profile / "notebooks" / "07_report.ipynb"
+    (project / executed.parent).mkdir(parents=True)
+    shutil.copy2(ROOT / executed, project / executed)
+    paths.append(executed.as_posix())
+    before = {p: (project / p).read_bytes() for p in paths}
+    autosave_s = 2
+    with _jupyterlab(project, tmp_path, autosave_s=autosave_s) as (base, token):
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{base}/lab?token={token}")
+        page.wait_for_function("() => !!window.jupyterapp", timeout=120_000)
+        page.evaluate("async () => { await window.jupyterapp.restored; }")
+        for path in paths:
+            page.evaluate("(path) => window.jupyterapp.commands.execute('docmanager:open', {path})", path)
+        try:
+            page.wait_for_function(f"(paths) => {{ const s = ({PANELS})(paths); return s && paths.every("
+                                   "p => s[p] && s[p].ready); }", arg=paths, timeout=180_000)
+        except PlaywrightTimeout:
+            page.screenshot(path=tmp_path / "jupyterlab.png")
+            raise
+        time.sleep(3 * autosave_s + 2)  # past several autosaves, each of which writes a dirty notebook
+        state = page.evaluate(PANELS, paths)
+        page.close()
+    assert {p: s["dirty"] for p, s in state.items()} == {p: False for p in paths}
+    changed = [p for p in paths if (project / p).read_bytes() != before[p]]
+    assert not changed, f"opening them in JupyterLab rewrote {changed}"
+    # what JupyterLab did write (its checkpoints, .ipynb_checkpoints/ beside each notebook) is ignored by git
+    # and by DVC in the real project, so it changes neither `git status` nor the hash of a stage's folder
+    made = sorted(p.relative_to(project).as_posix() for p in project.rglob("*")
+                  if p.is_file() and p.relative_to(project).as_posix() not in before and p.name != "params.yaml")
+    for tool in (["git", "check-ignore", "--no-index"], [str(Path(sys.executable).parent / "dvc"), "check-ignore"]):
+        seen = subprocess.run(tool + made, cwd=ROOT, capture_output=True, text=True) if made else None
+        assert seen is None or sorted(seen.stdout.split()) == made, (tool[0], made, seen.stdout, seen.stderr)
+
+
+def test_the_registered_kernel_is_the_one_every_notebook_names():
+    """`make install` registers the kernel under the name and display name the notebooks store; another
+    display name is a metadata change JupyterLab makes (and autosaves) the moment a notebook opens."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec(pipeline.KERNEL)
+    books = sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted(
+        (ROOT / "results").glob("*/*/notebooks/*.ipynb"))
+    assert books
+    for book in books:
+        meta = json.loads(book.read_text())["metadata"]["kernelspec"]
+        assert (meta["name"], meta["display_name"]) == (pipeline.KERNEL, spec.display_name), book
