@@ -21,14 +21,17 @@ DATASET = "fashion-mnist"
 
 
 def run(clone: Path, *cmd: str, check: bool = False, timeout: float = 900,
-        capture: bool = True) -> subprocess.CompletedProcess:
-    """``cmd`` in ``clone`` with the clone's varmix on the path, one thread, no progress bars. ``capture=False``
+        capture: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``cmd`` in ``clone`` with the clone's varmix on the path, one thread, no progress bars, and ``env``'s
+    variables on top (the caller's VARMIX_WORKDIR and DVC_ROOT are dropped unless ``env`` sets them). ``capture=False``
     sends its output to /dev/null: for a command that leaves processes behind holding its stdout and stderr
     (`dvc queue start`'s workers), whose captured output would not end before they do."""
+    extra = env or {}
     env = {**os.environ, "PYTHONPATH": str(clone), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
            "MPLBACKEND": "Agg", "DVC_NO_ANALYTICS": "1"}
     env.pop("VARMIX_WORKDIR", None)
     env.pop("DVC_ROOT", None)
+    env.update(extra)
     pipe = subprocess.PIPE if capture else subprocess.DEVNULL
     out = subprocess.run(cmd, cwd=clone, env=env, stdout=pipe, stderr=pipe, text=True, timeout=timeout)
     if check and out.returncode != 0:

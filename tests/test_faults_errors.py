@@ -9,6 +9,7 @@ The notebook cases run the real notebooks with the smoke profile in a temporary 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -76,8 +77,8 @@ def smoke_out(proj: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------
-# damaged prepared data: the message names the file and the two ways to restore it
-FIX = ("dvc checkout data.dvc", "python -m varmix prepare-data")
+# damaged prepared data: the message names the file and the one fix that works from a fresh clone
+FIX = ("python -m varmix prepare-data",)
 
 
 def test_truncated_meta_json_through_a_stage(project):
@@ -328,3 +329,57 @@ def test_describe_maps_user_errors_to_lines_and_exit_codes(exc, lines, code):
 
 def test_describe_leaves_bugs_to_their_traceback():
     assert errors.describe(KeyError("x")) is None and errors.describe(ZeroDivisionError()) is None
+
+
+# ---------------------------------------------------------------------------------------------------
+# system errors (issue 29): a full disk, a read-only mount, a folder not ours, too many open files. Each is
+# injected where the run writes (papermill's write of the executed notebook) and must end as one line that
+# names the file and what to do, with the committed output as it was (the write is atomic).
+@pytest.mark.parametrize("code, said", [
+    (errno.ENOSPC, "No space left on device writing {path}: free space on that disk"),
+    (errno.EROFS, "Read-only file system writing {path}: the file system is read-only"),
+    (errno.EACCES, "permission denied writing {path}: make its folder writable"),
+    (errno.EMFILE, "Too many open files writing {path}: too many open files in this process: raise the limit"),
+])
+def test_a_system_error_while_writing_is_one_line_and_the_committed_output_survives(
+        project, monkeypatch, capsys, code, said):
+    import papermill.execute
+
+    out = smoke_out(project) / "notebooks" / "04_calibration.ipynb"
+    out.parent.mkdir(parents=True)
+    out.write_text("the committed executed notebook")
+
+    def refuse(nb, path, **kw):
+        try:
+            raise OSError(code, os.strerror(code))  # what the system said, deep inside the write ...
+        except OSError as inner:
+            raise OSError(code, os.strerror(code), str(path)) from inner  # ... chained, as papermill's was
+
+    monkeypatch.setattr(papermill.execute, "write_ipynb", refuse)
+    monkeypatch.chdir(project / "notebooks")
+    monkeypatch.delenv(pipeline.WORKDIR_ENV, raising=False)
+    assert cli(["notebook", "04_calibration", "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err
+    lines = short_error(err, most=1)
+    path = next(out.parent.glob(".04_calibration.*.tmp.ipynb"), None)
+    assert path is None  # the temporary was removed
+    assert lines[0].startswith("error: " + said.split(" writing ")[0] + " writing " + str(out.parent)), lines
+    assert said.split("{path}")[1] in lines[0], lines
+    assert out.read_text() == "the committed executed notebook"
+
+
+def test_a_second_run_of_the_same_notebook_is_refused_while_the_first_runs(project):
+    """The issue's case: `python -m varmix notebook 02_train ...` by hand while `dvc repro` runs the same
+    stage. The run's lock is held here as the first run would hold it; the second run stops at once, in one
+    line naming the run and the lock, and writes nothing."""
+    lock = project / "runs" / "tmp" / "locks" / "fashion-mnist-smoke-02_train-erm-s0.lock"
+    with pipeline.run_lock(lock, "the first run"):
+        r = varmix(project, "notebook", "02_train", "--profile", "smoke", "--arm", "erm", "--seed", "0")
+    assert r.returncode == 2
+    (line,) = short_error(r.stderr, most=1)
+    assert line == (f"error: notebook 02_train (arm erm, seed 0) is already running (process {os.getpid()}, "
+                    f"lock {lock}): wait for it to end, or stop it, then run again")
+    assert not (smoke_out(project) / "notebooks").exists()
+    # the lock goes with the process that held it: the same run goes ahead now
+    with pipeline.run_lock(lock, "again"):
+        pass

@@ -115,6 +115,21 @@ def test_every_stage_runs_its_notebook_and_depends_on_it():
     assert ran == set(pipeline.NOTEBOOKS)
 
 
+def test_dvc_lock_records_the_committed_code_every_stage_depends_on():
+    """dvc.lock's md5 of each library file a stage depends on is that file's: a change to the code without
+    re-running the stages it feeds (or, when it changes no output, `dvc commit`) fails here, instead of
+    leaving `dvc status` to call the study stale on the next machine that has the cache."""
+    import hashlib
+
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    lock = {name: st for name, st in lock.items() if name in _dvc_stages()}  # not entries of removed stages
+    assert len(lock) == len(_dvc_stages())
+    stale = sorted({(dep["path"], name) for name, st in lock.items() for dep in st.get("deps", [])
+                    if dep["path"].startswith(("varmix/", "notebooks/")) and (ROOT / dep["path"]).is_file()
+                    and hashlib.md5((ROOT / dep["path"]).read_bytes()).hexdigest() != dep["md5"]})
+    assert not stale, f"dvc.lock records another version of {stale[0][0]} (stage {stale[0][1]}), {len(stale)} in all"
+
+
 def test_stage_params_name_keys_that_exist():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for name, st in _dvc_stages().items():

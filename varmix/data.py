@@ -320,10 +320,9 @@ def load(name: str, data_dir: str | os.PathLike = "data") -> ImageData:
     s = spec(name)
     folder = Path(data_dir) / name
     meta_path = folder / "meta.json"
-    fix = f"restore the pinned data with `dvc checkout data.dvc`, or re-run `python -m varmix prepare-data --dataset {name}`"
+    fix = f"re-create it from the raw dataset with `python -m varmix prepare-data --dataset {name}`"
     if not meta_path.is_file():
-        raise DataError(f"prepared {name} not found in {folder} (no meta.json): {fix} (or `dvc pull` if your "
-                        f"DVC remote holds it)")
+        raise DataError(f"prepared {name} not found in {folder} (no meta.json): {fix}")
     md5s = _read_meta_md5(meta_path, fix)
     for fname in FILES:  # every file first: a damaged one stops the run before anything is read
         path = folder / fname

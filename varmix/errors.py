@@ -9,6 +9,7 @@ instead of a traceback. ``ValueError`` (``config.ConfigError`` is one), ``FileNo
 
 from __future__ import annotations
 
+import errno
 import signal
 
 
@@ -43,8 +44,22 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum  # the shell's convention for a process ended by a signal
 
 
-# What the command line reports as one line (no traceback). ConfigError is a ValueError.
-REPORTED = (UserError, ValueError, FileNotFoundError, PermissionError)
+# What the command line reports as one line (no traceback). ConfigError is a ValueError. OSError: what the
+# system refused (a full disk, a read-only mount, too many open files), reported by errno below.
+REPORTED = (UserError, ValueError, OSError)
+
+# What to do about each system error a run can meet while it writes; every write is atomic, so what failed
+# left nothing half-written and the committed files as they were.
+_OS_FIX = {
+    errno.ENOSPC: "free space on that disk (df -h shows it) and run again",
+    errno.EDQUOT: "free space within your disk quota and run again",
+    errno.EROFS: "the file system is read-only: remount it writable, or run where you can write",
+    errno.EACCES: "make its folder writable by you, and run again",
+    errno.EPERM: "make its folder writable by you, and run again",
+    errno.EMFILE: "too many open files in this process: raise the limit (ulimit -n 4096) and run again",
+    errno.ENFILE: "too many open files on this system: close some programs and run again",
+    errno.EIO: "the disk reported an I/O error: check it (dmesg) before you run again",
+}
 
 
 def describe(exc: BaseException) -> tuple[list[str], int] | None:
@@ -57,6 +72,10 @@ def describe(exc: BaseException) -> tuple[list[str], int] | None:
     if isinstance(exc, PermissionError) and exc.filename:
         return [f"error: permission denied writing {exc.filename}: make its folder writable, or set "
                 f"VARMIX_WORKDIR to write runs/ and results/ elsewhere"], 2
+    if isinstance(exc, OSError) and exc.errno in _OS_FIX and not isinstance(exc, FileNotFoundError):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return [f"error: {exc.strerror or errno.errorcode[exc.errno]}{where}: {_OS_FIX[exc.errno]} "
+                f"(nothing half-written was kept)"], 2
     if isinstance(exc, REPORTED):
         return [f"error: {exc}"], getattr(exc, "exit_code", 2)
     return None

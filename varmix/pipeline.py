@@ -19,6 +19,7 @@ import os
 import platform
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from varmix.io import project_root
 # dvc stage) only validates params.yaml and starts papermill, and should not pay ~3 s of imports for it.
 
 WORKDIR_ENV = "VARMIX_WORKDIR"
+DVC_STAGE_ENV = "DVC_STAGE"  # set by DVC for each stage's command (dvc/stage/run.py)
 
 # Bit-for-bit CPU runs across x86-64 machines. torch picks its CPU kernels by the instruction set it
 # finds (ATen's vectorised ops, MKL), and AVX-512 kernels round differently from AVX2 ones; so CPU runs
@@ -248,8 +250,18 @@ def _resolve(profile: str | None, dataset: str | None) -> tuple[config.Params, L
     """params.yaml validated with these overrides, and where its outputs go."""
     root = project_root()
     params = config.load_params(root / "params.yaml", overrides={"profile": profile, "dataset": dataset})
-    out_root = Path(os.environ[WORKDIR_ENV]).resolve() if os.environ.get(WORKDIR_ENV) else root
-    return params, Layout(out_root, params.dataset, params.profile)
+    return params, Layout(output_root(root), params.dataset, params.profile)
+
+
+def output_root(root: Path) -> Path:
+    """Where runs/ and results/ go: ``$VARMIX_WORKDIR`` when it is set (interactive runs under `make lab`,
+    nbval), else the project ``root``. Under DVC it is ignored: DVC sets ``DVC_STAGE`` for every stage command
+    (`dvc repro`, `dvc repro -s`, `dvc exp run`, the queue), and a stage must write the outputs dvc.yaml
+    declares, where DVC has just removed the committed ones and looks for the new; a VARMIX_WORKDIR inherited
+    from a terminal would send them elsewhere and leave the stage's outputs deleted."""
+    if os.environ.get(WORKDIR_ENV) and not os.environ.get(DVC_STAGE_ENV):
+        return Path(os.environ[WORKDIR_ENV]).resolve()
+    return root
 
 
 def start(profile: str | None = None, dataset: str | None = None, device: str | None = None) -> Session:
@@ -501,12 +513,42 @@ def run_notebook(name: str, profile: str | None = None, dataset: str | None = No
         parameters["vae_kind"] = vae
         out_name = f"{name}-{vae}"
     out = layout.notebook(out_name)
+    if os.environ.get(WORKDIR_ENV) and os.environ.get(DVC_STAGE_ENV):
+        print(f"note: {WORKDIR_ENV}={os.environ[WORKDIR_ENV]} is ignored under DVC (stage "
+              f"{os.environ[DVC_STAGE_ENV]}): its outputs go where dvc.yaml declares them", file=sys.stderr)
     for folder in (layout.results, layout.runs):
         _check_writable(folder)
     label = name if arm is None else f"{name} (arm {arm}, seed {seed})"
     label += "" if vae in (None, "plain") else f" (vae {vae})"
-    _execute(project_root() / "notebooks" / f"{name}.ipynb", out, parameters, label)
+    with run_lock(layout.root / "runs" / "tmp" / "locks" / f"{params.dataset}-{params.profile}-{out_name}.lock",
+                  f"notebook {label}"):
+        _execute(project_root() / "notebooks" / f"{name}.ipynb", out, parameters, label)
     return out
+
+
+@contextlib.contextmanager
+def run_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` while one notebook run writes its outputs, so a second run of the
+    same notebook with the same parameters (by hand while `dvc repro` runs its stage, say) is refused at once
+    instead of writing the same files; DVC's own lock covers only two DVC commands. flock is released by the
+    kernel when the process ends, however it ends, so a killed run leaves no stale lock. runs/tmp/ is
+    git-ignored and outside every DVC output."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            raise errors.UserError(f"{what} is already running (process {holder}, lock {path}): wait for it to "
+                                   "end, or stop it, then run again") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield
 
 
 def _check_writable(folder: Path) -> None:

@@ -28,8 +28,11 @@ import yaml
 from varmix.errors import UserError
 from varmix.io import file_md5, write_json
 
-RESTORE = ("restore the pinned bytes with `dvc checkout data.dvc` (or `dvc pull data.dvc`), or re-create "
-           "them with `python -m varmix prepare-data`")
+# The one fix every data message names: it works from the state a fresh clone is in (the raw dataset
+# installed, DVC's cache empty) and deletes nothing. prepare-data writes the same bytes from the raw dataset
+# every time (data.dvc's hash); `dvc checkout data.dvc` is not offered: it needs the data in DVC's cache, which
+# only `make data` fills, and its --force deletes data/ before it finds the cache empty.
+RESTORE = "re-create the pinned bytes from the raw dataset with `python -m varmix prepare-data`, then run again"
 
 
 class PinError(UserError, RuntimeError):
