@@ -216,6 +216,32 @@ def test_clean_notebook_drops_timings_and_keeps_outputs(tmp_path):
     assert out.cells[1].id == "injected-parameters" and out.cells[0].id == cell.id
 
 
+def test_clean_notebook_drops_the_kernels_temporary_folder_from_warnings(tmp_path):
+    """A warning raised by a cell names the kernel's temporary file, whose folder holds the kernel's pid: two
+    runs of the same notebook differed there (issue 29), and in the wall times a chapter prints (kept in
+    timings/). The file name, a hash of the cell, stays."""
+    def run_of(pid):
+        book = nbformat.v4.new_notebook()
+        cell = nbformat.v4.new_code_cell("warn()")
+        cell.id = "warns"
+        cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text=(
+            f"/tmp/ipykernel_{pid}/3066736907.py:18: RuntimeWarning: relative mCE: undefined\n"
+            f"  x = f()\n/var/tmp/x y/ipykernel_{pid}/12.py:2: UserWarning: again\n"
+            f"wall time PGD: {pid / 10} s\nwall time of a training notebook: 1.{pid} to 64.5 s over 53 runs\n"))]
+        book.cells = [cell]
+        path = tmp_path / f"{pid}.ipynb"
+        nbformat.write(book, path)
+        pipeline.clean_notebook(path)
+        return path.read_bytes()
+
+    first = run_of(2481)
+    assert first == run_of(97)
+    text = nbformat.reads(first.decode(), as_version=4).cells[0].outputs[0]["text"]
+    assert text == ("<kernel>/3066736907.py:18: RuntimeWarning: relative mCE: undefined\n  x = f()\n"
+                    "/var/tmp/x <kernel>/12.py:2: UserWarning: again\nwall time PGD: in timings/\n"
+                    "wall time of a training notebook: in timings/ (53 runs)\n")
+
+
 def test_the_kernel_imports_the_varmix_that_runs_the_notebook(tmp_path, monkeypatch):
     # a queued experiment runs `python -m varmix` in a copy under .dvc/tmp/exps while PYTHONPATH (or the
     # editable install) names the main workspace: the kernel must import the copy's varmix, as the runner does

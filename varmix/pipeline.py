@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import signal
 import sys
@@ -310,9 +311,21 @@ _VOLATILE_NB = ("start_time", "end_time", "duration", "input_path", "output_path
 _VOLATILE_CELL = ("papermill", "execution")
 
 
+# The file a warning raised by a notebook cell names: the kernel's temporary folder holds the process id
+# (/tmp/ipykernel_2481/3066736907.py; the file name is a hash of the cell's code, the same every run).
+_KERNEL_CELL_FILE = re.compile(r"[^\s'\"]*/ipykernel_\d+/")
+KERNEL_CELL_DIR = "<kernel>/"
+# Wall times a chapter prints differ on every run; the numbers are kept in results/.../timings/ (which no stage
+# depends on), so the executed notebook keeps the line and points there. The same lines nbval's sanitizer
+# masks (notebooks/sanitize.cfg).
+_WALL_TIMES = ((re.compile(r"wall time ([^:\n]+): \d+(?:\.\d+)? s"), r"wall time \1: in timings/"),
+               (re.compile(r"\d+(?:\.\d+)? to \d+(?:\.\d+)? s over (\d+) runs"), r"in timings/ (\1 runs)"))
+
+
 def clean_notebook(path: str | os.PathLike) -> None:
     """Drop what changes on every execution from an executed notebook (papermill's timestamps and
-    paths, per-cell execution times, the random id of the cell papermill injects with the parameters),
+    paths, per-cell execution times, the random id of the cell papermill injects with the parameters, the
+    kernel's temporary folder in the text of a warning a cell raised, the seconds of a printed wall time),
     keeping the outputs and the parameters, so a re-run that gives the same results gives the same file."""
     import nbformat
 
@@ -326,6 +339,11 @@ def clean_notebook(path: str | os.PathLike) -> None:
             cell.metadata.pop(key, None)
         if "injected-parameters" in cell.metadata.get("tags", ()):
             cell["id"] = "injected-parameters"
+        for out in cell.get("outputs", ()):
+            if out.get("output_type") == "stream":
+                out["text"] = _KERNEL_CELL_FILE.sub(KERNEL_CELL_DIR, out["text"])
+                for pattern, fixed in _WALL_TIMES:
+                    out["text"] = pattern.sub(fixed, out["text"])
     nbformat.write(book, path)
 
 
