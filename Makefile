@@ -29,6 +29,8 @@ $(PYTHON):
 # says why); --no-build-isolation: the project is built with the lock's setuptools, not a fresh download.
 install: $(PYTHON)  ## system data package + the locked environment + the project + the python3 Jupyter kernel
 	@[ -d /usr/share/datasets/fashion-mnist ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+	@$(PYTHON) -c 'import platform, sys; sys.exit(sys.version_info[:2] != (3, 11) or platform.machine() != "x86_64")' || { \
+		echo "error: $(VENV) runs Python $$($(PYTHON) -c 'import platform; print(platform.python_version(), "on", platform.machine())'); requirements.lock is for CPython 3.11 on x86-64 Linux: remove $(VENV) and run again with BASE_PYTHON=python3.11" >&2; exit 2; }
 	$(PYTHON) -m pip install -q --require-hashes --no-deps -r requirements.lock
 	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PYTHON) -m varmix check-env
