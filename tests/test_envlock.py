@@ -55,7 +55,7 @@ def test_drift_names_each_kind_of_difference_once_sorted_by_name():
         "torch is not installed (the lock pins 2.14.1)",
         "uv 0.13.9 is installed but not in the lock",
     ]
-    assert envlock.drift({"numpy": "2.4.6"}, {"numpy": ["2.4.6"], "pip": ["26.0"]}) == []
+    assert envlock.drift({"numpy": "2.4.6"}, {"numpy": ["2.4.6"], "pip": ["26.0"], "wheel": ["0.45.1"]}) == []
 
 
 def _root_with_lock(tmp_path, text):

@@ -22,9 +22,10 @@ from pathlib import Path
 from varmix import errors
 
 LOCK = "requirements.lock"
-# Installed beside the locked packages and not pinned by the lock: the installer itself, and the project,
-# installed from the checkout (`pip install --no-deps -e .`).
-UNLOCKED = frozenset({"pip", "varmix"})
+# Installed beside the locked packages and not pinned by the lock: the installer itself (pip, and wheel,
+# which a conda environment's pip brings), and the project, installed from the checkout (`pip install
+# --no-deps -e .`). Neither installer takes part in running the study.
+UNLOCKED = frozenset({"pip", "wheel", "varmix"})
 FIX = "run `make install` to install exactly the lock (or `make lock` to refresh it on purpose: README, Install)"
 
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
