@@ -27,6 +27,8 @@ $(PYTHON):
 # --require-hashes: every file pip fetches must have one of the lock's sha256s; --no-deps: the lock is the
 # whole environment (imagecorruptions and torchattacks are in it without their dependencies, pyproject.toml
 # says why); --no-build-isolation: the project is built with the lock's setuptools, not a fresh download.
+# The Python/machine check before pip is check-env's first check (varmix.envlock), done by hand: check-env
+# needs the installed packages, and pip on another Python would first spend minutes installing the lock.
 install: $(PYTHON)  ## system data package + the locked environment + the project + the python3 Jupyter kernel
 	@[ -d /usr/share/datasets/fashion-mnist ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
 	@$(PYTHON) -c 'import platform, sys; sys.exit(sys.version_info[:2] != (3, 11) or platform.machine() != "x86_64")' || { \

@@ -242,6 +242,28 @@ def test_clean_notebook_drops_the_kernels_temporary_folder_from_warnings(tmp_pat
                     "wall time of a training notebook: in timings/ (53 runs)\n")
 
 
+def test_nbvals_sanitizer_writes_what_the_notebook_cleaner_writes(tmp_path):
+    """The cleaner's fixed lines and notebooks/sanitize.cfg's replacements are two copies of one rule (nbval
+    compares a cleaned reference with a sanitized fresh run): the same varying text gives the same line."""
+    import configparser
+
+    text = ("/tmp/ipykernel_2481/3066736907.py:18: RuntimeWarning: x\nwall time PGD: 347.7 s\n"
+            "wall time of a training notebook: 16.9 to 75.3 s over 53 runs\n")
+    book = nbformat.v4.new_notebook()
+    book.cells = [nbformat.v4.new_code_cell("f()")]
+    book.cells[0].outputs = [nbformat.v4.new_output("stream", name="stderr", text=text)]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(book, path)
+    pipeline.clean_notebook(path)
+    cleaned = nbformat.read(path, as_version=4).cells[0].outputs[0]["text"]
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "notebooks" / "sanitize.cfg")
+    sanitized = text
+    for section in cfg.sections():
+        sanitized = re.sub(cfg[section]["regex"], cfg[section]["replace"], sanitized)
+    assert sanitized == cleaned != text
+
+
 def test_the_kernel_imports_the_varmix_that_runs_the_notebook(tmp_path, monkeypatch):
     # a queued experiment runs `python -m varmix` in a copy under .dvc/tmp/exps while PYTHONPATH (or the
     # editable install) names the main workspace: the kernel must import the copy's varmix, as the runner does

@@ -260,9 +260,14 @@ def output_root(root: Path) -> Path:
     (`dvc repro`, `dvc repro -s`, `dvc exp run`, the queue), and a stage must write the outputs dvc.yaml
     declares, where DVC has just removed the committed ones and looks for the new; a VARMIX_WORKDIR inherited
     from a terminal would send them elsewhere and leave the stage's outputs deleted."""
-    if os.environ.get(WORKDIR_ENV) and not os.environ.get(DVC_STAGE_ENV):
+    if os.environ.get(WORKDIR_ENV) and not _workdir_ignored():
         return Path(os.environ[WORKDIR_ENV]).resolve()
     return root
+
+
+def _workdir_ignored() -> bool:
+    """VARMIX_WORKDIR is set, and this process runs a DVC stage (see ``output_root``)."""
+    return bool(os.environ.get(WORKDIR_ENV) and os.environ.get(DVC_STAGE_ENV))
 
 
 def start(profile: str | None = None, dataset: str | None = None, device: str | None = None) -> Session:
@@ -531,7 +536,7 @@ def run_notebook(name: str, profile: str | None = None, dataset: str | None = No
         parameters["vae_kind"] = vae
         out_name = f"{name}-{vae}"
     out = layout.notebook(out_name)
-    if os.environ.get(WORKDIR_ENV) and os.environ.get(DVC_STAGE_ENV):
+    if _workdir_ignored():
         print(f"note: {WORKDIR_ENV}={os.environ[WORKDIR_ENV]} is ignored under DVC (stage "
               f"{os.environ[DVC_STAGE_ENV]}): its outputs go where dvc.yaml declares them", file=sys.stderr)
     for folder in (layout.results, layout.runs):
