@@ -27,7 +27,7 @@ $(PYTHON):
 # --require-hashes: every file pip fetches must have one of the lock's sha256s; --no-deps: the lock is the
 # whole environment (imagecorruptions and torchattacks are in it without their dependencies, pyproject.toml
 # says why); --no-build-isolation: the project is built with the lock's setuptools, not a fresh download.
-# The Python/machine check before pip is check-env's first check (varmix.envlock), done by hand: check-env
+# The Python/machine check before pip is check-env's first check (varmix.pipeline.envlock), done by hand: check-env
 # needs the installed packages, and pip on another Python would first spend minutes installing the lock.
 install: $(PYTHON)  ## system data package + the locked environment + the project + the python3 Jupyter kernel
 	@[ -d /usr/share/datasets/fashion-mnist ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
@@ -76,7 +76,7 @@ notebooks:  ## after a change that alters results: re-execute notebooks/ in plac
 	$(NB_THREADS) $(PYTHON) -m varmix refresh-notebooks
 
 # Interactive runs write into scratch/ (git- and dvc-ignored), never into the pipeline's results/ or runs/:
-# the kernels JupyterLab starts inherit VARMIX_WORKDIR, which varmix.pipeline.start routes every output to.
+# the kernels JupyterLab starts inherit VARMIX_WORKDIR, which varmix.pipeline.session.start routes every output to.
 LAB_PORT ?= 8888
 lab: install  ## JupyterLab on the project with the varmix kernel; notebooks write into scratch/
 	$(PYTHON) -m varmix prepare-data

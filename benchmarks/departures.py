@@ -36,10 +36,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from varmix import config, landscape, mixing  # noqa: E402
-from varmix.data import load, to_float  # noqa: E402
-from varmix.models import build_model  # noqa: E402
-from varmix.train import load_classifier, resolve_device, train_classifier  # noqa: E402
+from varmix.core import config  # noqa: E402
+from varmix.core import names
+from varmix.evaluate import landscape
+from varmix.learn import mixing
+from varmix.learn.data import load, to_float  # noqa: E402
+from varmix.learn.models import build_model  # noqa: E402
+from varmix.learn.train import load_classifier, resolve_device, train_classifier  # noqa: E402
 
 EPS_255 = (2, 8)
 # (label, clip, steps, step_factor, restarts); the first row is params.yaml's default
@@ -57,7 +60,7 @@ def loss_gradients(model: torch.nn.Module, mb: mixing.MixedBatch) -> dict[str, t
     """Each training loss's value and its gradient over all parameters (flattened), on one mixed batch,
     the model in train mode as in ``train_step`` (a copy, so batch-norm statistics are left alone)."""
     out = {}
-    for name in config.MANIFOLD_LOSSES:
+    for name in names.MANIFOLD_LOSSES:
         m = copy.deepcopy(model).train()
         logits = m(mb.x, mix_layer=mb.mix_layer, lam=mb.lam, perm=mb.perm)
         value = mixing.mixed_loss(name, logits.float(), mb.target)
@@ -113,9 +116,9 @@ def training_table(data, train_images: int, epochs: int, seed: int, dev) -> str:
     is a smaller step)."""
     rows = ["| optimiser | manifold_loss | final train loss | test loss (CE) | test accuracy |", "|---|---|---|---|---|"]
     for opt, lr in (("adam", 1e-3), ("sgd", 0.1)):
-        for loss in config.MANIFOLD_LOSSES:
-            cfg = config.TrainConfig(arch="small_cnn", optimizer=opt, lr=lr, epochs={m: epochs for m in config.METHODS},
-                                     alpha={m: 2.0 for m in config.METHODS}, manifold_loss=loss,
+        for loss in names.MANIFOLD_LOSSES:
+            cfg = config.TrainConfig(arch="small_cnn", optimizer=opt, lr=lr, epochs={m: epochs for m in names.METHODS},
+                                     alpha={m: 2.0 for m in names.METHODS}, manifold_loss=loss,
                                      train_subset=train_images, test_subset=2000)
             with tempfile.TemporaryDirectory() as tmp:
                 s = train_classifier("manifold_mixup", cfg, data, tmp, seed=seed, device=dev, progress=False)
@@ -143,8 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--batches = {args.batches}: the training set holds {len(data.train_x) // 128} batches of 128")
 
     t0 = time.perf_counter()
-    cfg = config.TrainConfig(arch="small_cnn", epochs={m: 1 for m in config.METHODS},
-                             alpha={m: 1.0 for m in config.METHODS}, train_subset=args.train_images,
+    cfg = config.TrainConfig(arch="small_cnn", epochs={m: 1 for m in names.METHODS},
+                             alpha={m: 1.0 for m in names.METHODS}, train_subset=args.train_images,
                              test_subset=max(args.images, 500))
     with tempfile.TemporaryDirectory() as tmp:
         s = train_classifier("erm", cfg, data, tmp, seed=args.seed, device=dev, progress=False)

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from varmix import pipeline  # noqa: E402
-from varmix.train import VAE_METHODS, train_classifier  # noqa: E402
-from varmix.vae import train_vae  # noqa: E402
+from varmix.pipeline import session
+from varmix.learn.train import VAE_METHODS, train_classifier  # noqa: E402
+from varmix.learn.vae import train_vae  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--subset", type=int, default=None, help="train/test images (default: all)")
     args = p.parse_args(argv)
 
-    s = pipeline.start("paper", args.dataset, device=args.device)
+    s = session.start("paper", args.dataset, device=args.device)
     d = s.load_data()
     if args.subset:
         d = dataclasses.replace(d, train_x=d.train_x[:args.subset], train_y=d.train_y[:args.subset],

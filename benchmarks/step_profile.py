@@ -2,7 +2,7 @@
 under torch.profiler, its operators grouped into a few parts, each part's counted FLOPs and its share of
 the matmul peak. One markdown table.
 
-The step is ``varmix.train.train_step`` on device-resident uint8 data, exactly as throughput.py's varmix
+The step is ``varmix.learn.train.train_step`` on device-resident uint8 data, exactly as throughput.py's varmix
 rows run it. Per (arch, shape, method):
 
 - ``ms/step``: the part's self time (torch.profiler: every operator's own time, children excluded, summed
@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))          # throughput.p
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))      # varmix, from a checkout
 
 import throughput  # noqa: E402
-from varmix import config  # noqa: E402
-from varmix.train import resolve_device  # noqa: E402
+from varmix.core import names
+from varmix.learn.train import resolve_device  # noqa: E402
 
 # (part, pattern over the profiler's operator names), first match wins. Autograd's nodes
 # ("ConvolutionBackward0", "autograd::engine::evaluate_function: ...") are grouped with what they compute.
@@ -116,11 +116,11 @@ def profile_step(method: str, arch: str, shape, args, dev: torch.device,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu (default) | cuda | cuda:N")
-    p.add_argument("--archs", type=throughput.csv_choices("--archs", config.ARCHS),
+    p.add_argument("--archs", type=throughput.csv_choices("--archs", names.ARCHS),
                    default=("small_cnn", "preact_resnet18"), help="comma-separated (default small_cnn,preact_resnet18)")
     p.add_argument("--shapes", type=throughput.parse_shapes, default=((3, 32, 32),), help="default 3x32x32")
-    p.add_argument("--methods", type=throughput.csv_choices("--methods", config.VICINAL_METHODS), default=("erm",),
-                   help="comma-separated, among " + ", ".join(config.VICINAL_METHODS) + " (default erm)")
+    p.add_argument("--methods", type=throughput.csv_choices("--methods", names.VICINAL_METHODS), default=("erm",),
+                   help="comma-separated, among " + ", ".join(names.VICINAL_METHODS) + " (default erm)")
     p.add_argument("--batch-size", type=throughput.int_at_least(2), default=128, help="default 128")
     p.add_argument("--steps", type=throughput.int_at_least(1), default=3, help="profiled steps (default 3)")
     p.add_argument("--warmup", type=throughput.int_at_least(0), default=1, help="untimed steps first (default 1)")

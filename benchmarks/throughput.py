@@ -2,8 +2,8 @@
 
 Training (rows "train"): for every architecture x image shape x method, images/s of
 
-- varmix: the trainer's own step, ``varmix.train.train_step`` (batched augmentation on the device, the
-  mixer of ``varmix.mixing.make_mixer``, forward, soft-target loss, backward, optimiser step from
+- varmix: the trainer's own step, ``varmix.learn.train.train_step`` (batched augmentation on the device, the
+  mixer of ``varmix.learn.mixing.make_mixer``, forward, soft-target loss, backward, optimiser step from
   ``make_optimizer``), with the uint8 images resident on the device, channels_last (the trainer's default,
   ``--no-channels-last`` to switch off) and, on CUDA only, bf16 autocast and fused optimisers. These are
   the numbers of ``train_classifier`` minus evaluation and checkpointing.
@@ -18,7 +18,7 @@ Training (rows "train"): for every architecture x image shape x method, images/s
   mixup_r / varmixup run the VAE with autograd on, as a script that loads a VAE and calls it inline
   would: the graph is recorded and backward also runs through the VAE.
 
-Both paths use the same architecture (``varmix.models.build_model``), batch size, optimiser settings and
+Both paths use the same architecture (``varmix.learn.models.build_model``), batch size, optimiser settings and
 synthetic data (random uint8 images and labels, fixed seed), so no dataset is needed. ``speedup`` is
 varmix img/s / baseline img/s; ``cost vs ERM`` is a method's time per image over ERM's, on the same path
 (ERM is therefore always measured). mixup_r and varmixup use an untrained ``ConvVAE`` (its speed does not
@@ -26,7 +26,7 @@ depend on its weights); manifold_mixup uses alpha 2, the others alpha 1 (the val
 cost). Warm-up steps are excluded from the clock; on CUDA the device is synchronised before every clock
 read, and ``cudnn.benchmark`` is on for both paths (both the trainer and mixup-cifar10 set it).
 
-Corruptions (rows "corrupt"): images/s of ``varmix.corruptions.corrupt`` (batched torch ops on float
+Corruptions (rows "corrupt"): images/s of ``varmix.evaluate.corruptions.corrupt`` (batched torch ops on float
 images on the device) per corruption over severities 1-5, the 15 x 5 benchmark suite as a whole, and,
 for a representative few corruptions, a reference-style baseline: the per-image Python loop of
 hendrycks/robustness make_cifar_c.py (uint8 image -> its convert_img, ToTensor then ToPILImage -> numpy /
@@ -62,12 +62,14 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from varmix import config, mixing  # noqa: E402
-from varmix.config import BENCHMARK_CORRUPTIONS, CORRUPTIONS  # noqa: E402
-from varmix.corruptions import CONSTANTS, corrupt  # noqa: E402
-from varmix.models import build_model  # noqa: E402
-from varmix.train import crop_padding, make_optimizer, resolve_device, train_step  # noqa: E402
-from varmix.vae import CHANNELS, IMAGE_SIZES, ConvVAE  # noqa: E402
+from varmix.core import config  # noqa: E402
+from varmix.core import names
+from varmix.learn import mixing
+from varmix.core.names import BENCHMARK_CORRUPTIONS, CORRUPTIONS  # noqa: E402
+from varmix.evaluate.corruptions import CONSTANTS, corrupt  # noqa: E402
+from varmix.learn.models import build_model  # noqa: E402
+from varmix.learn.train import crop_padding, make_optimizer, resolve_device, train_step  # noqa: E402
+from varmix.learn.vae import CHANNELS, IMAGE_SIZES, ConvVAE  # noqa: E402
 
 try:  # skimage.filters.gaussian, which make_cifar_c calls, is scipy.ndimage.gaussian_filter underneath
     from scipy.ndimage import gaussian_filter
@@ -585,15 +587,15 @@ def int_at_least(lo: int):
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", help="auto (default: cuda when available) | cpu | cuda | cuda:N")
-    p.add_argument("--archs", type=csv_choices("--archs", config.ARCHS), default=DEFAULT_ARCHS,
-                   help=f"comma-separated, among {', '.join(config.ARCHS)} (default {','.join(DEFAULT_ARCHS)})")
+    p.add_argument("--archs", type=csv_choices("--archs", names.ARCHS), default=DEFAULT_ARCHS,
+                   help=f"comma-separated, among {', '.join(names.ARCHS)} (default {','.join(DEFAULT_ARCHS)})")
     p.add_argument("--shapes", type=parse_shapes, default=DEFAULT_SHAPES,
                    help="comma-separated CxHxW image shapes, for training and corruptions "
                         "(default 3x32x32,1x28x28)")
     # The adversarial methods (at, trades, iat) have no reference-style loop here to compare with; their
     # cost per epoch is measured by benchmarks/paper_slice.py.
-    p.add_argument("--methods", type=csv_choices("--methods", config.VICINAL_METHODS), default=config.VICINAL_METHODS,
-                   help="comma-separated, among " + ", ".join(config.VICINAL_METHODS) + " (erm is always added: "
+    p.add_argument("--methods", type=csv_choices("--methods", names.VICINAL_METHODS), default=names.VICINAL_METHODS,
+                   help="comma-separated, among " + ", ".join(names.VICINAL_METHODS) + " (erm is always added: "
                         "the cost column is relative to it; default: all)")
     p.add_argument("--only", choices=("train", "corrupt"), default=None, help="run one part only (default: both)")
     p.add_argument("--batch-size", type=int_at_least(2), default=None, help="training batch (default 128)")

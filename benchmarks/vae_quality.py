@@ -1,7 +1,7 @@
 """Benchmark (not a test): VAE settings on Fashion-MNIST against the gate's two measures.
 
-For each setting: train the VAE (varmix.vae.train_vae), measure the test PSNR (reconstruction_metrics)
-and the probe's clean test accuracy (varmix.vae.recon_probe: a small CNN trained only on reconstructions
+For each setting: train the VAE (varmix.learn.vae.train_vae), measure the test PSNR (reconstruction_metrics)
+and the probe's clean test accuracy (varmix.learn.gate.recon_probe: a small CNN trained only on reconstructions
 of the first probe_subset training images), and the seconds of each, then print a table. Runs as the
 study does on the CPU: ``cpu_kernels: portable`` (oneDNN off) and 2 threads.
 
@@ -38,10 +38,11 @@ from pathlib import Path
 
 import torch
 
-from varmix import data as data_lib
-from varmix import vae as vae_lib
-from varmix.config import VAEConfig
-from varmix.train import train_classifier
+from varmix.learn import data as data_lib
+from varmix.learn import gate
+from varmix.learn import vae as vae_lib
+from varmix.core.config import VAEConfig
+from varmix.learn.train import train_classifier
 
 BASE = dict(objective="mmd", gamma=100.0, likelihood="bce", batch_size=128, lr=1e-3,
             probe_epochs=3, probe_subset=10_000)
@@ -72,7 +73,7 @@ def measure(name: str, cfg: VAEConfig, d: data_lib.ImageData, root: Path) -> dic
     t_vae, c_vae = time.perf_counter() - t0, time.process_time() - c0
     psnr = vae_lib.reconstruction_metrics(vae, d.test_x)["psnr"]
     t1, c1 = time.perf_counter(), time.process_time()
-    probe = vae_lib.recon_probe(vae, d, cfg, seed=0, device="cpu", out_dir=out / "vae" / vae_lib.PROBE_DIR,
+    probe = gate.recon_probe(vae, d, cfg, seed=0, device="cpu", out_dir=out / "vae" / gate.PROBE_DIR,
                                 progress=False)
     t_probe, c_probe = time.perf_counter() - t1, time.process_time() - c1
     return {"setting": name, "psnr": psnr, "probe_acc": probe["recon_probe_accuracy"],
@@ -84,7 +85,7 @@ def real_images(d: data_lib.ImageData, root: Path) -> dict:
     cfg = VAEConfig(**BASE)
     n = cfg.probe_subset
     t0, c0 = time.perf_counter(), time.process_time()
-    summary = train_classifier("erm", vae_lib.probe_config(cfg), d.subset(n), root / "real_images", seed=0,
+    summary = train_classifier("erm", gate.probe_config(cfg), d.subset(n), root / "real_images", seed=0,
                                device="cpu", progress=False)
     return {"setting": REAL, "psnr": float("inf"), "probe_acc": summary["test_acc"], "vae_s": 0.0,
             "probe_s": time.perf_counter() - t0, "vae_cpu_s": 0.0, "probe_cpu_s": time.process_time() - c0}

@@ -11,7 +11,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _keep_mkldnn_flag():
-    """pipeline.start switches oneDNN off for portable profiles; keep that out of the other tests."""
+    """session.start switches oneDNN off for portable profiles; keep that out of the other tests."""
     enabled = torch.backends.mkldnn.enabled
     yield
     torch.backends.mkldnn.enabled = enabled
@@ -19,9 +19,9 @@ def _keep_mkldnn_flag():
 
 @pytest.fixture
 def kill_after_epoch(monkeypatch):
-    """``kill_after_epoch(n)``: the next varmix.train run stops with a KeyboardInterrupt right after it
+    """``kill_after_epoch(n)``: the next varmix.learn.train run stops with a KeyboardInterrupt right after it
     wrote epoch ``n``'s checkpoint (a kill between epochs); ``kill_after_epoch(None)`` undoes it."""
-    from varmix import train
+    from varmix.learn import train
 
     real_save = train._save_checkpoint
 

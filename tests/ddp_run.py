@@ -4,10 +4,10 @@ summaries as JSON.
 
 Each run trains small_cnn (seed 3, 2 epochs, cosine schedule) on the first 101 Fashion-MNIST training
 images (batches of 32: three full ones and a last of 5, which 2 processes split 3 + 2) and evaluates on 32
-test images with varmix.train's train_classifier, on the CPU with one thread and the project's portable
-kernels (AVX2, oneDNN off: varmix.pipeline.CPU_KERNELS, config.Profile.cpu_kernels), so its bytes are the
+test images with varmix.learn.train's train_classifier, on the CPU with one thread and the project's portable
+kernels (AVX2, oneDNN off: varmix.pipeline.session.CPU_KERNELS, config.Profile.cpu_kernels), so its bytes are the
 same on every x86-64 machine with AVX2. With ``--processes`` > 1 train_classifier itself starts torchrun
-(varmix.distributed.launch)."""
+(varmix.learn.distributed.launch)."""
 
 import argparse
 import dataclasses
@@ -22,9 +22,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from varmix import train  # noqa: E402
-from varmix.config import METHODS, TrainConfig  # noqa: E402
-from varmix.data import ImageData, load_raw  # noqa: E402
+from varmix.learn import train  # noqa: E402
+from varmix.core.names import METHODS  # noqa: E402
+from varmix.core.config import TrainConfig
+from varmix.learn.data import ImageData, load_raw  # noqa: E402
 
 N_TRAIN, N_TEST, BATCH, SEED = 101, 32, 32, 3
 SGD_LR = 0.05

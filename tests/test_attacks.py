@@ -1,4 +1,4 @@
-"""varmix.attacks: PGD in the l-inf ball ∩ [0, 1] (CE and TRADES's KL) and the TRADES loss, on real
+"""varmix.learn.attacks: PGD in the l-inf ball ∩ [0, 1] (CE and TRADES's KL) and the TRADES loss, on real
 Fashion-MNIST images with a small CNN (CPU, a few dozen images)."""
 
 import math
@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from varmix import attacks
-from varmix.data import load_raw, to_float
-from varmix.mixing import soft_cross_entropy
-from varmix.models import build_model
+from varmix.learn import attacks
+from varmix.learn.data import load_raw, to_float
+from varmix.learn.mixing import soft_cross_entropy
+from varmix.learn.models import build_model
 
 EPS, STEP = 8 / 255, 2 / 255
 

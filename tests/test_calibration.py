@@ -15,7 +15,7 @@ import torch
 from matplotlib.figure import Figure
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
-from varmix import calibration as C
+from varmix.evaluate import calibration as C
 
 # Five samples, three classes, chosen probabilities (no confidence on a bin edge for n_bins=5).
 PROBS = np.array([

@@ -10,8 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from varmix import calibration, config, io, pipeline
-from varmix.pipeline import Layout, _plain, run_name
+from varmix.evaluate import calibration
+from varmix.pipeline import session
+from varmix.core import config, io
+from varmix.pipeline.session import Layout, json_ready
+from varmix.core.names import run_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = config.load_params(ROOT / "params.yaml")
@@ -29,10 +32,10 @@ def test_committed_logits_give_the_committed_calibration_numbers():
     for name, (logits, labels) in stored.items():
         again = calibration.calibration_metrics(logits, labels, bins)
         for key in ("ece", "mce", "nll", "brier", "overconfidence", "accuracy"):
-            # exactly what the notebook wrote: save_metrics keeps 10 decimals (pipeline._plain)
-            assert _plain(again[key]) == committed[name][key], (name, key)
+            # exactly what the notebook wrote: save_metrics keeps 10 decimals (session.json_ready)
+            assert json_ready(again[key]) == committed[name][key], (name, key)
         scaled = calibration.temperature_scaled_metrics(logits, labels, bins)
-        assert _plain(scaled["ece_temperature_scaled"]) == committed[name]["ece_temperature_scaled"], name
+        assert json_ready(scaled["ece_temperature_scaled"]) == committed[name]["ece_temperature_scaled"], name
         assert calibration.regime(again["overconfidence"]) == committed[name]["regime"]
 
 
@@ -43,7 +46,7 @@ def test_committed_logits_give_the_committed_calibration_numbers():
 def test_a_committed_run_retrains_to_the_same_bytes_on_this_cpu(arm, seed, tmp_path):
     if not (ROOT / "data" / PARAMS.dataset / "meta.json").is_file():
         pytest.skip("run `python -m varmix prepare-data` first")
-    env = {**{k: v for k, v in os.environ.items() if k != pipeline.WORKDIR_ENV}, pipeline.WORKDIR_ENV: str(tmp_path)}
+    env = {**{k: v for k, v in os.environ.items() if k != session.WORKDIR_ENV}, session.WORKDIR_ENV: str(tmp_path)}
     r = subprocess.run([sys.executable, "-m", "varmix", "notebook", "02_train", "--profile", PARAMS.profile,
                         "--arm", arm, "--seed", str(seed)], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=600)

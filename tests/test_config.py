@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from varmix import config
-from varmix.__main__ import main as cli
+from varmix.core import config
+from varmix.core import errors
+from varmix.core import names
+from varmix.pipeline.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -22,12 +24,12 @@ def load(tmp_path, raw):
 
 def test_project_params_are_valid_and_resolve_the_profile():
     p = config.load_params(ROOT / "params.yaml")
-    assert p.profile in config.PROFILES and set(p.profiles) == set(config.PROFILES)
+    assert p.profile in names.PROFILES and set(p.profiles) == set(names.PROFILES)
     assert p.train is p.profiles[p.profile].train
     paper = p.profiles["paper"].train
     # the paper's classifier settings
     assert paper.arch == "resnet34" and paper.optimizer == "adam" and paper.lr == 1e-3
-    assert paper.epochs["erm"] == 100 and all(paper.epochs[m] == 150 for m in config.VICINAL_METHODS if m != "erm")
+    assert paper.epochs["erm"] == 100 and all(paper.epochs[m] == 150 for m in names.VICINAL_METHODS if m != "erm")
 
 
 def test_departure_switches_default_to_the_earlier_behaviour():
@@ -97,7 +99,7 @@ def test_arms_resolve_to_a_method_and_its_settings():
 
 def test_old_methods_key_is_named(tmp_path):
     raw = edit(RAW, ("methods",), ["erm"])
-    with pytest.raises(config.ConfigError, match="the top-level key methods is now arms"):
+    with pytest.raises(errors.ConfigError, match="the top-level key methods is now arms"):
         load(tmp_path, raw)
 
 
@@ -174,7 +176,7 @@ def edit(raw, path, value):
     (("profiles", "smoke", "vae", "latent_dim"), 0, "profiles.smoke.vae.latent_dim = 0 is invalid"),
     (("profiles", "smoke", "train", "mix_prob"), 0,
      "profiles.smoke.train.mix_prob = 0.0 is invalid: expected a number > 0 and <= 1"),
-    (("profiles", "smoke", "train", "mix_prob"), {**{m: 1.0 for m in config.METHODS}, "mixup": 1.5},
+    (("profiles", "smoke", "train", "mix_prob"), {**{m: 1.0 for m in names.METHODS}, "mixup": 1.5},
      "profiles.smoke.train.mix_prob.mixup = 1.5 is invalid: expected a number > 0 and <= 1"),
     (("profiles", "smoke", "train", "augment"), "false",
      "profiles.smoke.train.augment = 'false' is invalid: expected true or false"),
@@ -202,7 +204,7 @@ def edit(raw, path, value):
      "unknown key arm_settings.mixup_half.name; allowed keys in arm_settings.mixup_half: alpha, epochs, method"),
 ])
 def test_bad_values_name_key_value_and_allowed(tmp_path, path, value, message):
-    with pytest.raises(config.ConfigError) as err:
+    with pytest.raises(errors.ConfigError) as err:
         load(tmp_path, edit(RAW, path, value))
     assert message in str(err.value)
 
@@ -225,15 +227,15 @@ def test_defaults_are_checked_as_given_values():
 
 
 def test_unknown_and_missing_keys(tmp_path):
-    with pytest.raises(config.ConfigError, match=r"unknown key profiles.smoke.train.learning_rate"):
+    with pytest.raises(errors.ConfigError, match=r"unknown key profiles.smoke.train.learning_rate"):
         load(tmp_path, edit(RAW, ("profiles", "smoke", "train", "learning_rate"), 0.1))
-    with pytest.raises(config.ConfigError, match=r"unknown key epoch; allowed top-level keys"):
+    with pytest.raises(errors.ConfigError, match=r"unknown key epoch; allowed top-level keys"):
         load(tmp_path, edit(RAW, ("epoch",), 3))
-    with pytest.raises(config.ConfigError, match=r"missing key profiles.smoke.train.alpha"):
+    with pytest.raises(errors.ConfigError, match=r"missing key profiles.smoke.train.alpha"):
         load(tmp_path, edit(RAW, ("profiles", "smoke", "train", "alpha"), KeyError))
-    with pytest.raises(config.ConfigError, match=r"missing key profiles.paper.train.epochs.varmixup"):
+    with pytest.raises(errors.ConfigError, match=r"missing key profiles.paper.train.epochs.varmixup"):
         load(tmp_path, edit(RAW, ("profiles", "paper", "train", "epochs", "varmixup"), KeyError))
-    with pytest.raises(config.ConfigError, match=r"profiles.default.train.alpha.mixupp = 1.0 is invalid"):
+    with pytest.raises(errors.ConfigError, match=r"profiles.default.train.alpha.mixupp = 1.0 is invalid"):
         load(tmp_path, edit(RAW, ("profiles", "default", "train", "alpha", "mixupp"), 1.0))
 
 
@@ -241,7 +243,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(FileNotFoundError, match="params file not found"):
         config.load_params(tmp_path / "nope.yaml")
     (tmp_path / "params.yaml").write_text("profile: [unclosed\n")
-    with pytest.raises(config.ConfigError, match="not valid YAML"):
+    with pytest.raises(errors.ConfigError, match="not valid YAML"):
         config.load_params(tmp_path / "params.yaml")
 
 
@@ -307,9 +309,9 @@ def test_bounds_admit_the_documented_caps(tmp_path):
 
 
 def test_config_mix_layers_are_the_models():
-    from varmix.models import build_model
+    from varmix.learn.models import build_model
 
-    for arch, n in config.NUM_MIX_LAYERS.items():
+    for arch, n in names.NUM_MIX_LAYERS.items():
         size = 28 if arch == "small_cnn" else 32
         assert build_model(arch, 1, 10, size, (0.5,), (0.5,)).num_mix_layers == n
 
@@ -317,7 +319,7 @@ def test_config_mix_layers_are_the_models():
 def test_yaml_infinity_spelling_is_refused(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text((ROOT / "params.yaml").read_text().replace("      lr: 1.0e-3\n", "      lr: .inf\n", 1))
-    with pytest.raises(config.ConfigError, match=r"profiles.smoke.train.lr = inf is invalid: expected a finite"):
+    with pytest.raises(errors.ConfigError, match=r"profiles.smoke.train.lr = inf is invalid: expected a finite"):
         config.load_params(path)
 
 
@@ -328,7 +330,7 @@ def test_yaml_infinity_spelling_is_refused(tmp_path):
 def test_duplicate_keys_are_refused_with_key_and_line(tmp_path, text, key, line, first):
     path = tmp_path / "params.yaml"
     path.write_text(text)
-    with pytest.raises(config.ConfigError) as err:
+    with pytest.raises(errors.ConfigError) as err:
         config.load_params(path)
     assert f"duplicate key {key!r} on line {line} (first given on line {first})" in str(err.value)
     assert str(path) in str(err.value)
@@ -338,7 +340,7 @@ def test_duplicate_key_in_the_project_file_names_its_line(tmp_path):
     text = (ROOT / "params.yaml").read_text()
     path = tmp_path / "params.yaml"
     path.write_text(text + "seeds: [1]\n")
-    with pytest.raises(config.ConfigError, match=r"duplicate key 'seeds' on line \d+ \(first given on line \d+\)"):
+    with pytest.raises(errors.ConfigError, match=r"duplicate key 'seeds' on line \d+ \(first given on line \d+\)"):
         config.load_params(path)
     # merge keys may be overridden (YAML's own rule), so they are not duplicates
     path.write_text("base: &b {lr: 1}\nuse:\n  <<: *b\n  lr: 2\n")
@@ -350,10 +352,10 @@ def test_an_arm_picks_its_vae_and_only_vae_methods_may():
     assert p.arm("adv_varmixup").vae == "adversarial" and p.arm("adv_varmixup").method == "varmixup"
     assert p.arm("varmixup").vae == "plain" and p.arm("erm").vae == "plain"
     raw = edit(RAW, ("arm_settings", "adv_varmixup", "vae"), "robust")
-    with pytest.raises(config.ConfigError, match=r"arm_settings.adv_varmixup.vae = 'robust'.*plain, adversarial"):
+    with pytest.raises(errors.ConfigError, match=r"arm_settings.adv_varmixup.vae = 'robust'.*plain, adversarial"):
         config.Params.from_dict(raw)
     raw = edit(RAW, ("arm_settings", "at", "vae"), "adversarial")
-    with pytest.raises(config.ConfigError, match=r"arm_settings.at.vae = 'adversarial'.*plain for method at "
+    with pytest.raises(errors.ConfigError, match=r"arm_settings.at.vae = 'adversarial'.*plain for method at "
                                                  r"\(only mixup_r, varmixup use a VAE\)"):
         config.Params.from_dict(raw)
 
@@ -366,7 +368,7 @@ def test_perturbation_settings_are_validated():
                                 ("perturbation_restarts", 0, "1"), ("autoattack_version", "plus", "standard, rand, apgd"),
                                 ("autoattack_eps", -1, "255")):
         raw = edit(RAW, ("profiles", "default", "eval", key), value)
-        with pytest.raises(config.ConfigError, match=rf"profiles.default.eval.{key}.*{allowed}"):
+        with pytest.raises(errors.ConfigError, match=rf"profiles.default.eval.{key}.*{allowed}"):
             config.Params.from_dict(raw)
 
 
@@ -379,19 +381,19 @@ def test_the_adversarial_vae_has_its_own_block():
         p.vae_of("robust")
     # the plain VAE's block may not carry the PGD: it would make the vae stage's VAE adversarial
     raw = edit(RAW, ("profiles", "default", "vae", "adversarial"), {"eps": 8.0, "step": 2.0, "steps": 2})
-    with pytest.raises(config.ConfigError, match=r"profiles.default.vae.adversarial = .* expected null here: "
+    with pytest.raises(errors.ConfigError, match=r"profiles.default.vae.adversarial = .* expected null here: "
                                                  r"the adversarial VAE's PGD goes in profiles.default.vae_adversarial"):
         config.Params.from_dict(raw)
     # an arm that needs the adversarial VAE, in a profile without one: stopped before anything runs
     raw = copy.deepcopy(RAW)
     del raw["profiles"]["default"]["vae_adversarial"]
-    with pytest.raises(config.ConfigError, match=r"profiles.default.vae_adversarial is not set, but the arms "
+    with pytest.raises(errors.ConfigError, match=r"profiles.default.vae_adversarial is not set, but the arms "
                                                  r"adv_varmixup use the adversarial VAE"):
         config.Params.from_dict(raw)
     raw["rival_arms"] = [a for a in raw["rival_arms"] if a != "adv_varmixup"]
     q = config.Params.from_dict(raw)
-    with pytest.raises(config.ConfigError, match="profiles.default.vae_adversarial is not set"):
+    with pytest.raises(errors.ConfigError, match="profiles.default.vae_adversarial is not set"):
         q.vae_of("adversarial")
     raw = edit(RAW, ("profiles", "default", "vae_adversarial", "steps"), 0)
-    with pytest.raises(config.ConfigError, match=r"profiles.default.vae_adversarial.steps = 0 is invalid"):
+    with pytest.raises(errors.ConfigError, match=r"profiles.default.vae_adversarial.steps = 0 is invalid"):
         config.Params.from_dict(raw)

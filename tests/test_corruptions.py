@@ -1,4 +1,4 @@
-"""varmix.corruptions: every corruption x severity on 1- and 3-channel batches, degradation growing with
+"""varmix.evaluate.corruptions: every corruption x severity on 1- and 3-channel batches, degradation growing with
 severity on real Fashion-MNIST images, statistics of the noises, reproducibility from the generator,
 agreement with the libraries make_cifar_c.py calls (scipy, Pillow, skimage's HSV via matplotlib), and the
 official-release loader on fixtures written here in the releases' exact layouts."""
@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from varmix import config, corruptions as C, data
+from varmix.core import names
+from varmix.evaluate import corruptions as C
+from varmix.learn import data
 
 SEVERITIES = (1, 2, 3, 4, 5)
 DATA = Path(__file__).parent / "data"
@@ -47,7 +49,7 @@ def psnr(a, b):
 
 # ----------------------------------------------------------------------------------------------
 def test_names_and_constants_follow_config_and_make_cifar_c():
-    assert tuple(C.CORRUPTIONS) == config.CORRUPTIONS == tuple(C.CONSTANTS)
+    assert tuple(C.CORRUPTIONS) == names.CORRUPTIONS == tuple(C.CONSTANTS)
     assert all(len(v) == 5 for v in C.CONSTANTS.values())
     # spot checks against make_cifar_c.py's table (reference.md)
     assert C.CONSTANTS["gaussian_noise"] == (0.04, 0.06, 0.08, 0.09, 0.10)
@@ -60,7 +62,7 @@ def test_names_and_constants_follow_config_and_make_cifar_c():
                                     "elastic_transform", "spatter"}
 
 
-@pytest.mark.parametrize("name", config.CORRUPTIONS)
+@pytest.mark.parametrize("name", names.CORRUPTIONS)
 def test_every_severity_keeps_shape_dtype_and_range(name):
     for shape in ((4, 1, 28, 28), (4, 3, 32, 32)):
         x = torch.rand(shape, generator=gen(1))
@@ -92,7 +94,7 @@ ALLOWED_PAIRS = {
 
 
 @pytest.mark.parametrize("channels", (1, 3))
-@pytest.mark.parametrize("name", config.CORRUPTIONS)
+@pytest.mark.parametrize("name", names.CORRUPTIONS)
 def test_degradation_grows_with_severity(name, channels, fashion, fashion_rgb):
     x = fashion if channels == 1 else fashion_rgb
     p = [psnr(C.corrupt(x, name, s, gen(0)), x) for s in SEVERITIES]
@@ -173,7 +175,7 @@ def test_brightness_and_fog_on_grey():
 
 # ----------------------------------------------------------------------------------------------
 # randomness
-@pytest.mark.parametrize("name", config.CORRUPTIONS)
+@pytest.mark.parametrize("name", names.CORRUPTIONS)
 def test_same_seed_same_output_and_seeds_differ(name, fashion_rgb):
     x = fashion_rgb[:4]
     a = C.corrupt(x, name, 3, gen(7))
@@ -195,7 +197,7 @@ def test_generator_state_advances_so_batches_differ():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-@pytest.mark.parametrize("name", config.CORRUPTIONS)
+@pytest.mark.parametrize("name", names.CORRUPTIONS)
 def test_cpu_and_gpu_see_the_same_random_numbers(name, fashion_rgb):
     x = fashion_rgb[:4]
     cpu = C.corrupt(x, name, 4, gen(5))
@@ -333,9 +335,9 @@ def _levels(y: torch.Tensor) -> np.ndarray:
     return y[0].double().numpy() * 255
 
 
-@pytest.mark.parametrize("name", config.CORRUPTIONS)
+@pytest.mark.parametrize("name", names.CORRUPTIONS)
 def test_matches_make_cifar_c_on_pinned_images(name, expected):
-    k = config.CORRUPTIONS.index(name)
+    k = names.CORRUPTIONS.index(name)
     want = expected[name].astype(np.float64) / MAKE_EXPECTED.FIXED_POINT      # [5, 2, 3, 32, 32]
     tol = 1 + EXACT if name in WITHIN_ONE_LEVEL else EXACT
     for s in SEVERITIES:

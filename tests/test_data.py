@@ -14,8 +14,8 @@ import torch
 import yaml
 from PIL import Image
 
-from varmix import data
-from varmix.__main__ import main as cli
+from varmix.learn import data
+from varmix.pipeline.cli import main as cli
 
 
 def test_fashion_mnist_from_debian_files():

@@ -1,4 +1,4 @@
-"""varmix.distributed through varmix.train.train_classifier: a 2-process CPU run (torchrun, gloo) against
+"""varmix.learn.distributed through varmix.learn.train.train_classifier: a 2-process CPU run (torchrun, gloo) against
 the 1-process run of the same global batch, rank-0-only writes, a killed run resumed with 2 and with 1
 process, and the process counts that are refused. docs/DISTRIBUTED.md.
 
@@ -32,7 +32,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from varmix import config, distributed, train
+from varmix.core import config
+from varmix.core import errors
+from varmix.core import names
+from varmix.learn import distributed, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 import ddp_run  # noqa: E402
@@ -44,7 +47,7 @@ ADV_WEIGHT_TOL = 3e-2
 LOSS_TOL = 1e-4
 FILES = ("checkpoint.pt", "history.json", "model.pt", "params.json", "test_logits.npy")
 
-# md5 of the 1-process run's files (tests/ddp_run.py, Adam), computed with varmix before varmix.distributed
+# md5 of the 1-process run's files (tests/ddp_run.py, Adam), computed with varmix before varmix.learn.distributed
 # existed (commit d199ee9): the 1-process path is the same code as then, bit for bit
 BEFORE = {
     "mixup": {"checkpoint.pt": "ad3ee3dc567053306cc7d507db5ec01c", "history.json": "7cbbcc5049044d9325e9a88cde7f90b9",
@@ -176,7 +179,7 @@ def test_manifold_mixup_and_trades_match_with_two_processes(tmp_path):
     _run(tmp_path / "two", methods, processes=2)
     for m in methods.split(","):
         one, two = tmp_path / "one" / m, tmp_path / "two" / m
-        tol = ADV_WEIGHT_TOL if m in config.ADVERSARIAL_METHODS else WEIGHT_TOL
+        tol = ADV_WEIGHT_TOL if m in names.ADVERSARIAL_METHODS else WEIGHT_TOL
         assert _max_diff(_weights(two), _weights(one)) <= tol, m
         assert _history(two)[0]["train_loss"] == pytest.approx(_history(one)[0]["train_loss"], rel=LOSS_TOL, abs=0), m
 
@@ -185,7 +188,7 @@ def test_manifold_mixup_and_trades_match_with_two_processes(tmp_path):
 @pytest.mark.parametrize("value", [0, -1, "many", 1.5, True, None, 1025])
 def test_bad_process_count_in_params_is_refused(value):
     raw = {"epochs": 1, "alpha": 1.0, "processes": value}
-    with pytest.raises(config.ConfigError) as e:
+    with pytest.raises(errors.ConfigError) as e:
         config.TrainConfig.from_dict(raw, "profiles.default.train")
     assert str(e.value) == (f"params: profiles.default.train.processes = {value!r} is invalid: expected an integer "
                             f"from 1 to 1024, or auto (every visible GPU; 1 on a CPU)")

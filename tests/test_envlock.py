@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from varmix import envlock, errors
+from varmix.pipeline import envlock
+from varmix.core import errors
 
 ROOT = Path(__file__).resolve().parents[1]
 

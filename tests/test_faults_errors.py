@@ -25,8 +25,11 @@ import pytest
 import yaml
 
 from test_data import fake_fashion
-from varmix import config, data, errors, pipeline
-from varmix.__main__ import main as cli
+from varmix.core import errors
+from varmix.pipeline import runner
+from varmix.pipeline import session
+from varmix.learn import data
+from varmix.pipeline.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PREPARED = ROOT / "data" / "fashion-mnist"
@@ -34,7 +37,7 @@ PREPARED = ROOT / "data" / "fashion-mnist"
 
 def env() -> dict[str, str]:
     """The subprocesses' environment: this checkout's varmix, outputs inside the temporary project."""
-    e = {k: v for k, v in os.environ.items() if k not in (pipeline.WORKDIR_ENV, "DVC_ROOT")}
+    e = {k: v for k, v in os.environ.items() if k not in (session.WORKDIR_ENV, "DVC_ROOT")}
     e["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     e.setdefault("OMP_NUM_THREADS", "1")
     return e
@@ -320,7 +323,7 @@ def test_relative_data_dir_is_the_project_roots_whatever_the_cwd(tmp_path, monke
       "to write runs/ and results/ elsewhere"], 2),
     (errors.Interrupted(signal.SIGTERM, "01_vae"), ["interrupted: notebook 01_vae stopped (SIGTERM), nothing written"], 143),
     (ValueError("params: lr = inf is invalid"), ["error: params: lr = inf is invalid"], 2),
-    (config.TrainingDiverged("training diverged: method mixup, epoch 1: train loss 7.7e+13; lower train.lr"),
+    (errors.TrainingDiverged("training diverged: method mixup, epoch 1: train loss 7.7e+13; lower train.lr"),
      ["error: training diverged: method mixup, epoch 1: train loss 7.7e+13; lower train.lr"], 2),
 ])
 def test_describe_maps_user_errors_to_lines_and_exit_codes(exc, lines, code):
@@ -357,7 +360,7 @@ def test_a_system_error_while_writing_is_one_line_and_the_committed_output_survi
 
     monkeypatch.setattr(papermill.execute, "write_ipynb", refuse)
     monkeypatch.chdir(project / "notebooks")
-    monkeypatch.delenv(pipeline.WORKDIR_ENV, raising=False)
+    monkeypatch.delenv(session.WORKDIR_ENV, raising=False)
     assert cli(["notebook", "04_calibration", "--profile", "smoke"]) == 2
     err = capsys.readouterr().err
     lines = short_error(err, most=1)
@@ -373,7 +376,7 @@ def test_a_second_run_of_the_same_notebook_is_refused_while_the_first_runs(proje
     stage. The run's lock is held here as the first run would hold it; the second run stops at once, in one
     line naming the run and the lock, and writes nothing."""
     lock = project / "runs" / "tmp" / "locks" / "fashion-mnist-smoke-02_train-erm-s0.lock"
-    with pipeline.run_lock(lock, "the first run"):
+    with runner.run_lock(lock, "the first run"):
         r = varmix(project, "notebook", "02_train", "--profile", "smoke", "--arm", "erm", "--seed", "0")
     assert r.returncode == 2
     (line,) = short_error(r.stderr, most=1)
@@ -381,5 +384,5 @@ def test_a_second_run_of_the_same_notebook_is_refused_while_the_first_runs(proje
                     f"lock {lock}): wait for it to end, or stop it, then run again")
     assert not (smoke_out(project) / "notebooks").exists()
     # the lock goes with the process that held it: the same run goes ahead now
-    with pipeline.run_lock(lock, "again"):
+    with runner.run_lock(lock, "again"):
         pass

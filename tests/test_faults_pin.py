@@ -23,8 +23,10 @@ import pytest
 import yaml
 
 import smoke_clone
-from varmix import pipeline, verify
-from varmix.__main__ import main as cli
+from varmix.pipeline import verify
+from varmix.pipeline import runner
+from varmix.pipeline import session
+from varmix.pipeline.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = "fashion-mnist"
@@ -264,7 +266,7 @@ def test_an_inherited_varmix_workdir_is_ignored_by_a_stage_under_dvc(clone, tmp_
     elsewhere = tmp_path / "scratch"
     try:
         out = smoke_clone.run(clone, sys.executable, "-m", "dvc", "repro", "-f", "-s", "train@erm-0",
-                              env={pipeline.WORKDIR_ENV: str(elsewhere)})
+                              env={session.WORKDIR_ENV: str(elsewhere)})
         after = outputs()
     finally:
         _run(clone, "git", "reset", "-q", "--hard", "HEAD", check=True)
@@ -399,4 +401,4 @@ def test_every_chapter_re_run_in_a_new_process_writes_the_same_bytes(clone):
     assert {k: (v, again.get(k)) for k, v in first.items() if again.get(k) != v} == {}
     assert set(again) == set(first)
     # the case the issue found is among them: a warning a cell raised, its kernel folder cleaned
-    assert pipeline.KERNEL_CELL_DIR in (clone / "results/fashion-mnist/smoke/notebooks/03_corruptions.ipynb").read_text()
+    assert runner.KERNEL_CELL_DIR in (clone / "results/fashion-mnist/smoke/notebooks/03_corruptions.ipynb").read_text()

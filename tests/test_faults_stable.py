@@ -15,11 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from varmix import config, io, pipeline, train
-from varmix import vae as vae_mod
-from varmix.config import METHODS, TrainConfig
-from varmix.data import ImageData, load_raw
-from varmix.vae import ConvVAE, train_vae
+from varmix.core import config, io
+from varmix.core import errors
+from varmix.core import names
+from varmix.pipeline import session
+from varmix.learn import train
+from varmix.learn import vae as vae_mod
+from varmix.core.names import METHODS
+from varmix.core.config import TrainConfig
+from varmix.learn.data import ImageData, load_raw
+from varmix.learn.vae import ConvVAE, train_vae
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 512, 256
@@ -112,8 +117,8 @@ def test_timings_inside_the_model_folder_are_refused(fmnist, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:torch uses AVX512")
 def test_metrics_hold_no_wall_time(tmp_path, monkeypatch):
-    monkeypatch.setenv(pipeline.WORKDIR_ENV, str(tmp_path))
-    s = pipeline.start("smoke")
+    monkeypatch.setenv(session.WORKDIR_ENV, str(tmp_path))
+    s = session.start("smoke")
     first = s.save_metrics("m", {"erm-s0": {"acc": 0.5}}).read_bytes()
     s.started -= 12.3  # the same results, later
     assert s.save_metrics("m", {"erm-s0": {"acc": 0.5}}).read_bytes() == first
@@ -128,10 +133,10 @@ def test_no_stage_depends_on_timings_or_executed_notebooks():
     import yaml
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    layout = pipeline.Layout(Path("."), "${dataset}", "${profile}")
+    layout = session.Layout(Path("."), "${dataset}", "${profile}")
     notebooks = str(layout.notebook("x").parent)
     volatile = [str(layout.timings("x").parent), notebooks]
-    # The one exemption: the site stage's job is to render the executed notebooks as HTML (varmix/site.py),
+    # The one exemption: the site stage's job is to render the executed notebooks as HTML (varmix/study/site.py),
     # so it lists their folder, and it reruns whenever a notebook is re-executed. It still must not list the
     # timings, and no stage may depend on the site, so the exemption changes nothing upstream of it.
     renders = {"site": notebooks}
@@ -158,15 +163,15 @@ def test_check_divergence_thresholds():
     train.check_divergence("mixup", 5, 10 * ln10 - 0.01, 2.3, 0.5, 10, 1e-3)  # just under the limit
     train.check_divergence("erm", 1, 2.3, 2.3, 0.1, 10, 1e-3)            # epoch 1 at chance: still starting
     train.check_divergence("erm", 2, 2.0, 2.3, 0.1, 10, 1e-3)            # at chance but learning
-    with pytest.raises(config.TrainingDiverged,
+    with pytest.raises(errors.TrainingDiverged,
                        match=r"^training diverged: method mixup, epoch 2: train loss 4\.65e\+13 \(first-step "
                              r"loss 2\.3, limit 23\) at lr 1e\+06; lower train\.lr in params\.yaml$"):
         train.check_divergence("mixup", 2, 4.65e13, 2.3, 0.5, 10, 1e6)
-    with pytest.raises(config.TrainingDiverged, match=r"epoch 3: test accuracy 0\.100 is at chance \(1/10 = "
+    with pytest.raises(errors.TrainingDiverged, match=r"epoch 3: test accuracy 0\.100 is at chance \(1/10 = "
                                                       r"0\.100\).* at lr 0\.1; lower train\.lr"):
         train.check_divergence("cutmix", 3, 2.31, 2.3, 0.1, 10, 0.1)
-    assert issubclass(config.TrainingDiverged, RuntimeError)
-    with pytest.raises(config.TrainingDiverged, match=r"^training diverged: VAE, epoch 2: train loss 1e\+04 .*"
+    assert issubclass(errors.TrainingDiverged, RuntimeError)
+    with pytest.raises(errors.TrainingDiverged, match=r"^training diverged: VAE, epoch 2: train loss 1e\+04 .*"
                                                       r"at lr 1; lower vae\.lr in params\.yaml$"):
         vae_mod.check_divergence(2, 1e4, 550.0, 1.0)
     vae_mod.check_divergence(2, 5000.0, 550.0, 1.0)
@@ -174,7 +179,7 @@ def test_check_divergence_thresholds():
 
 def test_adam_at_lr_1e6_is_stopped_with_the_method_epoch_loss_and_lr(fmnist, tmp_path):
     cfg = _cfg(3, lr=1e6)
-    with pytest.raises(config.TrainingDiverged, match=r"training diverged: method mixup, epoch 1: train loss "
+    with pytest.raises(errors.TrainingDiverged, match=r"training diverged: method mixup, epoch 1: train loss "
                                                       r"\S+ \(first-step loss 2\.\d+, .*at lr 1e\+06; lower "
                                                       r"train\.lr in params\.yaml"):
         train.train_classifier("mixup", cfg, fmnist, tmp_path, seed=0, device="cpu")
@@ -192,7 +197,7 @@ def _sees_real_images(arm: str) -> bool:
 _REAL_IMAGE_ARMS = [a for a in _SMOKE.arms if _sees_real_images(a)]
 # ... and the adversarial baselines' declared arms, whether or not the study lists them in arms
 _REAL_IMAGE_ARMS += [a for a in _SMOKE.arm_settings
-                     if a not in _SMOKE.arms and _SMOKE.arm(a).method in config.ADVERSARIAL_METHODS]
+                     if a not in _SMOKE.arms and _SMOKE.arm(a).method in names.ADVERSARIAL_METHODS]
 
 
 @pytest.mark.parametrize("arm", _REAL_IMAGE_ARMS)

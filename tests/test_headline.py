@@ -1,11 +1,11 @@
-"""varmix.headline: the per-arm headline numbers and the verdicts as the small files DVC shows."""
+"""varmix.study.headline: the per-arm headline numbers and the verdicts as the small files DVC shows."""
 
 import json
 
 import pandas as pd
 import pytest
 
-from varmix import headline
+from varmix.study import headline
 
 
 def _runs():

@@ -1,4 +1,4 @@
-"""varmix.io's numpy archives: stable bytes, round trips, the committed float16 logits."""
+"""varmix.core.io's numpy archives: stable bytes, round trips, the committed float16 logits."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from varmix import calibration as C
-from varmix import io as vio
+from varmix.evaluate import calibration as C
+from varmix.core import io as vio
 
 
 def arrays():

@@ -1,4 +1,4 @@
-"""Local linearity and loss surfaces (varmix.landscape)."""
+"""Local linearity and loss surfaces (varmix.evaluate.landscape)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from varmix import landscape as L
+from varmix.evaluate import landscape as L
 
 C, H, W, K = 2, 4, 4, 3
 D = C * H * W

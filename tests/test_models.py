@@ -1,10 +1,10 @@
-"""varmix.models: shapes, internal normalisation and the manifold-mixup contract for every arch."""
+"""varmix.learn.models: shapes, internal normalisation and the manifold-mixup contract for every arch."""
 
 import pytest
 import torch
 
-from varmix.config import ARCHS
-from varmix.models import NUM_MIX_LAYERS, build_model
+from varmix.core.names import ARCHS
+from varmix.learn.models import NUM_MIX_LAYERS, build_model
 
 SHAPES = [(1, 28), (3, 32), (3, 64)]
 

@@ -1,4 +1,4 @@
-"""varmix.perturbation: robust masks under PGD (survivor-only shortcut, worst case over restarts) and
+"""varmix.evaluate.perturbation: robust masks under PGD (survivor-only shortcut, worst case over restarts) and
 torchattacks' AutoAttack, on real Fashion-MNIST images (CPU, a few dozen images)."""
 
 import importlib.util
@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from varmix import perturbation as P
-from varmix.attacks import pgd_linf
-from varmix.data import load_raw, to_float
-from varmix.models import build_model
-from varmix.train import predict_logits
+from varmix.evaluate import perturbation as P
+from varmix.learn.attacks import pgd_linf
+from varmix.learn.data import load_raw, to_float
+from varmix.learn.models import build_model
+from varmix.learn.train import predict_logits
 
 EPS = [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255]
 
@@ -287,7 +287,7 @@ def test_autoattack_robust_says_how_to_install_torchattacks(linear, batch, monke
 def test_every_runs_masks_round_trip_and_tabulate(tmp_path):
     """save_masks/load_masks keep each run's masks (keys in 1/255), bytes stable; accuracy_table is one row
     per run and eps; runs with other eps or image counts are refused (the report pairs them per image)."""
-    from varmix import perturbation as P
+    from varmix.evaluate import perturbation as P
 
     g = torch.Generator().manual_seed(0)
     runs = {f"{arm}-s{sd}": {e / 255: torch.rand(40, generator=g) < 0.8 - e / 20 for e in (0.0, 2.0, 8.0)}

@@ -1,4 +1,4 @@
-"""The pipeline's wiring: dvc.yaml agrees with varmix.pipeline.Layout, the notebooks are thin parameterised
+"""The pipeline's wiring: dvc.yaml agrees with varmix.pipeline.session.Layout, the notebooks are thin parameterised
 drivers, notebook runs check their arguments before any kernel starts, outputs are clean and atomic."""
 
 from __future__ import annotations
@@ -16,7 +16,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from varmix import config, pipeline
+from varmix.core import config
+from varmix.core import errors
+from varmix.core import names
+from varmix.pipeline import runner
+from varmix.pipeline import session
+from varmix import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +61,7 @@ def _paths(entries) -> list[str]:
 
 @pytest.fixture(scope="module")
 def layout():
-    return pipeline.Layout(Path("."), "fashion-mnist", "default")
+    return session.Layout(Path("."), "fashion-mnist", "default")
 
 
 def _rel(p: Path) -> str:
@@ -73,7 +78,7 @@ def test_dvc_outputs_are_the_layouts_paths(layout):
     assert trained == [f"{m}-{sd}" for m, sd in params.runs]  # the two matrices train every run, once
     for m, sd in params.runs:
         st = stages[f"{'train_rivals' if m in params.rival_arms else 'train'}@{m}-{sd}"]
-        name = pipeline.run_name(m, sd)
+        name = names.run_name(m, sd)
         assert _paths(st["outs"]) == [_rel(layout.model_dir(m, sd)), _rel(layout.notebook(f"02_train-{name}")),
                                       _rel(layout.metrics(f"train-{name}"))]
         assert _paths(st["plots"]) == [_rel(layout.plot_data(f"train-{name}"))]
@@ -87,7 +92,7 @@ def test_dvc_outputs_are_the_layouts_paths(layout):
     assert _rel(layout.plot_data("corruption_grid")) in stages["calibration"]["deps"]
     assert _rel(layout.metrics("linearity")) in _paths(stages["landscape"]["outs"])
     assert _rel(layout.metrics("report")) in _paths(stages["report"]["outs"])
-    # the only metrics DVC shows: the report's tally of the claims (varmix.headline.tally); the headline per
+    # the only metrics DVC shows: the report's tally of the claims (varmix.study.headline.tally); the headline per
     # arm and per comparison (one small file each) is an output beside it
     assert [n for n, st in stages.items() if st.get("metrics")] == ["report"]
     assert _paths(stages["report"]["metrics"]) == [_rel(layout.metrics("headline"))]
@@ -102,7 +107,7 @@ def test_every_stage_runs_its_notebook_and_depends_on_it():
         m = re.match(r"python -m varmix notebook (\S+) --profile default --dataset fashion-mnist", st["cmd"])
         assert m, f"stage {name}: {st['cmd']!r} does not run a notebook through varmix"
         nb = m[1]
-        assert nb in pipeline.NOTEBOOKS
+        assert nb in runner.NOTEBOOKS
         assert f"notebooks/{nb}.ipynb" in st["deps"], f"stage {name} does not depend on its notebook"
         for dep in st["deps"]:
             if dep.startswith("varmix/"):
@@ -112,7 +117,7 @@ def test_every_stage_runs_its_notebook_and_depends_on_it():
             if isinstance(entry, dict):
                 assert next(iter(entry.values()))["cache"] is False
         ran.add(nb)
-    assert ran == set(pipeline.NOTEBOOKS)
+    assert ran == set(runner.NOTEBOOKS)
 
 
 def test_dvc_lock_records_the_committed_code_every_stage_depends_on():
@@ -140,7 +145,7 @@ def test_stage_params_name_keys_that_exist():
                 node = node[part]
 
 
-@pytest.mark.parametrize("name", pipeline.NOTEBOOKS)
+@pytest.mark.parametrize("name", runner.NOTEBOOKS)
 def test_notebooks_are_thin_parameterised_drivers(name):
     book = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
     tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
@@ -150,7 +155,7 @@ def test_notebooks_are_thin_parameterised_drivers(name):
     assert defaults["profile"] == "smoke" and defaults["dataset"] == "fashion-mnist"
     code = "\n".join(c.source for c in book.cells if c.cell_type == "code")
     assert not re.search(r"^\s*(def|class) ", code, re.M), f"{name} defines functions: they belong in varmix/"
-    assert "pipeline.start(profile, dataset)" in code
+    assert "session.start(profile, dataset)" in code
     assert book.cells[0].cell_type == "markdown" and book.cells[0].source.startswith("# ")
     # the stored outputs are nbval's reference: executed, without errors
     outputs = [o for c in book.cells if c.cell_type == "code" for o in c.outputs]
@@ -159,25 +164,25 @@ def test_notebooks_are_thin_parameterised_drivers(name):
 
 def test_run_notebook_checks_arguments_before_any_kernel():
     with pytest.raises(ValueError, match="notebook '07_extra' is unknown: expected one of 01_vae"):
-        pipeline.run_notebook("07_extra", "smoke")
+        runner.run_notebook("07_extra", "smoke")
     with pytest.raises(ValueError, match="arm and seed go together and only with 02_train"):
-        pipeline.run_notebook("03_corruptions", "smoke", arm="erm", seed=0)
+        runner.run_notebook("03_corruptions", "smoke", arm="erm", seed=0)
     with pytest.raises(ValueError, match="arm = 'bogus' is not in params.yaml's arms"):
-        pipeline.run_notebook("02_train", "smoke", arm="bogus", seed=0)
+        runner.run_notebook("02_train", "smoke", arm="bogus", seed=0)
     with pytest.raises(ValueError, match=r"seed = 77 is not among params.yaml's seeds for arm 'erm' \[0, 1, 2, 3, 4\]"):
-        pipeline.run_notebook("02_train", "smoke", arm="erm", seed=77)
-    with pytest.raises(config.ConfigError, match="profile"):
-        pipeline.run_notebook("01_vae", "huge")
+        runner.run_notebook("02_train", "smoke", arm="erm", seed=77)
+    with pytest.raises(errors.ConfigError, match="profile"):
+        runner.run_notebook("01_vae", "huge")
     with pytest.raises(ValueError, match="vae = 'adversarial' goes only with 01_vae .* \\(got it for 02_train\\)"):
-        pipeline.run_notebook("02_train", "smoke", arm="erm", seed=0, vae="adversarial")
+        runner.run_notebook("02_train", "smoke", arm="erm", seed=0, vae="adversarial")
     with pytest.raises(ValueError, match="vae = 'robust' goes only with 01_vae and is one of plain, adversarial"):
-        pipeline.run_notebook("01_vae", "smoke", vae="robust")
+        runner.run_notebook("01_vae", "smoke", vae="robust")
 
 
 def test_each_vae_kind_has_its_folder_metrics_and_stage(layout):
     assert layout.vae_folder() == layout.vae_dir == layout.runs / "vae"
     assert layout.vae_folder("adversarial") == layout.runs / "vae_adversarial"
-    assert pipeline.vae_name() == "vae" and pipeline.vae_name("adversarial") == "vae_adversarial"
+    assert names.vae_name() == "vae" and names.vae_name("adversarial") == "vae_adversarial"
     with pytest.raises(ValueError, match="vae kind = 'robust': expected one of plain, adversarial"):
         layout.vae_folder("robust")
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -188,7 +193,7 @@ def test_each_vae_kind_has_its_folder_metrics_and_stage(layout):
 
 
 def test_cli_reports_bad_notebook_arguments(capsys):
-    from varmix.__main__ import main
+    from varmix.pipeline.cli import main
 
     assert main(["notebook", "01_vae", "--profile", "huge"]) == 2
     assert "error: params: profile = 'huge' is invalid" in capsys.readouterr().err
@@ -208,7 +213,7 @@ def test_clean_notebook_drops_timings_and_keeps_outputs(tmp_path):
                                   "output_path": "/tmp/.x.ipynb", "parameters": {"profile": "smoke"}}
     path = tmp_path / "nb.ipynb"
     nbformat.write(book, path)
-    pipeline.clean_notebook(path)
+    runner.clean_notebook(path)
     out = nbformat.read(path, as_version=4)
     assert out.metadata["papermill"] == {"parameters": {"profile": "smoke"}}
     assert dict(out.cells[0].metadata) == {"tags": ["x"]}
@@ -231,7 +236,7 @@ def test_clean_notebook_drops_the_kernels_temporary_folder_from_warnings(tmp_pat
         book.cells = [cell]
         path = tmp_path / f"{pid}.ipynb"
         nbformat.write(book, path)
-        pipeline.clean_notebook(path)
+        runner.clean_notebook(path)
         return path.read_bytes()
 
     first = run_of(2481)
@@ -254,7 +259,7 @@ def test_nbvals_sanitizer_writes_what_the_notebook_cleaner_writes(tmp_path):
     book.cells[0].outputs = [nbformat.v4.new_output("stream", name="stderr", text=text)]
     path = tmp_path / "nb.ipynb"
     nbformat.write(book, path)
-    pipeline.clean_notebook(path)
+    runner.clean_notebook(path)
     cleaned = nbformat.read(path, as_version=4).cells[0].outputs[0]["text"]
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "notebooks" / "sanitize.cfg")
@@ -276,16 +281,16 @@ def test_the_kernel_imports_the_varmix_that_runs_the_notebook(tmp_path, monkeypa
     src, out = tmp_path / "nb" / "probe.ipynb", tmp_path / "out" / "probe.ipynb"
     src.parent.mkdir()
     nbformat.write(book, src)
-    pipeline._execute(src, out, None)
+    runner._execute(src, out, None)
     printed = nbformat.read(out, as_version=4).cells[0].outputs[0]["text"].strip()
     assert printed == str(Path(pipeline.__file__).resolve().parent / "__init__.py")
-    assert pipeline.kernel_env({"PYTHONPATH": "/a"})["PYTHONPATH"] == os.pathsep.join([str(ROOT), "/a"])
+    assert runner.kernel_env({"PYTHONPATH": "/a"})["PYTHONPATH"] == os.pathsep.join([str(ROOT), "/a"])
 
 
 @pytest.mark.filterwarnings("ignore:torch uses AVX512")  # this process chose its kernels long before
 def test_session_writes_to_workdir_and_lists_runs(tmp_path, monkeypatch):
-    monkeypatch.setenv(pipeline.WORKDIR_ENV, str(tmp_path))
-    s = pipeline.start("smoke")
+    monkeypatch.setenv(session.WORKDIR_ENV, str(tmp_path))
+    s = session.start("smoke")
     assert s.layout.results == tmp_path / "results" / "fashion-mnist" / "smoke"
     assert s.runs() == list(s.params.runs) == [(a, sd) for a in s.params.arms for sd in s.params.seeds_of(a)]
     assert s.runs("cutmix", 0) == [("cutmix", 0)]
@@ -310,12 +315,12 @@ def test_session_writes_to_workdir_and_lists_runs(tmp_path, monkeypatch):
 def test_start_pins_the_avx2_cpu_kernels_in_a_fresh_process(tmp_path):
     # AVX-512 kernels round differently from AVX2 ones: start() must choose the kernels before torch does;
     # the smoke and default profiles (cpu_kernels: portable) also turn oneDNN off, the paper one (fast) keeps it
-    code = ("import os, sys, torch\nfrom varmix import pipeline\ns = pipeline.start(sys.argv[1])\n"
+    code = ("import os, sys, torch\nfrom varmix import pipeline\ns = session.start(sys.argv[1])\n"
             "torch.ones(3).sum()\n"
             "print(torch.backends.cpu.get_cpu_capability(), os.environ['MKL_CBWR'], torch.backends.mkldnn.enabled,"
             " torch.get_num_threads())")
-    env = {k: v for k, v in os.environ.items() if k not in pipeline.CPU_KERNELS}
-    env[pipeline.WORKDIR_ENV] = str(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in session.CPU_KERNELS}
+    env[session.WORKDIR_ENV] = str(tmp_path)
 
     def run(profile):
         return subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code, profile], env=env,
@@ -333,8 +338,8 @@ def test_start_pins_the_avx2_cpu_kernels_in_a_fresh_process(tmp_path):
 def test_start_warns_when_torch_already_chose_avx512_kernels(monkeypatch):
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     with pytest.warns(RuntimeWarning, match="torch uses AVX512 CPU kernels, not AVX2"):
-        pipeline._check_cpu_kernels("AVX512")
+        session._check_cpu_kernels("AVX512")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        pipeline._check_cpu_kernels("AVX2")
-        pipeline._check_cpu_kernels("DEFAULT")
+        session._check_cpu_kernels("AVX2")
+        session._check_cpu_kernels("DEFAULT")

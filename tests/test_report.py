@@ -10,8 +10,9 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from varmix import figures, mixing, paper, report, stats
-from varmix.vae import ConvVAE, latent_metrics
+from varmix.study import figures, paper, report, stats
+from varmix.learn import mixing
+from varmix.learn.vae import ConvVAE, latent_metrics
 
 
 def _runs():
@@ -174,7 +175,8 @@ def test_figures_draw_from_library_tables(vae):
 def _study(shift=0):
     """Two arms x 4 seeds over 300 images: "vm" gets ``shift`` more correct severities on the four
     intensity-shifting corruptions only, and is otherwise the same model as "mx"."""
-    from varmix import config as cfg, robustness
+    from varmix.core import config as cfg
+    from varmix.evaluate import robustness
 
     rng = np.random.default_rng(0)
     names = cfg.BENCHMARK_CORRUPTIONS
@@ -196,7 +198,8 @@ def _study(shift=0):
 
 
 def test_per_image_inputs_and_the_artifact_sentence():
-    from varmix import calibration, robustness, stats
+    from varmix.evaluate import calibration, robustness
+    from varmix.study import stats
 
     corr, logits, gam = _study(shift=1)
     per = report.per_image_inputs(corr, logits, gam)
@@ -235,7 +238,7 @@ def test_per_image_inputs_and_the_artifact_sentence():
 def test_perturbation_claim_reads_the_per_image_robustness():
     """pgd_accuracy per image = the share of the ε grid at which the image stays robust; its mean is the
     run's mean PGD accuracy over ε, and the claim (higher is better) holds when one arm keeps more."""
-    from varmix import stats
+    from varmix.study import stats
 
     corr, logits, gam = _study()
     rng = np.random.default_rng(1)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from varmix import calibration as C
-from varmix import robustness as R
-from varmix.config import CORRUPTIONS
+from varmix.evaluate import calibration as C
+from varmix.evaluate import robustness as R
+from varmix.core.names import CORRUPTIONS
 
 N, K = 12, 4
 CORR = ("gaussian_noise", "contrast")
@@ -116,7 +116,7 @@ def test_same_seed_same_grid_and_other_seed_other_images(data):
 
 
 def test_every_model_sees_the_same_corrupted_images_generated_once(data, monkeypatch):
-    from varmix import corruptions as vc
+    from varmix.evaluate import corruptions as vc
 
     calls = []
     real = vc.corrupt
@@ -443,7 +443,7 @@ def test_per_image_argument_errors(data):
 
 
 def test_families_are_the_benchmark_grouping():
-    from varmix.config import BENCHMARK_CORRUPTIONS
+    from varmix.core.names import BENCHMARK_CORRUPTIONS
 
     assert list(R.FAMILIES) == ["noise", "blur", "weather", "digital"]
     members = [c for fam in R.FAMILIES.values() for c in fam]
@@ -516,7 +516,7 @@ def test_save_and_load_per_image_for_a_study(data, tmp_path):
     with pytest.raises(ValueError, match="expected a PerImage"):
         R.save_per_image(tmp_path / "x.npz", {"erm-s0": p.corruptions})
     assert not (tmp_path / "x.npz").exists()
-    from varmix import io as vio
+    from varmix.core import io as vio
 
     vio.write_npz(tmp_path / "y.npz", {"erm-s0/clean": p.clean})
     with pytest.raises(ValueError, match="lacks 'corruption_names'"):

@@ -1,4 +1,4 @@
-"""FID/KID of the mixers' images (varmix.sample_distance) and the VAE's own dataset (vae.dataset)."""
+"""FID/KID of the mixers' images (varmix.evaluate.sample_distance) and the VAE's own dataset (vae.dataset)."""
 
 import importlib.util
 from pathlib import Path
@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from varmix import sample_distance as sd
-from varmix.config import VAEConfig
-from varmix.data import ImageData, load_raw, to_float
-from varmix.models import build_model
-from varmix.vae import ConvVAE
+from varmix.evaluate import sample_distance as sd
+from varmix.pipeline import session
+from varmix.core.config import VAEConfig
+from varmix.learn.data import ImageData, load_raw, to_float
+from varmix.learn.models import build_model
+from varmix.learn.vae import ConvVAE
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +170,8 @@ def test_mixed_samples_are_bit_identical_for_the_same_seed(fmnist, vae):
 
 def test_mixed_samples_pair_the_methods_and_reuse_the_mixers(fmnist, vae):
     """Every method mixes the same pairs at the same lambda: Mixup-R's images are input mixup's images of
-    the VAE's reconstructions, and mixup's are varmix.mixing.mixup's batch by batch."""
-    from varmix.mixing import mixup
+    the VAE's reconstructions, and mixup's are varmix.learn.mixing.mixup's batch by batch."""
+    from varmix.learn.mixing import mixup
 
     x, y = to_float(fmnist[0][:65]), fmnist[1][:65]  # batches of 32, 33 (a last batch of one joins)
     out = sd.mixed_samples(x, y, torch.Generator().manual_seed(1), num_classes=10, vae=vae, batch_size=32,
@@ -229,7 +230,7 @@ def test_mixer_distances_table_and_the_trained_features(fmnist, vae, tmp_path):
     ("fid_samples", 1, "profiles.smoke.vae.fid_samples = 1 is invalid: expected an integer >= 2"),
 ])
 def test_vae_keys_are_validated(key, value, message):
-    from varmix.config import ConfigError
+    from varmix.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         VAEConfig.from_dict({key: value}, "profiles.smoke.vae")
@@ -243,19 +244,19 @@ def _session(tmp_path, dataset, vae_dataset):
     tests/test_data.py prepared into tmp_path/prep."""
     import yaml
 
-    from varmix import config, pipeline
+    from varmix.core import config
 
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     raw.update(profile="smoke", dataset=dataset, data_dir=str(tmp_path / "prep"))
     raw["profiles"]["smoke"]["vae"]["dataset"] = vae_dataset
     params = config.Params.from_dict(raw)
-    return pipeline.Session(params, pipeline.Layout(tmp_path / "work", dataset, "smoke"), torch.device("cpu"))
+    return session.Session(params, session.Layout(tmp_path / "work", dataset, "smoke"), torch.device("cpu"))
 
 
 def _prepare(tmp_path, *names):
     from test_data import write_cifar, write_tiny_imagenet
 
-    from varmix import data
+    from varmix.learn import data
 
     for name in names:
         if name == "tiny-imagenet":
@@ -266,8 +267,8 @@ def _prepare(tmp_path, *names):
 
 
 def test_a_vae_trains_on_its_own_dataset_and_mixes_the_classifiers_images(tmp_path):
-    from varmix.mixing import varmixup
-    from varmix.vae import train_vae
+    from varmix.learn.mixing import varmixup
+    from varmix.learn.vae import train_vae
 
     _prepare(tmp_path, "cifar10", "cifar100")
     s = _session(tmp_path, "cifar10", "cifar100")
@@ -288,7 +289,7 @@ def test_a_vae_trains_on_its_own_dataset_and_mixes_the_classifiers_images(tmp_pa
 
 
 def test_a_vae_dataset_of_another_shape_stops_before_anything_is_read(tmp_path, monkeypatch):
-    from varmix import data
+    from varmix.learn import data
 
     _prepare(tmp_path, "cifar10", "tiny-imagenet")
     s = _session(tmp_path, "cifar10", "tiny-imagenet")
@@ -302,7 +303,7 @@ def test_a_vae_dataset_of_another_shape_stops_before_anything_is_read(tmp_path, 
 
 
 def test_a_vae_for_other_images_is_refused_when_loaded(tmp_path):
-    from varmix.vae import save_vae
+    from varmix.learn.vae import save_vae
 
     s = _session(tmp_path, "cifar10", None)
     save_vae(s.layout.vae_dir / "vae.pt", ConvVAE(3, 64, latent_dim=4, width=4), VAEConfig(latent_dim=4, width=4))
@@ -312,7 +313,7 @@ def test_a_vae_for_other_images_is_refused_when_loaded(tmp_path):
 
 
 def test_the_fid_keys_keep_the_vae_checkpoint_and_its_dataset_does_not(fmnist, tmp_path):
-    from varmix.vae import _resume_key, train_vae
+    from varmix.learn.vae import _resume_key, train_vae
 
     train_x, test_x = fmnist[0][:64], fmnist[2][:32]
     cfg = VAEConfig(latent_dim=4, width=4, epochs=1, batch_size=32)

@@ -1,4 +1,4 @@
-"""The results site (varmix/site.py, dvc.yaml's site stage) without a browser: built from a part of the
+"""The results site (varmix/study/site.py, dvc.yaml's site stage) without a browser: built from a part of the
 committed study, it is byte-reproducible, self-contained (no script, nothing from the network), shows
 report.json's verdicts, and bad input stops it before anything is written. tests/test_site_browser.py
 opens the whole site in chromium."""
@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from varmix import config, io, pipeline, site
-from varmix.__main__ import main
+from varmix.core import config, io
+from varmix.pipeline import session
+from varmix.study import site
+from varmix.pipeline.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = config.load_params(ROOT / "params.yaml")
-RESULTS = pipeline.Layout(ROOT, PARAMS.dataset, PARAMS.profile).results
+RESULTS = session.Layout(ROOT, PARAMS.dataset, PARAMS.profile).results
 
 
 def small_results(dst: Path, runs_per_chapter: int = 2) -> Path:
@@ -133,7 +135,7 @@ def test_the_landing_page_shows_report_json_verdicts_figure_chapters_and_the_pap
         assert f"{chapter}.html" in hrefs, chapter  # the chapter's page, or the index of its runs
     text = (built / "index.html").read_text(encoding="utf-8")
     assert "The paper&#39;s numbers beside ours" in text or "The paper's numbers beside ours" in text
-    # the paper's CIFAR-10 corruption accuracy for varmixup (varmix/paper.py) beside ours
+    # the paper's CIFAR-10 corruption accuracy for varmixup (varmix/study/paper.py) beside ours
     assert "<td>82.57</td>" in text
 
 
@@ -183,7 +185,7 @@ def test_bad_input_stops_before_anything_is_written(small, tmp_path):
 
 def test_the_command_line_builds_the_site_of_the_selected_study(small, tmp_path, monkeypatch, capsys):
     results, built = small
-    monkeypatch.setenv(pipeline.WORKDIR_ENV, str(results.parents[2]))
+    monkeypatch.setenv(session.WORKDIR_ENV, str(results.parents[2]))
     assert main(["site", "--profile", PARAMS.profile, "--dataset", PARAMS.dataset, "--out", str(tmp_path / "s")]) == 0
     assert capsys.readouterr().out == f"wrote {tmp_path / 's'}/index.html\n"
     assert _files(tmp_path / "s") == _files(built)
@@ -197,7 +199,7 @@ def test_the_site_stage_renders_the_report_stage_results():
     assert st["cmd"] == "python -m varmix site --profile ${profile} --dataset ${dataset}"
     results = "results/${dataset}/${profile}"
     assert f"{results}/notebooks" in st["deps"] and f"{results}/metrics" in st["deps"]  # report.json, train-*.json
-    assert "varmix/site.py" in st["deps"] and "varmix/site_templates" in st["deps"]
+    assert "varmix/study/site.py" in st["deps"] and "varmix/study/site_templates" in st["deps"]
     assert st["outs"] == [{f"{results}/site": {"cache": False}}]
     assert list(stages)[-1] == "site"
 

@@ -2,7 +2,7 @@
 installs it with apt; Playwright's own browser download is never used). Skipped, with the reason, only when
 chromium is not installed.
 
-- The site, built from the committed study (varmix/site.py), opened from disk (file://): every page loads
+- The site, built from the committed study (varmix/study/site.py), opened from disk (file://): every page loads
   without a console or page error and with the site's stylesheet, every image decodes to a non-zero size,
   every internal link reaches an existing page and anchor, and the landing page shows report.json's verdicts,
   one per claim and pair. ``test_the_checks_catch_a_broken_page`` shows the checks fail on a broken page.
@@ -37,7 +37,10 @@ import nbformat
 import pytest
 from markupsafe import escape
 
-from varmix import config, io, pipeline, site
+from varmix.core import config, io
+from varmix.pipeline import runner
+from varmix.pipeline import session
+from varmix.study import site
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = config.load_params(ROOT / "params.yaml")
@@ -106,7 +109,7 @@ def check_site(browser, folder: Path) -> tuple[list[str], dict[str, list]]:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """The whole site of the committed study, built into a temporary folder."""
-    results = pipeline.Layout(ROOT, PARAMS.dataset, PARAMS.profile).results
+    results = session.Layout(ROOT, PARAMS.dataset, PARAMS.profile).results
     if not (results / "metrics" / "report.json").is_file():
         pytest.fail(f"{results} holds no committed study (metrics/report.json): run `dvc repro` and commit results/")
     return results, site.build_site(results, tmp_path_factory.mktemp("site") / "site")
@@ -207,7 +210,7 @@ def _jupyterlab(project: Path, tmp_path: Path, autosave_s: int | None = None):
     ``tmp_path/scratch`` (VARMIX_WORKDIR, as `make lab` sets it). ``autosave_s`` shortens the autosave
     interval (JupyterLab's default is 120 s), so a test sees within seconds what autosave would write."""
     port, token = _free_port(), "varmix-browser-test"
-    env = {**os.environ, pipeline.WORKDIR_ENV: str(tmp_path / "scratch"), "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"),
+    env = {**os.environ, session.WORKDIR_ENV: str(tmp_path / "scratch"), "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws"),
            "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
            "TQDM_DISABLE": "1", "MPLBACKEND": "Agg", "PYTHONPATH": os.pathsep.join(
@@ -341,7 +344,7 @@ def test_opening_notebooks_in_jupyterlab_changes_no_file(browser, tmp_path):
     project = tmp_path / "project"
     (project / "notebooks").mkdir(parents=True)
     shutil.copy2(ROOT / "params.yaml", project / "params.yaml")
-    paths = [f"notebooks/{name}.ipynb" for name in pipeline.NOTEBOOKS]
+    paths = [f"notebooks/{name}.ipynb" for name in runner.NOTEBOOKS]
     for path in paths:
         shutil.copy2(ROOT / path, project / path)
     executed = Path("results") / PARAMS.dataset / PARAMS.profile / "notebooks" / "07_report.ipynb"
@@ -383,10 +386,10 @@ def test_the_registered_kernel_is_the_one_every_notebook_names():
     display name is a metadata change JupyterLab makes (and autosaves) the moment a notebook opens."""
     from jupyter_client.kernelspec import KernelSpecManager
 
-    spec = KernelSpecManager().get_kernel_spec(pipeline.KERNEL)
+    spec = KernelSpecManager().get_kernel_spec(runner.KERNEL)
     books = sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted(
         (ROOT / "results").glob("*/*/notebooks/*.ipynb"))
     assert books
     for book in books:
         meta = json.loads(book.read_text())["metadata"]["kernelspec"]
-        assert (meta["name"], meta["display_name"]) == (pipeline.KERNEL, spec.display_name), book
+        assert (meta["name"], meta["display_name"]) == (runner.KERNEL, spec.display_name), book

@@ -9,7 +9,8 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from varmix import calibration, stats
+from varmix.evaluate import calibration
+from varmix.study import stats
 
 SEEDS = (0, 1, 2, 3, 4)
 

@@ -1,4 +1,4 @@
-"""varmix.train on real Fashion-MNIST subsets with small_cnn: learning, resuming, outputs and errors."""
+"""varmix.learn.train on real Fashion-MNIST subsets with small_cnn: learning, resuming, outputs and errors."""
 
 import dataclasses
 import json
@@ -8,11 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from varmix import attacks, config, mixing, train
-from varmix.config import METHODS, TrainConfig
-from varmix.data import ImageData, load_raw, to_float
-from varmix.models import build_model
-from varmix.vae import ConvVAE
+from varmix.learn import attacks, mixing, train
+from varmix.core import errors
+from varmix.core import names
+from varmix.core import config
+from varmix.core.names import METHODS
+from varmix.core.config import TrainConfig
+from varmix.learn.data import ImageData, load_raw, to_float
+from varmix.learn.models import build_model
+from varmix.learn.vae import ConvVAE
 
 N_TRAIN, N_TEST = 768, 256
 
@@ -239,7 +243,7 @@ def test_manifold_loss_switch_changes_the_step(fmnist):
                          channels_last=False, loss=loss)
         return {n: net.state_dict()[n] - p for n, p in model.state_dict().items() if n.endswith("weight")}
 
-    grads = {loss: step(loss) for loss in config.MANIFOLD_LOSSES}
+    grads = {loss: step(loss) for loss in names.MANIFOLD_LOSSES}
     # the reference's gradient, by hand, on the same mixed batch (same generator seed, same draws)
     model = build_model("small_cnn", 1, 10, 28, [0.5], [0.5])
     model.load_state_dict(net.state_dict())
@@ -372,7 +376,7 @@ def test_progress_bars_follow_tqdm_disable(monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------
-# the adversarial methods (at, trades, iat; varmix.attacks, docs/ADVERSARIAL.md)
+# the adversarial methods (at, trades, iat; varmix.learn.attacks, docs/ADVERSARIAL.md)
 def _adv_cfg(epochs=1, **adv):
     settings = dict(eps=8.0, step=2.0, steps=1, random_start=True, beta=6.0)
     settings.update(adv)
@@ -430,7 +434,7 @@ def test_trades_at_beta_zero_takes_erm_steps(fmnist, tmp_path):
 
 
 def test_iat_mixes_as_mixup_does(fmnist):
-    """IAT's two batches are mixup's (varmix.mixing.mixup) on the clean batch, then on the attacked one,
+    """IAT's two batches are mixup's (varmix.learn.mixing.mixup) on the clean batch, then on the attacked one,
     with lambda and partners drawn from the same generator in that order; the attack uses its own."""
     torch.manual_seed(0)
     net = build_model("small_cnn", 1, 10, 28, [0.286], [0.353])
@@ -480,7 +484,7 @@ def test_bad_adversarial_settings_are_named(fmnist, tmp_path):
              ({"epsilon": 8}, r"unknown key profiles.smoke.train.adversarial.epsilon; allowed keys in "
                               r"profiles.smoke.train.adversarial: beta, eps, random_start, step, steps")]
     for adv, message in cases:
-        with pytest.raises(config.ConfigError, match=message):
+        with pytest.raises(errors.ConfigError, match=message):
             config.TrainConfig.from_dict({**base, "adversarial": adv}, "profiles.smoke.train")
     assert config.TrainConfig.from_dict(base, "k").adversarial == config.AdversarialConfig()
     # a TrainConfig built in code is checked by the trainer, before any work

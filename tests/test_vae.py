@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import varmix.vae as vae_mod
-from varmix.config import VAEConfig
-from varmix.data import ImageData, load_raw, to_float
-from varmix.vae import ConvVAE, load_vae, mmd, reconstruction_metrics, save_vae, train_vae, vae_loss
+import varmix.learn.vae as vae_mod
+from varmix.core.config import VAEConfig
+from varmix.learn.data import ImageData, load_raw, to_float
+from varmix.learn.vae import ConvVAE, load_vae, mmd, reconstruction_metrics, save_vae, train_vae, vae_loss
 
 
 @pytest.fixture(scope="module")
@@ -339,7 +339,7 @@ def test_gate_config_defaults_and_values():
     ("lr_schedule", "step", "'step'", "one of constant, cosine"),
 ])
 def test_gate_config_rejects_bad_values(key, value, shown, allowed):
-    from varmix.config import ConfigError
+    from varmix.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         VAEConfig.from_dict({key: value}, "profiles.default.vae")
@@ -394,7 +394,7 @@ def test_recon_probe_accuracy_is_deterministic_and_cached(fmnist_data, tmp_path)
 def test_recon_probe_at_chance_is_below_the_gate(fmnist_data, tmp_path):
     """An untrained VAE's reconstructions carry nothing of the class: the probe stays at chance, which the
     trainer's divergence check stops at epoch 2; that is reported as the VAE's failure, not the lr's."""
-    from varmix.config import VAEBelowGate
+    from varmix.core.errors import VAEBelowGate
 
     torch.manual_seed(0)
     vae = ConvVAE(1, 28, 4, width=4).eval()
@@ -425,8 +425,8 @@ def test_recon_probe_rejects_bad_input(fmnist_data, tmp_path):
      []),
 ])
 def test_check_gate_names_value_threshold_key_and_remedy(metrics, failed, passed):
-    from varmix.config import VAEBelowGate
-    from varmix.errors import UserError
+    from varmix.core.errors import VAEBelowGate
+    from varmix.core.errors import UserError
 
     cfg = tiny_cfg(min_psnr=22.0, min_recon_accuracy=0.8)
     with pytest.raises(VAEBelowGate) as err:

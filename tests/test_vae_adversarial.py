@@ -10,10 +10,11 @@ import math
 import pytest
 import torch
 
-import varmix.vae as vae_mod
-from varmix.config import AdversarialConfig, AdversarialVAEConfig, ConfigError, VAEConfig
-from varmix.data import load_raw, to_float
-from varmix.vae import adversarial_batch, train_vae, vae_loss
+import varmix.learn.vae as vae_mod
+from varmix.core.config import AdversarialConfig, AdversarialVAEConfig, VAEConfig
+from varmix.core.errors import ConfigError
+from varmix.learn.data import load_raw, to_float
+from varmix.learn.vae import adversarial_batch, train_vae, vae_loss
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_config_rejects_unknown_keys_and_non_mappings():
     (adv(steps=0), r"cfg.adversarial.steps = 0 is invalid: expected an integer >= 1"),
     (adv(random_start=1), r"cfg.adversarial.random_start = 1 is invalid"),
     (AdversarialConfig(), r"cfg.adversarial is a AdversarialConfig: expected None or a "
-                          r"varmix.config.AdversarialVAEConfig"),
+                          r"varmix.core.config.AdversarialVAEConfig"),
 ])
 def test_train_vae_rejects_a_bad_config_built_in_code_before_any_work(fmnist, tmp_path, monkeypatch, bad, word):
     def no_work(*args, **kwargs):

@@ -1,0 +1,76 @@
+"""The names the whole library shares: datasets, methods, architectures, corruptions, profiles, and how a
+run and a VAE are named in folders and tables (``<arm>-s<seed>``). Plain data, no imports: every layer
+may use it."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# Names shared by the whole library (the modules that implement them check they agree).
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "tiny-imagenet")
+# The vicinal methods (varmix.learn.mixing's mixers) and the paper's adversarial baselines (varmix.learn.attacks; the
+# trainer runs them: at = Madry et al.'s PGD training, trades = Zhang et al., iat = Lamb et al.'s
+# interpolated adversarial training, whose mixing is mixup's).
+VICINAL_METHODS = ("erm", "mixup", "mixup_r", "manifold_mixup", "cutmix", "varmixup")
+ADVERSARIAL_METHODS = ("at", "trades", "iat")
+METHODS = VICINAL_METHODS + ADVERSARIAL_METHODS
+VAE_METHODS = ("mixup_r", "varmixup")  # the methods that need the frozen VAE
+ARCHS = ("small_cnn", "preact_resnet18", "resnet34")
+# Mixable layers per architecture for manifold mixup: the input + one per stage (varmix.learn.models builds them).
+NUM_MIX_LAYERS = {"small_cnn": 4, "preact_resnet18": 5, "resnet34": 5}
+assert set(NUM_MIX_LAYERS) == set(ARCHS)
+PROFILES = ("smoke", "default", "paper")
+SCHEDULES = ("constant", "step", "cosine")  # see TrainConfig.schedule (varmix.learn.train.make_optimizer)
+# An arm's name: lower-case letters, digits and underscores, starting with a letter (it names folders and
+# metrics keys "<arm>-s<seed>").
+ARM_NAME = r"[a-z][a-z0-9_]*"
+CPU_KERNELS = ("portable", "fast")  # see Profile.cpu_kernels
+MANIFOLD_LOSSES = ("soft_ce", "bce_softmax")  # see TrainConfig.manifold_loss (varmix.learn.mixing.mixed_loss)
+FID_FEATURES = ("classifier", "inception")  # see VAEConfig.fid_features (varmix.evaluate.sample_distance)
+# The 15 benchmark corruptions of CIFAR-10-C (Hendrycks & Dietterich), then the 4 extras.
+BENCHMARK_CORRUPTIONS = (
+    "gaussian_noise", "shot_noise", "impulse_noise",
+    "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+    "snow", "frost", "fog", "brightness",
+    "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+)
+EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "saturate", "spatter")
+CORRUPTIONS = BENCHMARK_CORRUPTIONS + EXTRA_CORRUPTIONS
+
+# AutoAttack's versions in torchattacks (standard: APGD-CE, APGD-T, FAB-T, Square; rand: APGD-CE and APGD-DLR
+# with EOT, for randomised defences) and apgd: standard's two white-box gradient attacks alone, APGD-CE then
+# APGD-T (varmix.evaluate.perturbation.autoattack_robust), without FAB-T and Square, which cost ~99% of its CPU time
+AUTOATTACK_VERSIONS = ("standard", "rand", "apgd")
+
+# which VAE an arm of a VAE method uses: the vae stage's, or the vae_adversarial stage's (adv-VarMixup)
+VAE_KINDS = ("plain", "adversarial")
+
+
+def check_vae_kind(kind: Any) -> str:
+    """``kind`` if it is one of VAE_KINDS, else a ValueError naming them."""
+    if kind not in VAE_KINDS:
+        raise ValueError(f"vae kind = {kind!r}: expected one of {', '.join(VAE_KINDS)}")
+    return kind
+
+
+def vae_name(kind: str = "plain") -> str:
+    """The name of a VAE's metrics, plot data and executed notebook suffix: ``vae`` (plain) or
+    ``vae_adversarial``."""
+    return "vae" if check_vae_kind(kind) == "plain" else f"vae_{kind}"
+
+
+def run_name(arm: str, seed: int) -> str:
+    """The name of one trained model: ``<arm>-s<seed>`` (model folder, metrics, plot data)."""
+    return f"{arm}-s{seed}"
+
+
+RUN_NAME = re.compile(r"^(?P<arm>[a-z][a-z0-9_]*)-s(?P<seed>\d+)$")
+
+
+def run_key(name: str) -> tuple[str, int]:
+    """``"<arm>-s<seed>"`` -> (arm, seed)."""
+    m = RUN_NAME.match(name)
+    if not m:
+        raise ValueError(f"run name {name!r}: expected '<arm>-s<seed>'")
+    return m["arm"], int(m["seed"])

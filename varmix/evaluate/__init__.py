@@ -1,0 +1,1 @@
+"""Evaluating trained models: corruptions, calibration, local linearity, perturbations, sample distances."""

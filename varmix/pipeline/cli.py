@@ -1,0 +1,131 @@
+"""Command line: ``python -m varmix prepare-data | check-params | check-env | verify-data | notebook |
+refresh-notebooks | site | train-worker``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from varmix.core import config, errors
+from varmix.core.io import project_root
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m varmix", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    prep = sub.add_parser("prepare-data", help="write the prepared .npy folder that data.dvc pins")
+    prep.add_argument("--params", default=None, help="params.yaml (default: the project's)")
+    prep.add_argument("--dataset", default=None, help="dataset name (default: params.yaml's)")
+    prep.add_argument("--data-dir", default=None, help="output folder (default: params.yaml's data_dir)")
+    prep.add_argument("--raw-dir", default=None, help="where the raw dataset lies (default: params.yaml's)")
+    prep.add_argument("--download", action="store_true", help="download with torchvision when missing")
+    chk = sub.add_parser("check-params", help="validate params.yaml and print the selected profile")
+    chk.add_argument("--params", default=None)
+    sub.add_parser("check-env", help="check the installed packages against requirements.lock (make install)")
+    ver = sub.add_parser("verify-data", help="validate params.yaml, then check the prepared data against data.dvc "
+                                             "and meta.json without writing (dvc.yaml's check stage)")
+    ver.add_argument("--params", default=None)
+    ver.add_argument("--profile", default=None)
+    ver.add_argument("--dataset", default=None)
+    ver.add_argument("--stamp", default=None, help="write the verified data hash here (the check stage's output)")
+    nb = sub.add_parser("notebook", help="execute one notebook with papermill into results/ (a dvc stage)")
+    nb.add_argument("name", help="notebook name, e.g. 01_vae")
+    nb.add_argument("--profile", default=None)
+    nb.add_argument("--dataset", default=None)
+    nb.add_argument("--arm", "--method", dest="arm", default=None,
+                    help="02_train only: the arm to train (params.yaml's arms; --method is the old name)")
+    nb.add_argument("--seed", type=int, default=None, help="02_train only: the seed")
+    nb.add_argument("--vae", default=None, help="01_vae only: plain (default) | adversarial (adv-VarMixup's VAE)")
+    ref = sub.add_parser("refresh-notebooks", help="re-execute notebooks/ in place (smoke): nbval's reference outputs")
+    ref.add_argument("names", nargs="*", help="notebook names (default: all, in order)")
+    site = sub.add_parser("site", help="build the static HTML results site from results/<dataset>/<profile>/ "
+                                       "(dvc.yaml's site stage)")
+    site.add_argument("--profile", default=None)
+    site.add_argument("--dataset", default=None)
+    site.add_argument("--out", default=None, help="output folder (default: results/<dataset>/<profile>/site)")
+    wrk = sub.add_parser("train-worker", help="one torchrun worker of a distributed training run (started by "
+                                              "varmix.learn.distributed.launch; docs/DISTRIBUTED.md)")
+    wrk.add_argument("spec", help="the run's spec file, written by the launcher")
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (*errors.REPORTED, errors.Interrupted) as exc:  # the one place user errors become messages
+        lines, code = errors.describe(exc)
+        print("\n".join(lines), file=sys.stderr)
+        return code
+    except KeyboardInterrupt:  # Ctrl-C outside a notebook run (prepare-data): nothing half-written stays
+        print(f"interrupted: {args.command} stopped", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def _params_root(args: argparse.Namespace) -> Path:
+    """The folder params.yaml's relative paths (data_dir, raw_dir) start from: its own folder (the project
+    root, where dvc runs the stages), whatever the cwd. Folders given on the command line stay relative to
+    the cwd, as usual."""
+    return Path(args.params).resolve().parent if args.params else project_root()
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "train-worker":
+        from varmix.learn import train
+
+        return train.worker_main(args.spec)
+    if args.command == "check-env":
+        from varmix.pipeline import envlock  # no torch: only package metadata
+
+        print(envlock.check(project_root()))
+        return 0
+    if args.command in ("notebook", "refresh-notebooks"):
+        from varmix.pipeline import runner  # not varmix.learn.data: running a notebook should not import torch here
+
+        if args.command == "notebook":
+            out = runner.run_notebook(args.name, args.profile, args.dataset, args.arm, args.seed, args.vae)
+            print(f"wrote {out}")
+        else:
+            runner.refresh_notebooks(tuple(args.names) or runner.NOTEBOOKS)
+        return 0
+
+    if args.command == "site":
+        from varmix.pipeline import session
+        from varmix.study import site  # no torch: nbconvert and jinja2 only
+
+        _, layout = session.resolve(args.profile, args.dataset)  # params.yaml validated, VARMIX_WORKDIR followed
+        out = site.build_site(layout.results, args.out)
+        print(f"wrote {out}/index.html")
+        return 0
+
+    if args.command == "verify-data":
+        from varmix.pipeline import verify  # no torch: the first stage of every dvc repro
+
+        params = config.load_params(args.params, {"profile": args.profile, "dataset": args.dataset})
+        root = _params_root(args)
+        md5 = verify.verify_data(root, params.data_dir, params.datasets)  # the classifier's and the VAE's
+        if args.stamp:
+            verify.write_stamp(args.stamp, params.dataset, md5)
+        print(f"params OK (profile={params.profile}); data OK: {params.data_dir}/ = {md5}, as data.dvc pins "
+              f"({', '.join(params.datasets)} checked)")
+        return 0
+
+    params = config.load_params(args.params)
+    if args.command == "check-params":
+        print(f"params OK: profile={params.profile} dataset={params.dataset} arms={','.join(params.arms)}"
+              f" seeds={','.join(map(str, params.seeds))}"
+              + (f" (rival_arms {','.join(params.rival_arms)}: seeds={','.join(map(str, params.rival_seeds))})"
+                 if params.rival_arms else ""))
+        return 0
+
+    from varmix.learn import data  # imports torch: only here
+
+    root = _params_root(args)
+    name = args.dataset or params.dataset
+    data_dir = args.data_dir or root / params.data_dir
+    raw_dir = args.raw_dir or (root / params.raw_dir if params.raw_dir else None)
+    out = data.prepare(name, data_dir, raw_dir, download=args.download)
+    print(f"prepared {name} in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

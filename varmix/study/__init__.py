@@ -1,0 +1,1 @@
+"""The study: statistics over runs, the report, headline, figures, the results site, the paper's numbers."""

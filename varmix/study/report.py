@@ -1,0 +1,240 @@
+"""The report: every arm × every metric in one table, beside the paper's numbers, and the claims' verdicts.
+
+Inputs are the metrics JSON files the evaluation chapters write (one entry per trained model, keyed
+``<arm>-s<seed>``), read into a long table with :func:`per_run` (columns ``arm``, ``seed`` and one per
+metric). The verdicts themselves (paired differences over seeds, two intervals, Holm over the family,
+the rule fixed before looking) are :func:`varmix.study.stats.compare`; :func:`verdict_summary` lays its
+table out as claim × pair.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from varmix.study import paper
+from varmix.core.names import RUN_NAME, run_key
+
+
+
+def per_run(metrics: Mapping[str, object]) -> pd.DataFrame:
+    """A metrics dict ``{"<arm>-s<seed>": {name: value}}`` (other keys ignored) as a long table with
+    columns arm, seed and one per metric."""
+    rows = []
+    for key, values in metrics.items():
+        m = RUN_NAME.match(key)
+        if m and isinstance(values, Mapping):
+            rows.append({"arm": m["arm"], "seed": int(m["seed"]),
+                         **{k: v for k, v in values.items() if not isinstance(v, Mapping)}})
+    if not rows:
+        raise ValueError(f"no '<arm>-s<seed>' entries among the metrics keys {sorted(metrics)}")
+    return pd.DataFrame(rows)
+
+
+def mean_std(runs: pd.DataFrame, columns: Sequence[str], arms: Sequence[str]) -> pd.DataFrame:
+    """Mean and std (ddof 1; NaN for one seed) over seeds per arm, rows in the order of ``arms`` (those
+    that ran): a frame with a (metric, mean/std) column index."""
+    g = runs.groupby("arm", sort=False)[list(columns)]
+    out = pd.concat({"mean": g.mean(), "std": g.std(ddof=1)}, axis=1).swaplevel(axis=1)
+    out = out.reindex(columns=pd.MultiIndex.from_product([list(columns), ["mean", "std"]]))
+    return out.reindex([a for a in arms if a in out.index])
+
+
+def formatted(table: pd.DataFrame, scale: Mapping[str, float] | None = None, digits: int = 4) -> pd.DataFrame:
+    """``mean_std`` output as strings "mean ± std" (just "mean" for one seed): metrics named in ``scale``
+    are multiplied (e.g. ×100 for percentages) and shown with 2 decimals, the others with ``digits``."""
+    scale = scale or {}
+    out = {}
+    for metric in dict.fromkeys(table.columns.get_level_values(0)):
+        k = scale.get(metric, 1.0)
+        n = 2 if metric in scale else digits
+        mean, std = table[(metric, "mean")] * k, table[(metric, "std")] * k
+        out[metric] = [f"{m:.{n}f}" + ("" if np.isnan(s) else f" ± {s:.{n}f}") if not np.isnan(m) else "–"
+                       for m, s in zip(mean, std)]
+    return pd.DataFrame(out, index=table.index)
+
+
+def paper_table(dataset: str = "cifar10") -> pd.DataFrame:
+    """The paper's numbers for ``dataset``: corruption accuracy (%), its std, clean accuracy (%), ECE and
+    γ(ε) at ε = 1, 2, 4, 8, 16 (/255); NaN where the paper gives none."""
+    if dataset not in paper.CORRUPTION_ACCURACY:
+        raise ValueError(f"the paper reports no numbers for {dataset!r}; it has "
+                         f"{', '.join(paper.CORRUPTION_ACCURACY)}")
+    rows = {}
+    for method, (acc, std, clean) in paper.CORRUPTION_ACCURACY[dataset].items():
+        row = {"corruption_accuracy": acc, "corruption_accuracy_std": std, "clean_accuracy": clean,
+               "ece": paper.ECE.get(dataset, {}).get(method, np.nan)}
+        for eps, g in zip(paper.LINEARITY_EPS, paper.LOCAL_LINEARITY.get(dataset, {}).get(method, (np.nan,) * 5)):
+            row[f"gamma_{eps}"] = g
+        rows[method] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method").astype(float)
+
+
+def gamma_columns(columns) -> list[str]:
+    """The ``gamma_<eps>`` columns among ``columns``, in increasing ε (not string order)."""
+    return sorted((c for c in columns if re.fullmatch(r"gamma_[0-9.]+", str(c))), key=lambda c: float(c[6:]))
+
+
+def pgd_columns(columns) -> list[str]:
+    """The per-ε PGD accuracy columns (``pgd_accuracy_eps_<ε>``) of a runs table, in ε order."""
+    cols = [c for c in columns if re.fullmatch(r"pgd_accuracy_eps_[0-9.]+", c)]
+    return sorted(cols, key=lambda c: float(c.rsplit("_", 1)[1]))
+
+
+def sample_distance_table(*vae_metrics: Mapping[str, object]) -> pd.DataFrame:
+    """FID and KID (mean ± std) of each set of images the VAE chapter measured (``sample_distance`` of
+    the plain and the adversarial VAE's metrics; a set measured in both, e.g. the test images, is shown
+    once), with the paper's CIFAR-10 FID/KID beside the mixers it reports."""
+    rows: dict[str, dict] = {}
+    for m in vae_metrics:
+        for name, v in (m.get("sample_distance") or {}).items():
+            rows.setdefault(name, dict(v))
+    if not rows:
+        raise ValueError("no sample_distance in the VAE metrics: run the VAE chapter (01_vae) first")
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("samples")
+    fid_kid = paper.SAMPLE_DISTANCE.get("cifar10", {})
+    table["paper FID (cifar10)"] = [fid_kid.get(n, (np.nan, np.nan))[0] for n in table.index]
+    table["paper KID (cifar10)"] = [fid_kid.get(n, (np.nan, np.nan))[1] for n in table.index]
+    return table
+
+
+def verdict_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`varmix.study.stats.compare`'s table as one row per claim and one column per "arm vs rival" pair
+    (in the table's order), each cell the verdict."""
+    missing = [c for c in ("claim", "arm", "rival", "verdict") if c not in table.columns]
+    if missing:
+        raise ValueError(f"columns {missing} are not among the table's columns {list(table.columns)}; "
+                         f"expected varmix.study.stats.compare's table")
+    pair = table["arm"] + " vs " + table["rival"]
+    out = table.assign(pair=pair).pivot(index="claim", columns="pair", values="verdict")
+    return out.reindex(index=list(dict.fromkeys(table["claim"])), columns=list(dict.fromkeys(pair)))
+
+
+def formatted_comparisons(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """:func:`varmix.study.stats.compare`'s table for reading: one row per claim × pair, the differences
+    multiplied by the claim's ``scale`` and followed by its ``unit``, each interval as "[lo, hi]", the
+    Holm-adjusted p-values, the verdict (and why a pair was not tested)."""
+    def num(x, k):
+        return "–" if pd.isna(x) else f"{x * k:+.{digits}f}"
+
+    rows = []
+    for r in table.itertuples():
+        k, unit = float(r.scale), r.unit or ""
+        tested = r.verdict != "not tested"
+        rows.append({
+            "claim": r.label, "pair": f"{r.arm} vs {r.rival}", "seeds": r.n_seeds,
+            "difference": num(r.diff, k) + unit if tested else "–",
+            "t 95% CI": f"[{num(r.t_lo, k)}, {num(r.t_hi, k)}]" if tested else "–",
+            "t p (Holm)": f"{r.t_p_holm:.3g}" if tested else "–",
+            "bootstrap 95% CI": f"[{num(r.boot_lo, k)}, {num(r.boot_hi, k)}]" if tested else "–",
+            "bootstrap p (Holm)": f"{r.boot_p_holm:.3g}" if tested else "–",
+            "verdict": r.verdict if tested else f"not tested ({r.reason})",
+        })
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# the study's claims, fixed before looking (07_report runs them; tests/test_report.py pins them)
+def study_claims(n_bins: int = 15):
+    """The four claims the study decides, as :class:`varmix.study.stats.Claim`: higher corruption accuracy
+    (mean over the 15 corruptions x 5 severities), lower clean ECE, lower mean γ at ε = 8/255, higher
+    accuracy under PGD-ℓ∞ (per image: the share of the perturbation chapter's ε at which it stays robust;
+    per run: the mean of the accuracies at those ε)."""
+    from varmix.study import stats
+
+    return [stats.Claim("1. corruptions", "corruption_accuracy", +1, label="corruption accuracy (15 corruptions)",
+                        unit=" points", scale=100),
+            stats.Claim("2. calibration", "ece", -1, statistic=stats.ECE(n_bins), label="clean ECE"),
+            stats.Claim("3. local linearity", "gamma_8", -1, label="mean γ at ε = 8/255"),
+            stats.Claim("4. perturbations", "pgd_accuracy", +1, label="accuracy under PGD (mean over ε)",
+                        unit=" points", scale=100)]
+
+
+def secondary_claims():
+    """Readings that qualify the claims (their own Holm family, reported beside the verdicts): corruption
+    accuracy without / with only the four intensity-shifting corruptions (the background artifact),
+    clean NLL, clean accuracy."""
+    from varmix.study import stats
+
+    return [stats.Claim("1a. corruptions without intensity shift", "corruption_accuracy_no_intensity", +1,
+                        label="corruption accuracy without brightness, contrast, fog, frost", unit=" points",
+                        scale=100),
+            stats.Claim("1b. intensity-shift corruptions only", "corruption_accuracy_intensity", +1,
+                        label="accuracy under brightness, contrast, fog, frost", unit=" points", scale=100),
+            stats.Claim("2a. clean NLL", "nll", -1, label="clean NLL"),
+            stats.Claim("0. clean accuracy", "accuracy", +1, label="clean accuracy", unit=" points", scale=100)]
+
+
+def per_image_inputs(corruptions: Mapping[str, object], logits: Mapping[str, tuple], gammas: pd.DataFrame,
+                     eps_255: float = 8, perturbations: Mapping[str, Mapping[float, np.ndarray]] | None = None
+                     ) -> dict[str, dict[tuple[str, int], np.ndarray]]:
+    """The per-image arrays :func:`varmix.study.stats.compare` resamples, keyed metric -> (arm, seed):
+    ``corruptions`` = ``robustness.load_per_image`` (run -> PerImage), ``logits`` = ``io.read_logits``
+    (run -> (logits, labels)), ``gammas`` = the landscape chapter's per-image γ table (columns method =
+    arm, seed, eps_255, image, gamma), ``perturbations`` = ``perturbation.load_masks`` (run -> {ε in
+    1/255: robust per image}) as ``pgd_accuracy``, the mean over ε > 0 of each image's robustness."""
+    from varmix.evaluate import calibration, robustness
+
+    out: dict[str, dict[tuple[str, int], np.ndarray]] = {}
+    for name, p in corruptions.items():
+        for metric, values in robustness.family_per_image(p).items():
+            out.setdefault(metric, {})[run_key(name)] = values
+    for name, (t, y) in logits.items():
+        key = run_key(name)
+        rows = calibration.conf_correct(t, y)
+        out.setdefault("ece", {})[key] = rows
+        out.setdefault("accuracy", {})[key] = rows[:, 1]
+        logp = np.log(calibration.probabilities(t).numpy())
+        out.setdefault("nll", {})[key] = -logp[np.arange(len(y)), np.asarray(y)]
+    at = gammas[np.isclose(gammas["eps_255"], eps_255)]
+    if at.empty:
+        raise ValueError(f"no γ at ε = {eps_255}/255 among {sorted(gammas['eps_255'].unique())}")
+    for (arm, seed), g in at.groupby(["method", "seed"], sort=False):
+        out.setdefault(f"gamma_{eps_255:g}", {})[(arm, int(seed))] = g.sort_values("image")["gamma"].to_numpy()
+    for name, masks in (perturbations or {}).items():  # eps 0 (clean, if stored) is not a perturbation
+        out.setdefault("pgd_accuracy", {})[run_key(name)] = np.mean(
+            [np.asarray(m, dtype=np.float64) for e, m in masks.items() if e > 0], axis=0)
+    return out
+
+
+def family(comparisons: Mapping[str, Sequence[str]]) -> list[tuple[str, str]]:
+    """params.yaml's ``comparisons`` (arm -> rivals) as the (arm, rival) pairs of the family."""
+    return [(arm, rival) for arm, rivals in comparisons.items() for rival in rivals]
+
+
+def majority(values: pd.Series) -> str:
+    """The most common value and how many runs have it, e.g. "under-confident (5/5)"."""
+    counts = values.value_counts()
+    return f"{counts.index[0]} ({int(counts.iloc[0])}/{len(values)})" if len(counts) else "–"
+
+
+def verdict_lines(table: pd.DataFrame, secondary: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    """One sentence per claim x pair: the verdict, the difference with both intervals, and what qualifies
+    it: for the corruption claim, whether the intensity-shift corruptions (the background artifact)
+    drive the verdict; for calibration, the regime each arm is in."""
+    lines = []
+    regimes = runs.groupby("arm")["regime"].agg(majority) if "regime" in runs.columns else {}
+    no_int = secondary[secondary["metric"] == "corruption_accuracy_no_intensity"].set_index(["arm", "rival"])
+    for r in table.itertuples():
+        k = float(r.scale)
+        if r.verdict == "not tested":
+            lines.append(f"{r.claim}, {r.arm} vs {r.rival}: not tested ({r.reason})")
+            continue
+        text = (f"{r.claim}, {r.arm} vs {r.rival}: {r.verdict.upper()} — paired difference {r.diff * k:+.3g}{r.unit} "
+                f"(positive = the paper's direction), t 95% CI [{r.t_lo * k:+.3g}, {r.t_hi * k:+.3g}], "
+                f"bootstrap [{r.boot_lo * k:+.3g}, {r.boot_hi * k:+.3g}], Holm p {r.t_p_holm:.3g} / {r.boot_p_holm:.3g}")
+        if r.metric == "corruption_accuracy" and (r.arm, r.rival) in no_int.index:
+            other = no_int.loc[(r.arm, r.rival)]
+            if other["verdict"] != r.verdict:
+                text += (f". The background artifact drives this verdict: without brightness, contrast, fog "
+                         f"and frost the difference is {other['diff'] * k:+.3g}{r.unit} ({other['verdict']})")
+            else:
+                text += (f"; without the intensity-shift corruptions: {other['diff'] * k:+.3g}{r.unit} "
+                         f"({other['verdict']}), so the background artifact does not drive it")
+        if r.metric == "ece" and len(regimes):
+            text += f". Regimes: {r.arm} {regimes.get(r.arm, '–')}, {r.rival} {regimes.get(r.rival, '–')}"
+        lines.append(text)
+    return lines
