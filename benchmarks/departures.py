@@ -36,8 +36,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from varmix.core import config  # noqa: E402
-from varmix.core import names
+from varmix.core import (
+    config,  # noqa: E402
+    names,
+)
 from varmix.evaluate import landscape
 from varmix.learn import mixing
 from varmix.learn.data import load, to_float  # noqa: E402

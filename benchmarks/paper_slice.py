@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from varmix.pipeline import session
 from varmix.learn.train import VAE_METHODS, train_classifier  # noqa: E402
 from varmix.learn.vae import train_vae  # noqa: E402
+from varmix.pipeline import session
 
 
 def main(argv=None) -> int:

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))          # throughput.p
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))      # varmix, from a checkout
 
 import throughput  # noqa: E402
+
 from varmix.core import names
 from varmix.learn.train import resolve_device  # noqa: E402
 

@@ -62,11 +62,13 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from varmix.core import config  # noqa: E402
-from varmix.core import names
-from varmix.learn import mixing
+from varmix.core import (
+    config,  # noqa: E402
+    names,
+)
 from varmix.core.names import BENCHMARK_CORRUPTIONS, CORRUPTIONS  # noqa: E402
 from varmix.evaluate.corruptions import CONSTANTS, corrupt  # noqa: E402
+from varmix.learn import mixing
 from varmix.learn.models import build_model  # noqa: E402
 from varmix.learn.train import crop_padding, make_optimizer, resolve_device, train_step  # noqa: E402
 from varmix.learn.vae import CHANNELS, IMAGE_SIZES, ConvVAE  # noqa: E402

@@ -38,10 +38,10 @@ from pathlib import Path
 
 import torch
 
+from varmix.core.config import VAEConfig
 from varmix.learn import data as data_lib
 from varmix.learn import gate
 from varmix.learn import vae as vae_lib
-from varmix.core.config import VAEConfig
 from varmix.learn.train import train_classifier
 
 BASE = dict(objective="mmd", gamma=100.0, likelihood="bce", batch_size=128, lr=1e-3,

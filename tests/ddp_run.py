@@ -22,9 +22,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from varmix.learn import train  # noqa: E402
-from varmix.core.names import METHODS  # noqa: E402
 from varmix.core.config import TrainConfig
+from varmix.core.names import METHODS  # noqa: E402
+from varmix.learn import train  # noqa: E402
 from varmix.learn.data import ImageData, load_raw  # noqa: E402
 
 N_TRAIN, N_TEST, BATCH, SEED = 101, 32, 32, 3

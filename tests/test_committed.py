@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from varmix.core import config, io
+from varmix.core.names import run_name
 from varmix.evaluate import calibration
 from varmix.pipeline import session
-from varmix.core import config, io
 from varmix.pipeline.session import Layout, json_ready
-from varmix.core.names import run_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = config.load_params(ROOT / "params.yaml")

@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from varmix.core import config
-from varmix.core import errors
-from varmix.core import names
+from varmix.core import config, errors, names
 from varmix.pipeline.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,10 +2,10 @@
 Tiny-ImageNet fixtures written here in their exact on-disk formats."""
 
 import gzip
-import os
-import subprocess
 import hashlib
+import os
 import pickle
+import subprocess
 from pathlib import Path
 
 import numpy as np

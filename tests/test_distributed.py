@@ -32,9 +32,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from varmix.core import config
-from varmix.core import errors
-from varmix.core import names
+from varmix.core import config, errors, names
 from varmix.learn import distributed, train
 
 sys.path.insert(0, str(Path(__file__).parent))

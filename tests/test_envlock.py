@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from varmix.pipeline import envlock
 from varmix.core import errors
+from varmix.pipeline import envlock
 
 ROOT = Path(__file__).resolve().parents[1]
 

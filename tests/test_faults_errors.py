@@ -23,12 +23,11 @@ import nbformat
 import psutil
 import pytest
 import yaml
-
 from test_data import fake_fashion
+
 from varmix.core import errors
-from varmix.pipeline import runner
-from varmix.pipeline import session
 from varmix.learn import data
+from varmix.pipeline import runner, session
 from varmix.pipeline.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,12 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import smoke_clone
 import yaml
 
-import smoke_clone
-from varmix.pipeline import verify
-from varmix.pipeline import runner
-from varmix.pipeline import session
+from varmix.pipeline import runner, session, verify
 from varmix.pipeline.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]

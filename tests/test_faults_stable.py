@@ -15,16 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from varmix.core import config, io
-from varmix.core import errors
-from varmix.core import names
-from varmix.pipeline import session
+from varmix.core import config, errors, io, names
+from varmix.core.config import TrainConfig
+from varmix.core.names import METHODS
 from varmix.learn import train
 from varmix.learn import vae as vae_mod
-from varmix.core.names import METHODS
-from varmix.core.config import TrainConfig
 from varmix.learn.data import ImageData, load_raw
 from varmix.learn.vae import ConvVAE, train_vae
+from varmix.pipeline import session
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 512, 256

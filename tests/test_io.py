@@ -7,8 +7,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from varmix.evaluate import calibration as C
 from varmix.core import io as vio
+from varmix.evaluate import calibration as C
 
 
 def arrays():

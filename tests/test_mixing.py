@@ -5,9 +5,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from varmix.learn import mixing
 from varmix.core.names import VICINAL_METHODS as METHODS  # the mixers' methods
-from varmix.learn.mixing import (MixedBatch, bce_softmax, cutmix, erm, make_mixer, manifold_mixup, mixed_loss, mixup, mixup_r, one_hot, sample_lambda, soft_cross_entropy, varmixup)
+from varmix.learn import mixing
+from varmix.learn.mixing import (
+    MixedBatch,
+    bce_softmax,
+    cutmix,
+    erm,
+    make_mixer,
+    manifold_mixup,
+    mixed_loss,
+    mixup,
+    mixup_r,
+    one_hot,
+    sample_lambda,
+    soft_cross_entropy,
+    varmixup,
+)
 from varmix.learn.vae import ConvVAE
 
 K = 5

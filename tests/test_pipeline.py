@@ -16,12 +16,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from varmix.core import config
-from varmix.core import errors
-from varmix.core import names
-from varmix.pipeline import runner
-from varmix.pipeline import session
-from varmix import pipeline
+import varmix
+from varmix.core import config, errors, names
+from varmix.pipeline import runner, session
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -155,7 +152,7 @@ def test_notebooks_are_thin_parameterised_drivers(name):
     assert defaults["profile"] == "smoke" and defaults["dataset"] == "fashion-mnist"
     code = "\n".join(c.source for c in book.cells if c.cell_type == "code")
     assert not re.search(r"^\s*(def|class) ", code, re.M), f"{name} defines functions: they belong in varmix/"
-    assert "session.start(profile, dataset)" in code
+    assert "pipeline.start(profile, dataset)" in code
     assert book.cells[0].cell_type == "markdown" and book.cells[0].source.startswith("# ")
     # the stored outputs are nbval's reference: executed, without errors
     outputs = [o for c in book.cells if c.cell_type == "code" for o in c.outputs]
@@ -283,7 +280,7 @@ def test_the_kernel_imports_the_varmix_that_runs_the_notebook(tmp_path, monkeypa
     nbformat.write(book, src)
     runner._execute(src, out, None)
     printed = nbformat.read(out, as_version=4).cells[0].outputs[0]["text"].strip()
-    assert printed == str(Path(pipeline.__file__).resolve().parent / "__init__.py")
+    assert printed == str(Path(varmix.__file__).resolve())
     assert runner.kernel_env({"PYTHONPATH": "/a"})["PYTHONPATH"] == os.pathsep.join([str(ROOT), "/a"])
 
 
@@ -315,7 +312,7 @@ def test_session_writes_to_workdir_and_lists_runs(tmp_path, monkeypatch):
 def test_start_pins_the_avx2_cpu_kernels_in_a_fresh_process(tmp_path):
     # AVX-512 kernels round differently from AVX2 ones: start() must choose the kernels before torch does;
     # the smoke and default profiles (cpu_kernels: portable) also turn oneDNN off, the paper one (fast) keeps it
-    code = ("import os, sys, torch\nfrom varmix import pipeline\ns = session.start(sys.argv[1])\n"
+    code = ("import os, sys, torch\nfrom varmix import pipeline\ns = pipeline.start(sys.argv[1])\n"
             "torch.ones(3).sum()\n"
             "print(torch.backends.cpu.get_cpu_capability(), os.environ['MKL_CBWR'], torch.backends.mkldnn.enabled,"
             " torch.get_num_threads())")

@@ -15,7 +15,6 @@ import shutil
 import time
 
 import pytest
-
 import smoke_clone
 
 QUEUE_TIMEOUT_S = 1500

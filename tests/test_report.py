@@ -10,9 +10,9 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from varmix.study import figures, paper, report, stats
 from varmix.learn import mixing
 from varmix.learn.vae import ConvVAE, latent_metrics
+from varmix.study import figures, paper, report, stats
 
 
 def _runs():

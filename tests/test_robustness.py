@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from varmix.core.names import CORRUPTIONS
 from varmix.evaluate import calibration as C
 from varmix.evaluate import robustness as R
-from varmix.core.names import CORRUPTIONS
 
 N, K = 12, 4
 CORR = ("gaussian_noise", "contrast")

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from varmix.evaluate import sample_distance as sd
-from varmix.pipeline import session
 from varmix.core.config import VAEConfig
+from varmix.evaluate import sample_distance as sd
 from varmix.learn.data import ImageData, load_raw, to_float
 from varmix.learn.models import build_model
 from varmix.learn.vae import ConvVAE
+from varmix.pipeline import session
 
 
 @pytest.fixture(scope="module")
@@ -288,17 +288,18 @@ def test_a_vae_trains_on_its_own_dataset_and_mixes_the_classifiers_images(tmp_pa
     assert same.vae_dataset == "cifar10" and same.load_vae_data(d) is d
 
 
-def test_a_vae_dataset_of_another_shape_stops_before_anything_is_read(tmp_path, monkeypatch):
+def test_a_vae_dataset_of_other_channels_stops_before_anything_is_read(tmp_path, monkeypatch):
+    # only the channels must match: another image size (tiny-imagenet for cifar10) is resized
+    # (tests/test_cross_dataset.py)
     from varmix.learn import data
 
-    _prepare(tmp_path, "cifar10", "tiny-imagenet")
-    s = _session(tmp_path, "cifar10", "tiny-imagenet")
+    s = _session(tmp_path, "cifar10", "fashion-mnist")
     read = []
     monkeypatch.setattr(data, "load", lambda *a, **k: read.append(a))
     with pytest.raises(ValueError) as err:
         s.load_vae_data()
-    assert str(err.value).startswith("profiles.smoke.vae.dataset = 'tiny-imagenet' has images of shape "
-                                     "(3, 64, 64), the classifier's dataset 'cifar10' (3, 32, 32)")
+    assert str(err.value).startswith("profiles.smoke.vae.dataset = 'fashion-mnist' has images of shape "
+                                     "(1, 28, 28), the classifier's dataset 'cifar10' (3, 32, 32)")
     assert not read
 
 
@@ -306,8 +307,8 @@ def test_a_vae_for_other_images_is_refused_when_loaded(tmp_path):
     from varmix.learn.vae import save_vae
 
     s = _session(tmp_path, "cifar10", None)
-    save_vae(s.layout.vae_dir / "vae.pt", ConvVAE(3, 64, latent_dim=4, width=4), VAEConfig(latent_dim=4, width=4))
-    with pytest.raises(ValueError, match=r"vae.pt is for images of shape \(3, 64, 64\), the dataset 'cifar10' "
+    save_vae(s.layout.vae_dir / "vae.pt", ConvVAE(1, 28, latent_dim=4, width=4), VAEConfig(latent_dim=4, width=4))
+    with pytest.raises(ValueError, match=r"vae.pt is for images of shape \(1, 28, 28\), the dataset 'cifar10' "
                                          r"has \(3, 32, 32\): retrain it"):
         s.load_vae()
 

@@ -5,6 +5,7 @@ opens the whole site in chromium."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 from html.parser import HTMLParser
@@ -15,8 +16,9 @@ import yaml
 
 from varmix.core import config, io
 from varmix.pipeline import session
-from varmix.study import site
 from varmix.pipeline.cli import main
+from varmix.study import site
+from varmix.study import site_search as search
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = config.load_params(ROOT / "params.yaml")
@@ -110,16 +112,20 @@ def test_a_failed_build_leaves_the_previous_site(small, monkeypatch):
     assert [p.name for p in built.parent.iterdir() if p.name.startswith(".")] == []
 
 
-def test_pages_load_nothing_from_the_network_and_run_no_script(small):
+def test_pages_load_nothing_from_the_network_and_run_only_the_local_search(small):
+    """No page loads anything from the network; the only scripts are the site's own search index and script,
+    local files (adapted: the site ran no script at all before the search)."""
     _, built = small
     for page in sorted(built.glob("*.html")):
         parsed = parse(page)
-        assert [a for t, a in parsed.tags if t == "script"] == [], page.name
+        assert [a.get("src") for t, a in parsed.tags if t == "script"] == [search.INDEX, search.SCRIPT], page.name
         for tag, attrs in parsed.tags:
             for key in ("src", "href"):
                 value = attrs.get(key) or ""
                 assert not re.match(r"(https?:)?//", value), f"{page.name}: <{tag} {key}={value}> is not local"
         assert ("link", {"rel": "stylesheet", "href": site.STYLESHEET}) in parsed.tags, page.name
+    assert (built / search.SCRIPT).is_file() and (built / search.INDEX).read_text().startswith("window.VARMIX_SEARCH=")
+    assert "fetch(" not in (built / search.SCRIPT).read_text()  # fetch() of a file fails from file://
 
 
 def test_the_landing_page_shows_report_json_verdicts_figure_chapters_and_the_paper(small):
@@ -213,3 +219,105 @@ def test_the_committed_site_is_what_the_committed_results_give(tmp_path):
     committed = site.site_dir(RESULTS)
     assert committed.is_dir(), f"{committed} is not committed: run `dvc repro site` and commit it"
     assert _files(site.build_site(RESULTS, tmp_path / "site")) == _files(committed)
+
+
+# ----------------------------------------------------------------------------------------------
+# the pure parts: summaries, numbers, anchors, the search index, dvc.lock
+def test_a_summary_ends_where_its_sentence_does():
+    head = "# 4. Calibration\n\n"
+    whole = "The claim: models are better calibrated (lower ECE). Every number comes from one file."
+    assert site.summary_markdown(head + whole + "\n\nMore.") == whole
+    # leads into a list: cut at the last full sentence, not at the colon
+    assert site.summary_markdown(head + "The claim holds. Every number is recomputed from the logits (read back "
+                                        "without training):\n\n- ECE\n- NLL") == "The claim holds."
+    # no full sentence before the list: the paragraph and its list, not the paragraph after
+    assert site.summary_markdown(head + "The report gives:\n\n- a difference;\n- a verdict.\n\nAfter.") == \
+        "The report gives:\n\n- a difference;\n- a verdict."
+    # an abbreviation is not a sentence's end; a closing bracket or emphasis after the stop is kept
+    assert site.summary_markdown("Models differ, e.g. Mixup (the paper's control.) It leads into:") == \
+        "Models differ, e.g. Mixup (the paper's control.)"
+    assert site.summary_markdown("# only a heading") == ""
+
+
+def test_numbers_keep_three_significant_figures_where_two_decimals_lose_them():
+    # an ECE difference: not "+0.01 [+0.00, +0.01]"
+    assert site.fmt_interval(0.0057912, 0.00193, 0.00966) == ("+0.00579", "+0.00193", "+0.00966")
+    # points: two decimals already keep three figures
+    assert site.fmt_interval(-0.0293467, -0.0408968, -0.0177965, 100) == ("-2.93", "-4.09", "-1.78")
+    assert site.fmt_interval(-0.1082, -0.1372, -0.0791, 100) == ("-10.82", "-13.72", "-7.91")
+    # a difference of ~0 beside a wide interval: one decimal beyond the interval's three figures
+    assert site.fmt_interval(0.00001, -0.05, 0.05) == ("+0.00001", "-0.05000", "+0.05000")
+    assert site.fmt_interval(None, float("nan")) == ("–", "–", "–")
+    assert site.fmt_interval(0.0123, sign=False)[0] == "0.0123"
+    assert site.fmt_p(0.0404585967) == "0.0405" and site.fmt_p(None) == "–"
+
+
+def test_comparison_rows_carry_the_hover_text_and_the_row_anchor():
+    meta = {"2. calibration": {"label": "clean ECE", "unit": "", "scale": 1.0}}
+    c = {"claim": "2. calibration", "arm": "varmixup", "rival": "mixup_half", "n_seeds": 5, "diff": 0.0057912,
+         "t_lo": 0.00193, "t_hi": 0.00966, "t_p_holm": 0.169, "boot_lo": 0.0004, "boot_hi": 0.0114,
+         "boot_p_holm": 0.324, "verdict": "inconclusive", "reason": ""}
+    (row,) = site.comparison_rows([c], meta, "cmp")
+    assert row["id"] == "cmp-2-calibration-varmixup-vs-mixup-half"
+    assert row["key"] == "2. calibration | varmixup vs mixup_half"
+    assert row["difference"] == "+0.00579" and row["t_ci"] == "[+0.00193, +0.00966]"
+    assert row["boot_ci"] == "[+0.00040, +0.01140]" and row["mde"] == ""
+    assert "difference +0.00579" in row["title"] and "t 95% CI [+0.00193, +0.00966]" in row["title"]
+    assert row["title"].endswith(": inconclusive")
+    (with_mde,) = site.comparison_rows([{**c, "mde": 0.004}], meta, "cmp")  # report.json may gain an MDE
+    assert with_mde["mde"] == "0.00400" and "MDE 0.00400" in with_mde["title"]
+    (untested,) = site.comparison_rows([{**c, "verdict": "not tested", "reason": "one seed"}], meta, "cmp")
+    assert untested["difference"] == "–" and untested["verdict"] == "not tested (one seed)"
+
+
+def test_the_search_index_holds_each_section_once():
+    page = ('<html><body><main><h1 id="top">Title<a class="anchor-link" href="#top">¶</a></h1><p>Intro &amp; '
+            'more</p><h2 id="Attacks">Attacks</h2><p>AutoAttack at 8/255</p><script>x()</script></main></body></html>')
+    entries = search.build_index([{"href": "a.html", "title": "A", "html": page},
+                                  {"href": "b.html", "title": "A", "html": page}])  # the same text twice: once
+    assert entries == [{"u": "a.html#top", "t": "A › Title", "x": "Intro & more"},
+                       {"u": "a.html#Attacks", "t": "A › Attacks", "x": "AutoAttack at 8/255"}]
+    assert search.search(entries, "autoattack") == [entries[1]] and search.search(entries, "  ") == []
+    script = search.index_script([{"u": "a.html", "t": "</script>", "x": "γ"}])
+    assert script == 'window.VARMIX_SEARCH=[{"t":"<\\/script>","u":"a.html","x":"γ"}];\n'
+    assert [h["text"] for h in search.headings(page)] == ["Title", "Attacks"]
+
+
+def test_the_stages_come_from_dvc_lock(tmp_path):
+    results = tmp_path / "results" / "ds" / "prof"
+    (results / "metrics").mkdir(parents=True)
+    (results / "metrics" / "r.json").write_text("{}")
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"report": {"outs": [
+        {"path": "results/ds/prof/metrics/r.json", "md5": "x"},
+        {"path": "results/ds/prof/notebooks/07_report.ipynb", "md5": "y"},
+        {"path": "runs/ds/prof/model", "md5": "z"}]}}}))
+    stages = site.read_stages(tmp_path / "dvc.lock", results)
+    assert set(stages) == {"metrics/r.json", "notebooks/07_report.ipynb"}
+    assert stages["notebooks/07_report.ipynb"]["stage"] == "report"
+    assert site._data_files(results, stages["metrics/r.json"]["outs"]) == ["metrics/r.json"]
+    assert site.read_stages(tmp_path / "none.lock", results) == {}
+
+
+def test_verdicts_link_to_their_rows_and_pages_carry_a_sidebar_code_toggle_and_provenance(small):
+    results, built = small
+    report_json = io.read_json(results / "metrics" / "report.json")
+    landing = (built / "index.html").read_text(encoding="utf-8")
+    report_page = next(p for p in site.notebook_pages(results / "notebooks") if p.chapter.endswith("_report"))
+    text = (built / report_page.href).read_text(encoding="utf-8")
+    for c in report_json["comparisons"]:
+        anchor = site.anchor_id("cmp", c["claim"], c["arm"], c["rival"])
+        assert f'<a href="{report_page.href}#{anchor}">{c["verdict"]}</a>' in landing
+        assert f'<tr id="{anchor}">' in text and f'<a href="#{anchor}">{c["verdict"]}</a>' in text
+    # one verdict table: the same markup (classes, column order) on the index and in the report
+    grid = re.search(r'<table class="verdicts">.*?</table>', landing, re.S)[0]
+    assert grid.replace(f'href="{report_page.href}#', 'href="#') in text
+    assert 'class="site-layout has-toc"' in landing and 'class="site-layout has-toc"' in text
+    assert re.search(r'<input [^>]*id="site-show-code"', text)  # nbconvert orders the attributes itself
+    assert "site-show-code" not in landing
+    # the footer names the notebook and its md5 (and, where the project's dvc.lock records it, the stage and
+    # `dvc repro <stage>`: tests/test_site_browser.py checks that on the committed study)
+    md5 = hashlib.md5((results / "notebooks" / f"{report_page.name}.ipynb").read_bytes()).hexdigest()
+    assert re.search(rf"<footer.*md5 <code>{md5}</code>", text, re.S)
+    assert '<a href="data/metrics/report.json" download>metrics/report.json</a>' in landing
+    assert (built / "data" / "metrics" / "report.json").read_bytes() == (results / "metrics" / "report.json").read_bytes()
+    assert "break-all" not in (built / site.STYLESHEET).read_text().split("/* navigation, landing page")[-1]

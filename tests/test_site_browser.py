@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -38,8 +39,7 @@ import pytest
 from markupsafe import escape
 
 from varmix.core import config, io
-from varmix.pipeline import runner
-from varmix.pipeline import session
+from varmix.pipeline import runner, session
 from varmix.study import site
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,8 @@ if CHROMIUM is None:
     pytest.skip("Debian's chromium is not installed (`make browser`, i.e. apt-get install chromium): the browser "
                 "tests of the results site and of JupyterLab cannot run", allow_module_level=True)
 
-from playwright.sync_api import TimeoutError as PlaywrightTimeout, sync_playwright  # noqa: E402  (after the skip: only with a browser to drive)
+from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402  (after the skip: only with a browser to drive)
+from playwright.sync_api import sync_playwright
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +128,8 @@ def test_every_page_of_the_site_loads_cleanly_from_disk(browser, built):
     assert len(shown) == len({k for k, _, _ in shown}) == len(claims)
     assert {k: v for k, v, _ in shown} == claims
     assert all(visible for _, _, visible in shown)
+    # the report page shows the same verdict table (the site's rendering of report.json, as on the index)
+    assert {k: v for k, v, _ in verdicts[_report_href(results)]} == claims
 
 
 def test_the_checks_catch_a_broken_page(browser, built, tmp_path):
@@ -140,9 +143,12 @@ def test_the_checks_catch_a_broken_page(browser, built, tmp_path):
         shutil.copy2(folder / name, broken / name)
     landing = (broken / "index.html").read_text(encoding="utf-8")
     key = next(iter(io.read_json(built[0] / "metrics" / "report.json")["claims"]))
-    cell = f'data-verdict-key="{escape(key)}">'  # as jinja2 escapes it
-    assert cell in landing
-    (broken / "index.html").write_text(landing.replace(cell, cell + "holds or not ", 1), encoding="utf-8")
+    # the cell as jinja2 escapes its key, then its title and its link to the comparison's row (adapted: the
+    # verdict was the cell's only content before the link)
+    cell = re.compile(f'data-verdict-key="{re.escape(str(escape(key)))}"[^>]*>(<a [^>]*>)?')
+    assert cell.search(landing)
+    (broken / "index.html").write_text(cell.sub(lambda m: m[0] + "holds or not ", landing, count=1),
+                                       encoding="utf-8")
     (broken / "bad.html").write_text(
         '<!DOCTYPE html><html><head><title>bad</title></head><body>'
         '<img src="data:image/png;base64,iVBORw0KGgo="><a href="nowhere.html">x</a><a href="index.html#nothing">y</a>'
@@ -155,6 +161,148 @@ def test_the_checks_catch_a_broken_page(browser, built, tmp_path):
                    f"bad.html: the stylesheet {site.STYLESHEET} did not apply"):
         assert needle in found
     assert {k: v for k, v, _ in verdicts["index.html"]}[key].startswith("holds or not ")
+
+
+# what a reader does: follow a verdict, read the contents, show the code, search, read on a phone
+# Elements wider than the viewport that are not inside a box that scrolls sideways (overflow-x auto/scroll).
+TOO_WIDE = """() => { const vw = document.documentElement.clientWidth, out = [];
+    for (const e of document.querySelectorAll('body *')) {
+        const r = e.getBoundingClientRect();
+        if (r.width === 0 || r.right <= vw + 1) continue;
+        let p = e.parentElement, boxed = false;
+        for (; p && p !== document.body; p = p.parentElement) {
+            if (['auto', 'scroll'].includes(getComputedStyle(p).overflowX)) { boxed = true; break; }
+        }
+        if (!boxed) out.push(e.tagName + '.' + e.className + ' ' + Math.round(r.right));
+    }
+    return [document.documentElement.scrollWidth, out.slice(0, 5)]; }"""
+
+
+def _report_href(results: Path) -> str:
+    return next(p for p in site.notebook_pages(results / "notebooks") if p.chapter.endswith("_report")).href
+
+
+def test_a_verdict_links_to_its_comparison_row_and_explains_itself_on_hover(browser, built):
+    results, folder = built
+    report = _report_href(results)
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto((folder / "index.html").as_uri())
+    cell = page.locator("table.verdicts td[data-verdict-key]").first
+    key = cell.get_attribute("data-verdict-key")
+    claim, pair = key.split(" | ")
+    row = next(c for c in io.read_json(results / "metrics" / "report.json")["comparisons"]
+               if c["claim"] == claim and f"{c['arm']} vs {c['rival']}" == pair)
+    title = cell.get_attribute("title")
+    assert pair in title and "difference" in title and "95% CI" in title and title.endswith(row["verdict"])
+    cell.locator("a").click()
+    page.wait_for_load_state("load")
+    anchor = site.anchor_id("cmp", claim, row["arm"], row["rival"])
+    assert page.url.endswith(f"{report}#{anchor}")
+    landed = page.evaluate("""(id) => { const r = document.getElementById(id).getBoundingClientRect();
+        return [r.top >= 0 && r.bottom <= window.innerHeight, document.querySelector(':target').id]; }""", anchor)
+    assert landed == [True, anchor]
+    assert page.locator(f"#{anchor} td.verdict").inner_text() == row["verdict"]
+    # the report's verdict table is the index's: same cells, colours and column order, linking to the rows
+    on_report = [[c.get_attribute("data-verdict-key"), c.get_attribute("class")]
+                 for c in page.locator("table.verdicts td[data-verdict-key]").all()]
+    page.goto((folder / "index.html").as_uri())
+    on_index = [[c.get_attribute("data-verdict-key"), c.get_attribute("class")]
+                for c in page.locator("table.verdicts td[data-verdict-key]").all()]
+    assert on_index == on_report and len(on_index) == len(io.read_json(results / "metrics" / "report.json")["claims"])
+    page.close()
+
+
+def test_the_report_has_a_contents_sidebar_sticky_when_wide_collapsed_above_when_narrow(browser, built):
+    results, folder = built
+    report = _report_href(results)
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto((folder / report).as_uri())
+    toc = page.locator("nav.site-toc")
+    assert toc.is_visible() and toc.locator("li").count() >= 5
+    headings = page.evaluate("() => Array.from(document.querySelectorAll('main h2[id]')).map(h => '#' + h.id)")
+    links = [a.get_attribute("href") for a in toc.locator("a").all()]
+    assert headings and set(headings) <= set(links)
+    page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
+    box = toc.bounding_box()
+    assert box["y"] >= -1 and box["y"] < 800 and box["x"] < 300  # sticky: still beside the content at the end
+    page.close()
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto((folder / report).as_uri())
+    toc_box, main_box = page.locator("nav.site-toc").bounding_box(), page.locator("main").bounding_box()
+    assert toc_box["y"] + toc_box["height"] <= main_box["y"] + 1  # above the content
+    assert not page.locator("nav.site-toc ol").is_visible()  # collapsed
+    page.locator("nav.site-toc label").click()
+    assert page.locator("nav.site-toc ol").is_visible()
+    page.close()
+
+
+def test_code_is_hidden_until_shown_and_outputs_always_show(browser, built):
+    _, folder = built
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto((folder / "04_calibration.html").as_uri())
+    inputs = page.locator(".jp-CodeCell .jp-Cell-inputWrapper")
+    outputs = page.locator(".jp-OutputArea-output")
+    assert inputs.count() > 0 and outputs.count() > 0
+    assert not any(i.is_visible() for i in inputs.all())
+    assert all(o.is_visible() for o in outputs.all())
+    assert page.locator(".jp-MarkdownCell").first.is_visible()
+    page.locator("label.site-code-label").click()
+    assert page.locator(".jp-CodeCell:not(.jp-mod-noOutputs) .jp-Cell-inputWrapper").first.is_visible()
+    assert all(o.is_visible() for o in outputs.all())
+    page.locator("label.site-code-label").click()
+    assert not any(i.is_visible() for i in inputs.all())
+    page.close()
+
+
+def test_search_finds_autoattack_offline(browser, built):
+    _, folder = built
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto((folder / "index.html").as_uri())
+    box = page.locator("form.site-search input[type=search]")
+    assert box.is_visible()
+    box.fill("AutoAttack")
+    hits = page.locator(".site-search-results li a")
+    hits.first.wait_for(timeout=5000)
+    assert any(h.get_attribute("href").startswith("06_perturbations.html") for h in hits.all())
+    hits.first.click()
+    page.wait_for_load_state("load")
+    assert "AutoAttack" in page.locator("main").inner_text()
+    assert all(u.startswith(("file://", "data:")) for u in requests), [u for u in requests if "file" not in u]
+    page.close()
+
+
+def test_pages_read_on_a_390_px_screen_and_without_javascript(browser, built):
+    """At 390 px no element is wider than the screen except inside a box that scrolls sideways (the site's own
+    pages, every chapter's page and one run's); without JavaScript the verdicts, the sidebar and the code toggle
+    still work and the search box, which needs it, is not shown."""
+    results, folder = built
+    pages = site.notebook_pages(results / "notebooks")
+    names = ["index.html", "02_train.html"] + [p.href for p in pages if p.variant is None] + \
+        [next(p.href for p in pages if p.variant and p.chapter.startswith("02_"))]
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    too_wide = {}
+    for name in names:
+        page.goto((folder / name).as_uri())
+        width, wide = page.evaluate(TOO_WIDE)
+        if wide or width > 390:
+            too_wide[name] = (width, wide)
+    page.close()
+    assert too_wide == {}
+    context = browser.new_context(java_script_enabled=False, viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.goto((folder / "index.html").as_uri())
+    assert not page.locator("form.site-search").is_visible()
+    assert page.locator("table.verdicts td[data-verdict-key] a").first.is_visible()
+    page.goto((folder / _report_href(results)).as_uri())
+    assert page.locator("nav.site-toc ol").is_visible()
+    assert not page.locator(".jp-CodeCell .jp-Cell-inputWrapper").first.is_visible()
+    page.locator("label.site-code-label").click()
+    assert page.locator(".jp-CodeCell:not(.jp-mod-noOutputs) .jp-Cell-inputWrapper").first.is_visible()
+    footer = page.locator("footer.site-footer").inner_text()
+    assert "md5" in footer and ("dvc repro" in footer or "records no stage" in footer)
+    context.close()
 
 
 # ----------------------------------------------------------------------------------------------

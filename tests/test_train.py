@@ -8,12 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from varmix.learn import attacks, mixing, train
-from varmix.core import errors
-from varmix.core import names
-from varmix.core import config
-from varmix.core.names import METHODS
+from varmix.core import config, errors, names
 from varmix.core.config import TrainConfig
+from varmix.core.names import METHODS
+from varmix.learn import attacks, mixing, train
 from varmix.learn.data import ImageData, load_raw, to_float
 from varmix.learn.models import build_model
 from varmix.learn.vae import ConvVAE
@@ -318,10 +316,10 @@ def test_bad_inputs_fail_before_training(fmnist, tmp_path):
 
     with pytest.raises(ValueError, match=r"unknown method 'mixupp': expected one of erm, mixup, .*varmixup"):
         run("mixupp")
-    with pytest.raises(ValueError, match=r"cfg.alpha\['mixup'\] = 0.0 is invalid: expected a finite number > 0"):
-        run("mixup", _cfg(1, alpha={m: 0.0 for m in METHODS}))
-    with pytest.raises(ValueError, match=r"cfg.alpha\['cutmix'\] = -1.0"):
-        run("cutmix", _cfg(1, alpha={m: -1.0 for m in METHODS}))
+    with pytest.raises(ValueError, match=r"cfg.alpha.mixup = 0.0 is invalid: expected a number > 0"):
+        run("mixup", _cfg(1, alpha={**_cfg(1).alpha, "mixup": 0.0}))
+    with pytest.raises(ValueError, match=r"cfg.alpha.cutmix = -1.0"):
+        run("erm", _cfg(1, alpha={**_cfg(1).alpha, "cutmix": -1.0}))  # any method's: the config is one
     shifted = ImageData(fmnist.name, fmnist.train_x, fmnist.train_y + 1, fmnist.test_x, fmnist.test_y)
     with pytest.raises(ValueError, match=r"wrong number of classes: fashion-mnist train labels range over "
                                          r"1..10, but the dataset has 10 classes"):
@@ -332,17 +330,17 @@ def test_bad_inputs_fail_before_training(fmnist, tmp_path):
         run("mixup_r")
     with pytest.raises(ValueError, match=r"VAE is for 3-channel 32 px images, but fashion-mnist has 1-channel 28"):
         run("varmixup", vae=ConvVAE(3, 32, latent_dim=4, width=4))
-    with pytest.raises(ValueError, match=r"manifold_layers = \[0, 4\] is invalid for small_cnn: .*0..3"):
+    with pytest.raises(ValueError, match=r"cfg.manifold_layers\[1\] = 4 is invalid: expected an integer >= 0 and <= 3"):
         run("manifold_mixup", _cfg(1, manifold_layers=(0, 4)))
     with pytest.raises(ValueError, match=r"cfg.manifold_loss = 'bce' is invalid: expected one of soft_ce, "
                                          r"bce_softmax"):
         run("manifold_mixup", _cfg(1, manifold_loss="bce"))
     with pytest.raises(ValueError, match=r"seed = -1"):
         run(seed=-1)
-    with pytest.raises(ValueError, match=r"cfg.epochs\['erm'\] = 0"):
-        run(cfg=dataclasses.replace(_cfg(1), epochs={m: 0 for m in METHODS}))
-    with pytest.raises(ValueError, match=r"cfg.mix_prob\['mixup'\] = 0 is invalid: expected a probability in \(0, 1\]"):
-        run("mixup", dataclasses.replace(_cfg(1), mix_prob={m: 0 for m in METHODS}))
+    with pytest.raises(ValueError, match=r"cfg.epochs.erm = 0 is invalid: expected an integer >= 1"):
+        run(cfg=dataclasses.replace(_cfg(1), epochs={**_cfg(1).epochs, "erm": 0}))
+    with pytest.raises(ValueError, match=r"cfg.mix_prob.mixup = 0.0 is invalid: expected a number > 0 and <= 1"):
+        run("mixup", dataclasses.replace(_cfg(1), mix_prob={**_cfg(1).mix_prob, "mixup": 0}))
     with pytest.raises(ValueError, match=r"device = 'tpu'"):
         train.train_classifier("erm", _cfg(1), fmnist, out, seed=0, device="tpu")
     floats = ImageData(fmnist.name, fmnist.train_x.float(), fmnist.train_y, fmnist.test_x, fmnist.test_y)
@@ -489,8 +487,7 @@ def test_bad_adversarial_settings_are_named(fmnist, tmp_path):
     assert config.TrainConfig.from_dict(base, "k").adversarial == config.AdversarialConfig()
     # a TrainConfig built in code is checked by the trainer, before any work
     out = tmp_path / "never"
-    for adv, message in (({"eps": -1.0}, r"cfg.adversarial.eps = -1.0 is invalid: expected a finite number >= 0 "
-                                         r"\(units of 1/255\)"),
+    for adv, message in (({"eps": -1.0}, r"cfg.adversarial.eps = -1.0 is invalid: expected a number >= 0 and <= 255"),
                          ({"steps": 0}, r"cfg.adversarial.steps = 0 is invalid: expected an integer >= 1"),
                          ({"beta": float("nan")}, r"cfg.adversarial.beta = nan is invalid: expected a finite number")):
         with pytest.raises(ValueError, match=message):

@@ -11,6 +11,7 @@ import torch
 
 import varmix.learn.vae as vae_mod
 from varmix.core.config import VAEConfig
+from varmix.learn import gate
 from varmix.learn.data import ImageData, load_raw, to_float
 from varmix.learn.vae import ConvVAE, load_vae, mmd, reconstruction_metrics, save_vae, train_vae, vae_loss
 
@@ -350,7 +351,7 @@ def test_reconstruct_uint8_is_the_quantised_decoder_mean(fmnist):
     torch.manual_seed(0)
     vae = ConvVAE(1, 28, 4, width=4)
     x = fmnist[1][:10]
-    r = vae_mod.reconstruct_uint8(vae, x, batch_size=3)
+    r = gate.reconstruct_uint8(vae, x, batch_size=3)
     with torch.no_grad():
         expected = (vae.reconstruct(to_float(x)) * 255).round().to(torch.uint8)
     assert r.dtype == torch.uint8 and r.shape == x.shape
@@ -361,7 +362,7 @@ def test_recon_probe_accuracy_is_deterministic_and_cached(fmnist_data, tmp_path)
     cfg = tiny_cfg(epochs=1, train_subset=128, probe_epochs=1, probe_subset=128)
     vae = train_vae(cfg, fmnist_data.train_x, fmnist_data.test_x, tmp_path / "vae", seed=0, device="cpu",
                     progress=False)
-    a = vae_mod.recon_probe(vae, fmnist_data, cfg, seed=0, device="cpu", out_dir=tmp_path / "a",
+    a = gate.recon_probe(vae, fmnist_data, cfg, seed=0, device="cpu", out_dir=tmp_path / "a",
                             progress=False)
     acc = a["recon_probe_accuracy"]
     assert 0.0 <= acc <= 1.0
@@ -372,19 +373,19 @@ def test_recon_probe_accuracy_is_deterministic_and_cached(fmnist_data, tmp_path)
     assert json.loads((tmp_path / "a" / "params.json").read_text())["n_train"] == 128
     assert len(json.loads((tmp_path / "a" / "history.json").read_text())) == 1
     # deterministic: another folder gives the same bytes; the same folder is reused, not retrained
-    b = vae_mod.recon_probe(vae, fmnist_data, cfg, seed=0, device="cpu", out_dir=tmp_path / "b",
+    b = gate.recon_probe(vae, fmnist_data, cfg, seed=0, device="cpu", out_dir=tmp_path / "b",
                             progress=False)
     assert b == a
     assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
     mtime = (tmp_path / "a" / "checkpoint.pt").stat().st_mtime_ns
-    assert vae_mod.recon_probe(vae, fmnist_data, cfg, seed=0, device="cpu", out_dir=tmp_path / "a",
+    assert gate.recon_probe(vae, fmnist_data, cfg, seed=0, device="cpu", out_dir=tmp_path / "a",
                                progress=False) == a
     assert (tmp_path / "a" / "checkpoint.pt").stat().st_mtime_ns == mtime
     # another VAE's probe folder is redone (not an error, not reused): as a fresh folder would be
     other = ConvVAE(1, 28, cfg.latent_dim, cfg.width).eval()
-    redo = vae_mod.recon_probe(other, fmnist_data, cfg, seed=0, device="cpu", out_dir=tmp_path / "a",
+    redo = gate.recon_probe(other, fmnist_data, cfg, seed=0, device="cpu", out_dir=tmp_path / "a",
                                progress=False)
-    fresh = vae_mod.recon_probe(other, fmnist_data, cfg, seed=0, device="cpu", out_dir=tmp_path / "c",
+    fresh = gate.recon_probe(other, fmnist_data, cfg, seed=0, device="cpu", out_dir=tmp_path / "c",
                                 progress=False)
     assert redo == fresh
     assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "c" / "model.pt").read_bytes()
@@ -400,17 +401,17 @@ def test_recon_probe_at_chance_is_below_the_gate(fmnist_data, tmp_path):
     vae = ConvVAE(1, 28, 4, width=4).eval()
     with pytest.raises(VAEBelowGate, match=r"probe classifier trained on the VAE's reconstructions learnt "
                                            r"nothing \(training diverged: method erm, epoch 2.*vae\.epochs"):
-        vae_mod.recon_probe(vae, fmnist_data, tiny_cfg(probe_epochs=2, probe_subset=128), seed=0,
+        gate.recon_probe(vae, fmnist_data, tiny_cfg(probe_epochs=2, probe_subset=128), seed=0,
                             device="cpu", out_dir=tmp_path, progress=False)
 
 
 def test_recon_probe_rejects_bad_input(fmnist_data, tmp_path):
     cfg = tiny_cfg(probe_subset=16)
     with pytest.raises(ValueError, match="VAEConfig"):
-        vae_mod.recon_probe(ConvVAE(1, 28, 4, width=4), fmnist_data, {"probe_subset": 16}, seed=0,
+        gate.recon_probe(ConvVAE(1, 28, 4, width=4), fmnist_data, {"probe_subset": 16}, seed=0,
                             out_dir=tmp_path)
     with pytest.raises(ValueError, match=r"images of shape \(1, 28, 28\) given to a VAE for images \(3, 32, 32\)"):
-        vae_mod.recon_probe(ConvVAE(3, 32, 4, width=4), fmnist_data, cfg, seed=0, out_dir=tmp_path)
+        gate.recon_probe(ConvVAE(3, 32, 4, width=4), fmnist_data, cfg, seed=0, out_dir=tmp_path)
     assert not any(tmp_path.iterdir())  # nothing started
 
 
@@ -425,12 +426,11 @@ def test_recon_probe_rejects_bad_input(fmnist_data, tmp_path):
      []),
 ])
 def test_check_gate_names_value_threshold_key_and_remedy(metrics, failed, passed):
-    from varmix.core.errors import VAEBelowGate
-    from varmix.core.errors import UserError
+    from varmix.core.errors import UserError, VAEBelowGate
 
     cfg = tiny_cfg(min_psnr=22.0, min_recon_accuracy=0.8)
     with pytest.raises(VAEBelowGate) as err:
-        vae_mod.check_gate(metrics, cfg, profile="default")
+        gate.check_gate(metrics, cfg, profile="default")
     msg = str(err.value)
     assert isinstance(err.value, UserError)
     for part in failed:
@@ -443,14 +443,14 @@ def test_check_gate_names_value_threshold_key_and_remedy(metrics, failed, passed
 
 def test_check_gate_passes_at_or_above_and_without_thresholds():
     cfg = tiny_cfg(min_psnr=22.0, min_recon_accuracy=0.8)
-    vae_mod.check_gate({"psnr": 22.0, "recon_probe_accuracy": 0.8}, cfg)
-    vae_mod.check_gate({"psnr": 35.0, "recon_probe_accuracy": 1.0}, cfg)
-    vae_mod.check_gate({"psnr": 5.0, "recon_probe_accuracy": 0.0}, tiny_cfg())  # no gate
-    vae_mod.check_gate({}, tiny_cfg())  # nothing to check, nothing needed
+    gate.check_gate({"psnr": 22.0, "recon_probe_accuracy": 0.8}, cfg)
+    gate.check_gate({"psnr": 35.0, "recon_probe_accuracy": 1.0}, cfg)
+    gate.check_gate({"psnr": 5.0, "recon_probe_accuracy": 0.0}, tiny_cfg())  # no gate
+    gate.check_gate({}, tiny_cfg())  # nothing to check, nothing needed
     only_psnr = tiny_cfg(min_psnr=22.0)
-    vae_mod.check_gate({"psnr": 23.0}, only_psnr)  # the probe is not needed when it is not gated
+    gate.check_gate({"psnr": 23.0}, only_psnr)  # the probe is not needed when it is not gated
     with pytest.raises(ValueError, match=r"metrics\['recon_probe_accuracy'\] = None.*min_recon_accuracy"):
-        vae_mod.check_gate({"psnr": 30.0}, cfg)
+        gate.check_gate({"psnr": 30.0}, cfg)
 
 
 def test_gate_settings_do_not_invalidate_the_vae_checkpoint(fmnist, tmp_path):

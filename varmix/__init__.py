@@ -1,18 +1,67 @@
 """varmix: reproducible VarMixup (mixup in the latent space of a VAE).
 
-Modules, one job each:
+Layers, each a subpackage whose modules import only from their own layer or below (docs/ARCHITECTURE.md):
+``varmix.core`` (names, params.yaml's schema, errors, atomic writes), ``varmix.learn`` (data, models, the
+mixers, the VAE, the trainer), ``varmix.evaluate`` (corruptions, calibration, local linearity,
+perturbations), ``varmix.study`` (statistics, the report, figures, the results site) and ``varmix.pipeline``
+(the notebooks' session, the papermill runner, ``python -m varmix``).
 
-- ``varmix.core.config``       params.yaml loading and validation (one config object, checked at the edge)
-- ``varmix.learn.data``         datasets: raw formats, prepared ``.npy`` folders, clear errors
-- ``varmix.core.io``           atomic file writes and checkpoint helpers
-- ``varmix.learn.vae``          the MMD-VAE (InfoVAE) and its KL ablation
-- ``varmix.learn.mixing``       ERM, Mixup, Mixup-R, Manifold Mixup, CutMix, VarMixup
-- ``varmix.learn.models``       ResNet-34, PreAct ResNet-18, a small CNN; all support manifold mixup
-- ``varmix.learn.train``        one trainer for every method, resumable
-- ``varmix.evaluate.corruptions``  the CIFAR-10-C corruptions as batched torch ops
-- ``varmix.evaluate.robustness``   corruption evaluation (grid, mean, mCE, calibration under shift)
-- ``varmix.evaluate.calibration``  ECE/MCE/NLL/Brier, reliability diagrams, temperature scaling
-- ``varmix.evaluate.landscape``    local linearity and loss surfaces
+The public API (docs/api.md): VarMixup in your own training loop. ``from varmix import ConvVAE, train_vae,
+make_mixer, mixed_loss, build_model, ...`` re-exports the names in ``__all__`` from the modules above.
+They are imported lazily (module-level ``__getattr__``, PEP 562): ``import varmix`` does not import
+torch, so ``python -m varmix notebook ...`` (which only validates params.yaml) stays fast.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+# public name -> the module that defines it (each name's docstring is its module's)
+_EXPORTS: dict[str, str] = {
+    # the VAE (train it first, then it is frozen)
+    "ConvVAE": "varmix.learn.vae",
+    "VAEConfig": "varmix.core.config",
+    "train_vae": "varmix.learn.vae",
+    "save_vae": "varmix.learn.vae",
+    "load_vae": "varmix.learn.vae",
+    # the mixers: f(x, y, gen, *, num_classes, alpha, ...) -> MixedBatch, and their loss
+    "MixedBatch": "varmix.learn.mixing",
+    "make_mixer": "varmix.learn.mixing",
+    "varmixup": "varmix.learn.mixing",
+    "mixup": "varmix.learn.mixing",
+    "mixup_r": "varmix.learn.mixing",
+    "manifold_mixup": "varmix.learn.mixing",
+    "cutmix": "varmix.learn.mixing",
+    "erm": "varmix.learn.mixing",
+    "sample_lambda": "varmix.learn.mixing",
+    "mixed_loss": "varmix.learn.mixing",
+    "soft_cross_entropy": "varmix.learn.mixing",
+    "resize_images": "varmix.learn.mixing",
+    # the classifiers and the trainer
+    "build_model": "varmix.learn.models",
+    "TrainConfig": "varmix.core.config",
+    "ImageData": "varmix.learn.data",
+    "to_float": "varmix.learn.data",
+    "train_classifier": "varmix.learn.train",
+    "load_classifier": "varmix.learn.train",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562) and cache the name in this module."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'varmix' has no attribute {name!r}: the public names are "
+                             f"{', '.join(_EXPORTS)}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -39,8 +39,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from varmix.evaluate import corruptions as C  # noqa: E402
 from varmix.core.names import CORRUPTIONS  # noqa: E402
+from varmix.evaluate import corruptions as C  # noqa: E402
 
 OUT = Path(__file__).with_name("corruptions_expected.npz")
 FIXED_POINT = 256  # stored value = round(reference level * 256)

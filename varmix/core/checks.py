@@ -15,6 +15,7 @@ from pydantic_core import PydanticCustomError
 from varmix.core.errors import ConfigError
 from varmix.core.names import ARM_NAME, METHODS
 
+
 # Validation is pydantic's (TypeAdapter over these stdlib dataclasses, so building one in code and
 # dataclasses.replace stay unchecked, as before): each field's annotation below is its check. Every error
 # becomes one ConfigError "params: <key path> = <value> is invalid: expected <what is allowed>".

@@ -16,12 +16,38 @@ from typing import Annotated, Any, Literal, Mapping, Optional, Self, Union
 import yaml
 from pydantic import BeforeValidator, ConfigDict, Field, Strict, model_validator
 
-from varmix.core.checks import (ARM, BOOL, bad_value, explained, int_in, list_of, mapping_of, number_in, one_of, per_method,
-                                validate_as, worded)
+from varmix.core.checks import (
+    ARM,
+    BOOL,
+    bad_value,
+    explained,
+    int_in,
+    list_of,
+    mapping_of,
+    number_in,
+    one_of,
+    per_method,
+    validate_as,
+    worded,
+)
 from varmix.core.errors import ConfigError
-from varmix.core.names import (check_vae_kind, ARCHS, AUTOATTACK_VERSIONS, BENCHMARK_CORRUPTIONS, CORRUPTIONS, DATASETS,
-                               FID_FEATURES, MANIFOLD_LOSSES, METHODS, NUM_MIX_LAYERS, PROFILES, SCHEDULES, VAE_KINDS,
-                               VAE_METHODS, CPU_KERNELS)
+from varmix.core.names import (
+    ARCHS,
+    AUTOATTACK_VERSIONS,
+    BENCHMARK_CORRUPTIONS,
+    CORRUPTIONS,
+    CPU_KERNELS,
+    DATASETS,
+    FID_FEATURES,
+    MANIFOLD_LOSSES,
+    METHODS,
+    NUM_MIX_LAYERS,
+    PROFILES,
+    SCHEDULES,
+    VAE_KINDS,
+    VAE_METHODS,
+    check_vae_kind,
+)
 
 # Upper bounds: far above any setting that makes sense on today's hardware, low enough that a typo (an
 # extra zero, 1e12) stops here with a message instead of as a terabyte allocation or a run that never ends.
@@ -121,7 +147,8 @@ class VAEConfig(_Section):
     for ``probe_epochs`` epochs, varmix.learn.gate.recon_probe).
 
     ``dataset``: the dataset the VAE trains on (None: the classifier's, params.yaml's ``dataset``); its
-    images must have the classifier data's shape (varmix.pipeline.session.Session.load_vae_data checks it).
+    images must have the classifier data's channels (varmix.pipeline.session.Session.load_vae_data checks
+    it); their size may differ, the mixers then resize (varmix.learn.mixing.resize_images).
     ``fid_features``/``fid_samples``: how far the mixers' images are from the data
     (varmix.evaluate.sample_distance): FID/KID over ``fid_samples`` training images and as many mixed ones, in
     the features of ``classifier`` (an ERM small CNN trained with the probe's settings on real images)
@@ -227,7 +254,7 @@ _EPS = list_of(number_in(0, 255, lo_open=True))  # in units of 1/255
 
 @dataclass(frozen=True)
 class EvalConfig(_Section):
-    """Evaluation of the paper's three claims: corruptions, calibration, local linearity."""
+    """Evaluation settings of the chapters: corruptions, calibration, local linearity, perturbations."""
 
     corruptions: list_of(one_of(CORRUPTIONS)) = BENCHMARK_CORRUPTIONS
     severities: list_of(int_in(1, 5)) = (1, 2, 3, 4, 5)
@@ -335,6 +362,14 @@ _SEEDS = list_of(int_in(0, MAX_SEED), each="seed")
 
 
 @dataclass(frozen=True)
+class ReportConfig(_Section):
+    """The report's resampling (07_report; varmix.study.stats.compare): settings that change its numbers."""
+
+    n_boot: int_in(100, 1_000_000) = 2000  # bootstrap resamples per comparison
+    boot_seed: int_in(0, MAX_SEED) = 0     # the bootstrap's generator seed
+
+
+@dataclass(frozen=True)
 class Params(_Section):
     """The validated params.yaml, with the selected profile resolved."""
 
@@ -353,6 +388,7 @@ class Params(_Section):
                            mapping_of("a mapping of arm -> list of rival arms")] = field(default_factory=dict)
     rival_arms: list_of(ARM, each="arm", empty_ok=True) = ()  # the arms of ``arms`` trained with rival_seeds only
     rival_seeds: _SEEDS = ()     # a subset of seeds holding seeds[0]
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def seeds_of(self, arm: str) -> tuple[int, ...]:
         """The seeds ``arm`` is trained with: ``rival_seeds`` for a rival arm, else ``seeds``."""
@@ -426,7 +462,7 @@ class Params(_Section):
     @classmethod
     def _check_keys(cls, d: Any) -> Any:  # instead of _Section's: the top level words its errors its own way
         top = ("profile", "dataset", "data_dir", "raw_dir", "arms", "arm_settings", "comparisons", "seeds",
-               "rival_arms", "rival_seeds", "profiles")
+               "rival_arms", "rival_seeds", "report", "profiles")
         if not isinstance(d, Mapping):
             raise worded(f"expected a mapping at the top level, got {type(d).__name__}")
         if "methods" in d:
@@ -436,7 +472,7 @@ class Params(_Section):
         if unknown:
             raise worded(f"unknown key {unknown[0]}; allowed top-level keys: {', '.join(top)}")
         optional = {"data_dir": "data", "raw_dir": None, "arm_settings": {}, "comparisons": {}, "rival_arms": [],
-                    "rival_seeds": d.get("seeds")}  # null: these defaults
+                    "rival_seeds": d.get("seeds"), "report": {}}  # null: these defaults
         return {**d, **{k: v for k, v in optional.items() if d.get(k) is None and (k != "data_dir" or k not in d)}}
 
     @model_validator(mode="after")
@@ -525,3 +561,16 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     return obj
+
+
+def checked(section: Any, key: str = "cfg") -> Any:
+    """``section`` (a config built in code: ``TrainConfig(...)``, ``dataclasses.replace``) checked by the
+    same annotations params.yaml's values are, so that the rules live once; a ConfigError names ``key``'s
+    path, the value and what is allowed. Returns ``section`` itself, unchanged (its values as given)."""
+    if not dataclasses.is_dataclass(section) or not isinstance(section, _Section):
+        raise ValueError(f"{key} is a {type(section).__name__}: expected a varmix.core.config section, e.g. TrainConfig")
+    try:
+        validate_as(type(section), to_dict(section), key)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).removeprefix("params: ")) from None
+    return section

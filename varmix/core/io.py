@@ -17,7 +17,6 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -30,7 +29,7 @@ TEMP_MARK = ".tmp"
 TEMP_PATTERNS = (f".*{TEMP_MARK}", f".*{TEMP_MARK}.*")
 
 
-def _is_temp(name: str, target: str | None = None) -> bool:
+def is_temp(name: str, target: str | None = None) -> bool:
     """Whether ``name`` is an atomic_path temporary (of ``target`` only, when given)."""
     head = f".{target}." if target is not None else "."
     return name.startswith(head) and (name.endswith(TEMP_MARK) or f"{TEMP_MARK}." in name[len(head):])
@@ -42,7 +41,7 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    stale = sorted(p for p in folder.iterdir() if _is_temp(p.name) and p.is_file())
+    stale = sorted(p for p in folder.iterdir() if is_temp(p.name) and p.is_file())
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
@@ -56,7 +55,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for old in path.parent.glob(f".{glob.escape(path.name)}.*"):
-        if _is_temp(old.name, path.name) and old.is_file():
+        if is_temp(old.name, path.name) and old.is_file():
             old.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_MARK + suffix, dir=path.parent)
     os.close(fd)

@@ -15,7 +15,10 @@ DATASETS = ("fashion-mnist", "cifar10", "cifar100", "tiny-imagenet")
 VICINAL_METHODS = ("erm", "mixup", "mixup_r", "manifold_mixup", "cutmix", "varmixup")
 ADVERSARIAL_METHODS = ("at", "trades", "iat")
 METHODS = VICINAL_METHODS + ADVERSARIAL_METHODS
-VAE_METHODS = ("mixup_r", "varmixup")  # the methods that need the frozen VAE
+VAE_METHODS = ("mixup_r", "varmixup")
+# how figures and tables name the vicinal methods (others by their own name)
+METHOD_LABELS = {"erm": "ERM", "mixup": "Mixup", "mixup_r": "Mixup-R", "manifold_mixup": "Manifold Mixup",
+                 "cutmix": "CutMix", "varmixup": "VarMixup"}  # the methods that need the frozen VAE
 ARCHS = ("small_cnn", "preact_resnet18", "resnet34")
 # Mixable layers per architecture for manifold mixup: the input + one per stage (varmix.learn.models builds them).
 NUM_MIX_LAYERS = {"small_cnn": 4, "preact_resnet18": 5, "resnet34": 5}
@@ -42,6 +45,9 @@ CORRUPTIONS = BENCHMARK_CORRUPTIONS + EXTRA_CORRUPTIONS
 # with EOT, for randomised defences) and apgd: standard's two white-box gradient attacks alone, APGD-CE then
 # APGD-T (varmix.evaluate.perturbation.autoattack_robust), without FAB-T and Square, which cost ~99% of its CPU time
 AUTOATTACK_VERSIONS = ("standard", "rand", "apgd")
+
+# the verdicts a comparison can get (varmix.study.stats.verdict)
+VERDICTS = ("holds", "contradicted", "inconclusive", "not tested")
 
 # which VAE an arm of a VAE method uses: the vae stage's, or the vae_adversarial stage's (adv-VarMixup)
 VAE_KINDS = ("plain", "adversarial")

@@ -27,15 +27,17 @@ Conventions (see docs/ARCHITECTURE.md and the Calibration section of the shared 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from varmix.core.names import METHOD_LABELS
+
 __all__ = [
     "REGIME_TOL", "accuracy", "apply_temperature", "bin_edges", "brier", "calibration_metrics", "conf_correct",
     "confidences", "ece", "ece_from_conf_correct", "fit_temperature", "mce", "mean_confidence", "nll",
-    "overconfidence", "probabilities", "regime", "reliability_bins", "reliability_diagram",
+    "overconfidence", "probabilities", "regime", "reliability_bins", "reliability_diagram", "reliability_grid",
     "temperature_scaled_metrics",
 ]
 
@@ -92,7 +94,7 @@ def _check(logits: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return t, y
 
 
-def _check_bins(n_bins: Any) -> int:
+def check_bins(n_bins: Any) -> int:
     if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
         raise ValueError(f"n_bins = {n_bins!r} is invalid: expected an integer >= 1")
     return int(n_bins)
@@ -112,7 +114,7 @@ def confidences(logits: Any) -> torch.Tensor:
 
 def bin_edges(n_bins: int) -> torch.Tensor:
     """The ``n_bins + 1`` equal-width bin edges over [0, 1] (float64)."""
-    return torch.linspace(0.0, 1.0, _check_bins(n_bins) + 1, dtype=torch.float64)
+    return torch.linspace(0.0, 1.0, check_bins(n_bins) + 1, dtype=torch.float64)
 
 
 def _bin_index(conf: torch.Tensor, n_bins: int) -> torch.Tensor:
@@ -164,7 +166,7 @@ def _ece_of(count: torch.Tensor, acc: torch.Tensor, cbin: torch.Tensor) -> float
 
 def ece(logits: Any, labels: Any, n_bins: int = 15) -> float:
     """Expected calibration error, Σ_b (n_b/N)|acc_b − conf_b| over ``n_bins`` (lower, upper] bins."""
-    n_bins = _check_bins(n_bins)
+    n_bins = check_bins(n_bins)
     t, y = _check(logits, labels)
     return _ece_of(*_bin_stats(t, y, n_bins))
 
@@ -181,7 +183,7 @@ def conf_correct(logits: Any, labels: Any) -> np.ndarray:
 def ece_from_conf_correct(rows: Any, n_bins: int = 15) -> float:
     """The ECE of per-sample rows from :func:`conf_correct` (same bins and arithmetic as :func:`ece`, so
     ``ece_from_conf_correct(conf_correct(logits, labels)) == ece(logits, labels)`` exactly)."""
-    n_bins = _check_bins(n_bins)
+    n_bins = check_bins(n_bins)
     r = np.asarray(rows)
     if r.ndim != 2 or r.shape[1] != 2 or r.shape[0] < 1 or not np.issubdtype(r.dtype, np.floating):
         raise ValueError(f"rows is {r.dtype} of shape {r.shape}: expected float rows [N, 2] "
@@ -195,7 +197,7 @@ def ece_from_conf_correct(rows: Any, n_bins: int = 15) -> float:
 
 def mce(logits: Any, labels: Any, n_bins: int = 15) -> float:
     """Maximum calibration error, max_b |acc_b − conf_b| over the non-empty (lower, upper] bins."""
-    n_bins = _check_bins(n_bins)
+    n_bins = check_bins(n_bins)
     t, y = _check(logits, labels)
     count, acc, cbin = _bin_stats(t, y, n_bins)
     nonempty = count > 0
@@ -225,7 +227,7 @@ def overconfidence(logits: Any, labels: Any) -> float:
 
 def calibration_metrics(logits: Any, labels: Any, n_bins: int = 15) -> dict[str, float]:
     """All scalar metrics at once: accuracy, ece, mce, nll, brier, overconfidence, mean_confidence."""
-    n_bins = _check_bins(n_bins)
+    n_bins = check_bins(n_bins)
     t, y = _check(logits, labels)
     conf, correct = _conf_correct(t, y)
     count, acc, cbin = _bin_stats_of(conf, correct, n_bins)
@@ -250,7 +252,7 @@ def reliability_bins(logits: Any, labels: Any, n_bins: int = 15):
     ``accuracy`` and ``confidence`` (means over the bin; NaN when empty) and ``gap`` = confidence − accuracy."""
     import pandas as pd
 
-    n_bins = _check_bins(n_bins)
+    n_bins = check_bins(n_bins)
     t, y = _check(logits, labels)
     count, acc, cbin = _bin_stats(t, y, n_bins)
     edges = bin_edges(n_bins).numpy()
@@ -275,7 +277,7 @@ def reliability_diagram(logits: Any, labels: Any, n_bins: int = 15, ax: Any = No
     or a pair of Axes (reliability, histogram). Only the object-oriented API is used, so it works under the
     Agg backend and leaves pyplot's state alone.
     """
-    n_bins = _check_bins(n_bins)
+    n_bins = check_bins(n_bins)
     t, y = _check(logits, labels)
     if ax is None:
         from matplotlib.figure import Figure
@@ -407,7 +409,7 @@ def temperature_scaled_metrics(logits: Any, labels: Any, n_bins: int = 15, fit_f
     and ``regime_temperature_scaled`` (:func:`regime` of the scaled overconfidence with ``tol``, default
     :data:`REGIME_TOL`).
     """
-    n_bins = _check_bins(n_bins)
+    n_bins = check_bins(n_bins)
     if isinstance(fit_fraction, bool) or not isinstance(fit_fraction, (int, float, np.integer, np.floating)) \
             or not 0 < float(fit_fraction) < 1:
         raise ValueError(f"fit_fraction = {fit_fraction!r} is invalid: expected a number in (0, 1)")
@@ -461,3 +463,20 @@ def regime(overconfidence: float, tol: float = REGIME_TOL) -> str:
     if gap <= -tol:
         return "under-confident"
     return f"calibrated (|gap| < {tol:g})"
+
+
+def reliability_grid(logits: Mapping[str, Any], labels: Any, n_bins: int = 15):
+    """One Guo et al. reliability diagram per method, side by side (``logits``: {method: [N, K]})."""
+    from matplotlib.figure import Figure
+
+    methods = list(logits)
+    cols = min(len(methods), 3)
+    n_rows = (len(methods) + cols - 1) // cols
+    fig = Figure(figsize=(4.2 * cols, 4.6 * n_rows))
+    sub = fig.subfigures(n_rows, cols, squeeze=False)
+    for k, m in enumerate(methods):
+        panel = sub[k // cols, k % cols]
+        gs = panel.add_gridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
+        reliability_diagram(logits[m], labels, n_bins=n_bins, ax=(panel.add_subplot(gs[0]), panel.add_subplot(gs[1])),
+                            title=METHOD_LABELS.get(m, m))
+    return fig

@@ -3,7 +3,7 @@
 Why hand-written: the PyPI package ``imagecorruptions`` uses the *ImageNet-C* constants (Gaussian noise
 std .08-.38, JPEG quality 25-7, ...), refuses images smaller than 32x32 (Fashion-MNIST is 28x28), breaks on
 current NumPy / scikit-image (glass_blur, gaussian_blur, fog) and needs pkg_resources; and it works one
-numpy image at a time (~35 ms per 32x32 image through all 19 corruptions). Here each corruption works on
+numpy image at a time (slow: benchmarks/throughput.py measures it). Here each corruption works on
 a batch of float images ``[N, C, H, W]`` in ``[0, 1]`` (torch ops; JPEG and spatter's water shading call
 their libraries per image), of any size (>= 8 px), with 1 or 3
 channels, on CPU or GPU, and the constants are those of hendrycks/robustness ``make_cifar_c.py`` (the
@@ -82,8 +82,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from varmix.core.names import CORRUPTIONS as CORRUPTION_NAMES
 from varmix.core.io import file_md5
+from varmix.core.names import CORRUPTIONS as CORRUPTION_NAMES
 
 __all__ = ["CONSTANTS", "CORRUPTIONS", "RANDOM_CORRUPTIONS", "RELEASES", "corrupt", "load_official",
            "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
@@ -821,6 +821,15 @@ RELEASES = {  # dataset -> (release name, Zenodo record, archive)
     "cifar100": ("CIFAR-100-C", "https://zenodo.org/record/3555552", "CIFAR-100-C.tar"),
     "tiny-imagenet": ("Tiny-ImageNet-C", "https://zenodo.org/record/2536630", "Tiny-ImageNet-C.tar"),
 }
+
+
+
+def example_rows(image: torch.Tensor, names: Sequence[str], severities: Sequence[int], seed: int = 0) -> list[torch.Tensor]:
+    """One image (uint8 or float [C, H, W]) under each corruption in ``names`` (one row each) at each
+    severity: [len(severities), C, H, W] per row, every draw from its own generator seeded ``seed``."""
+    x = image[None].float() / 255.0 if image.dtype == torch.uint8 else image[None].float()
+    return [torch.cat([corrupt(x, name, s, torch.Generator().manual_seed(seed)) for s in severities])
+            for name in names]
 
 
 def _md5_mapping(md5) -> dict[str, str] | None:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 # ----------------------------------------------------------------------------------------------
 # validation helpers: each names the bad value and what was expected
 def _check_model(model) -> None:

@@ -24,15 +24,14 @@ import os
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from varmix.core.names import AUTOATTACK_VERSIONS  # standard, rand (torchattacks' AutoAttack) and apgd (below)
 from varmix.learn.attacks import pgd_linf
 from varmix.learn.train import predict_logits, resolve_device
 
-from varmix.core.names import AUTOATTACK_VERSIONS  # standard, rand (torchattacks' AutoAttack) and apgd (below)
 TORCHATTACKS_INSTALL = "pip install --no-deps torchattacks==3.5.1"
 # why --no-deps: torchattacks 3.5.1's metadata pins requests~=2.25.1, which would downgrade the requests
 # that dvc and jupyterlab need; torchattacks itself imports and runs with the newer requests.

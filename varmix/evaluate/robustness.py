@@ -40,8 +40,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from varmix.evaluate.calibration import _check_bins, calibration_metrics, conf_correct
 from varmix.core.names import BENCHMARK_CORRUPTIONS, CORRUPTIONS
+from varmix.evaluate.calibration import calibration_metrics, check_bins, conf_correct
 
 __all__ = [
     "CLEAN", "FAMILIES", "INTENSITY_SHIFT", "KEYS", "METRICS", "PerImage", "corruption_errors",
@@ -317,7 +317,7 @@ def corruption_grid(models: Mapping[str, nn.Module], x: Any, y: Any,
     severities = _check_severities(severities, needed=bool(corruptions))
     seed = _check_seed(seed)
     batch_size = _check_batch_size(batch_size)
-    n_bins = _check_bins(n_bins)
+    n_bins = check_bins(n_bins)
     if not isinstance(per_image, bool):
         raise ValueError(f"per_image = {per_image!r} is invalid: expected True or False")
     from varmix.evaluate import corruptions as vc  # imported here: the grid is the only user
@@ -370,7 +370,7 @@ def grid_from_images(models: Mapping[str, nn.Module], images: Mapping[tuple[str,
         raise ValueError(f"images must be a non-empty mapping (corruption, severity) -> uint8 images, "
                          f"got {type(images).__name__}")
     batch_size = _check_batch_size(batch_size)
-    n_bins = _check_bins(n_bins)
+    n_bins = check_bins(n_bins)
     checked = {}
     for key, arr in images.items():
         cond = _check_condition(key, "images")
@@ -398,7 +398,7 @@ def grid_from_logits(logits: Mapping[tuple[str, str, int], Any], labels: Any, n_
     if not isinstance(logits, Mapping) or not logits:
         raise ValueError(f"logits must be a non-empty mapping (method, corruption, severity) -> logits, "
                          f"got {type(logits).__name__}")
-    n_bins = _check_bins(n_bins)
+    n_bins = check_bins(n_bins)
     rows = []
     for key, lg in logits.items():
         if not isinstance(key, tuple) or len(key) != 3 or not isinstance(key[0], str) or not key[0]:

@@ -31,11 +31,11 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from varmix.core.names import FID_FEATURES
 from varmix.core.config import VAEConfig
-from varmix.learn.data import ImageData
 from varmix.core.errors import UserError
-from varmix.learn.mixing import make_mixer
+from varmix.core.names import FID_FEATURES
+from varmix.learn.data import ImageData
+from varmix.learn.mixing import make_mixer, vae_reconstruct
 from varmix.learn.models import MixableClassifier
 
 SAMPLE_METHODS = ("mixup", "mixup_r", "varmixup", "cutmix")  # the mixers whose outputs are images
@@ -110,8 +110,8 @@ def train_feature_classifier(data: ImageData, cfg: VAEConfig, out_dir: str | Pat
     ``out_dir`` is its trained-model folder, which resumes and is reused like any run). Returns the
     extractor and the trainer's summary (its ``test_acc``, on the first ``cfg.fid_samples`` test images,
     says how good the features are)."""
-    from varmix.learn.train import load_classifier, train_classifier
     from varmix.learn.gate import probe_config
+    from varmix.learn.train import load_classifier, train_classifier
 
     if not isinstance(data, ImageData):
         raise ValueError(f"data is a {type(data).__name__}: expected a varmix.learn.data.ImageData")
@@ -311,7 +311,7 @@ def mixer_distances(train_x: Tensor, train_y: Tensor, test_x: Tensor, feature: n
     sets = {"test images": to_float(test_x.to(dev))}
     if vae is not None:
         with torch.no_grad():
-            sets["VAE reconstructions"] = torch.cat([vae.reconstruct(real[i:i + batch_size])
+            sets["VAE reconstructions"] = torch.cat([vae_reconstruct(vae, real[i:i + batch_size])
                                                      for i in range(0, len(real), batch_size)])
     sets.update(mixed_samples(real, train_y.to(dev), gen, num_classes=num_classes, methods=methods,
                               alpha=alpha, vae=vae, batch_size=batch_size))

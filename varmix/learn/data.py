@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from varmix.core.names import DATASETS
 from varmix.core.errors import UserError
 from varmix.core.io import file_md5, read_json, write_json, write_npy
+from varmix.core.names import DATASETS
 
 
 class DataError(UserError, RuntimeError):

@@ -17,6 +17,7 @@ from varmix.core.errors import TrainingDiverged, VAEBelowGate
 from varmix.core.io import write_json
 from varmix.core.names import METHODS
 from varmix.learn.data import ImageData, to_float
+from varmix.learn.mixing import vae_reconstruct
 from varmix.learn.train import train_classifier
 from varmix.learn.vae import ConvVAE, check_cfg, check_images, positive_int
 
@@ -25,12 +26,13 @@ PROBE_DIR = "probe"  # the probe classifier's folder inside the VAE's run folder
 
 @torch.no_grad()
 def reconstruct_uint8(vae: ConvVAE, x: Tensor, batch_size: int = 500) -> Tensor:
-    """``vae.reconstruct`` (decoder mean at the posterior mean: deterministic) of uint8 images, quantised
+    """``vae.reconstruct`` (decoder mean at the posterior mean: deterministic) of uint8 images (at their own
+    size: ``varmix.learn.mixing.vae_reconstruct`` resizes for a VAE of another image size), quantised
     back to uint8 as the datasets are stored (round to the nearest of 0..255), on the CPU."""
     check_images("x", x)
     positive_int("batch_size", batch_size)
     device = next(vae.parameters()).device
-    out = [vae.reconstruct(to_float(x[i:i + batch_size]).to(device)).mul(255).round_().clamp_(0, 255)
+    out = [vae_reconstruct(vae, to_float(x[i:i + batch_size]).to(device)).mul(255).round_().clamp_(0, 255)
            .to(torch.uint8).cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out)
 
@@ -68,9 +70,9 @@ chance (``TrainingDiverged`` from the trainer's check, from its epoch 2 on) rais
         raise ValueError(f"vae is a {type(vae).__name__}: expected a varmix.learn.vae.ConvVAE")
     if not isinstance(data, ImageData):
         raise ValueError(f"data is a {type(data).__name__}: expected a varmix.learn.data.ImageData")
-    if tuple(data.train_x.shape[1:]) != vae.image_shape:
+    if data.train_x.ndim != 4 or data.train_x.shape[1] != vae.in_channels:  # H x W may differ (resized)
         raise ValueError(f"{data.name} images of shape {tuple(data.train_x.shape[1:])} given to a VAE for "
-                         f"images {vae.image_shape}")
+                         f"images {vae.image_shape}: the channels must match")
     tcfg = probe_config(cfg, augment)
     n = min(cfg.probe_subset, len(data.train_x))
     recon = reconstruct_uint8(vae, data.train_x[:n])

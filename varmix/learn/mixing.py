@@ -147,12 +147,60 @@ def check_prob(prob: Any, name: str = "prob") -> float:
 _VAE_ATTRS = ("encode", "decode", "reconstruct", "in_channels", "image_size")
 
 
+def resize_images(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Float images [N, C, H, W] in [0, 1] resized to ``size`` = (H', W'): bilinear, antialiased when
+    either side shrinks, clamped back to [0, 1] (bilinear weights stay in [0, 1], but the antialiasing
+    filter's rounding can step just outside).
+
+    Why: the paper's cross-dataset row uses a VAE trained on Tiny-ImageNet (64x64) to mix CIFAR (32x32)
+    images. VarMixup and Mixup-R then resize the classifier's images to the VAE's size before encoding and
+    the decoded images back to the classifier's size (``to_vae_size`` / ``from_vae_size``). A VAE of the
+    classifier's own size never calls this, so the same-size path stays bit-identical."""
+    if not isinstance(x, Tensor) or x.ndim != 4 or not x.is_floating_point():
+        desc = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"resize_images: x is a {desc}: expected float images [N, C, H, W] in [0, 1]")
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size)):
+        raise ValueError(f"resize_images: size = {size!r} is invalid: expected (height, width), two positive "
+                         f"integers")
+    h, w = int(size[0]), int(size[1])
+    shrink = h < x.shape[2] or w < x.shape[3]
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink).clamp_(0, 1)
+
+
+def vae_resizes(vae: Any, x: Tensor) -> bool:
+    """Whether images ``x`` [N, C, H, W] must be resized for ``vae`` (a VAE of another image size: the
+    paper's Tiny-ImageNet VAE on CIFAR). Only H x W may differ: a VAE for another number of channels is a
+    ``ValueError`` naming both shapes."""
+    want = (vae.in_channels, vae.image_size, vae.image_size)
+    got = tuple(x.shape[1:])
+    if got[0] != want[0]:
+        raise ValueError(f"images of shape {got} do not fit a VAE for {want} images: the number of channels "
+                         f"must match (only height and width may differ; they are resized)")
+    return got[1:] != want[1:]
+
+
+def to_vae_size(vae: Any, x: Tensor) -> Tensor:
+    """``x`` as ``vae`` encodes it: unchanged when the sizes agree, else ``resize_images`` to the VAE's size."""
+    return resize_images(x, (vae.image_size, vae.image_size)) if vae_resizes(vae, x) else x
+
+
+def from_vae_size(vae: Any, decoded: Tensor, like: Tensor) -> Tensor:
+    """The VAE's ``decoded`` images at the size of the classifier's images ``like``: unchanged when the sizes
+    agree, else ``resize_images`` back to ``like``'s H x W."""
+    return resize_images(decoded, (like.shape[2], like.shape[3])) if vae_resizes(vae, like) else decoded
+
+
+def vae_reconstruct(vae: Any, x: Tensor) -> Tensor:
+    """``vae.reconstruct(x)`` at ``x``'s size (resized in and out for a VAE of another image size;
+    exactly ``vae.reconstruct(x)`` otherwise)."""
+    return from_vae_size(vae, vae.reconstruct(to_vae_size(vae, x)), x)
+
+
 def _check_vae(vae: Any, x: Tensor) -> None:
     if vae is None or not all(hasattr(vae, a) for a in _VAE_ATTRS):
         raise ValueError(f"vae = {type(vae).__name__}: expected a trained varmix.learn.vae.ConvVAE")
-    if (x.shape[1], x.shape[2], x.shape[3]) != (vae.in_channels, vae.image_size, vae.image_size):
-        raise ValueError(f"images of shape {tuple(x.shape[1:])} do not fit a VAE for "
-                         f"{(vae.in_channels, vae.image_size, vae.image_size)} images")
+    vae_resizes(vae, x)  # channels must match; H x W may differ
     p = next(vae.parameters(), None)
     if p is not None and p.device != x.device:
         raise ValueError(f"the VAE is on {p.device} but the images are on {x.device}: move one of them")
@@ -208,8 +256,9 @@ def mix_images(method: str, a: Tensor, b: Tensor, lam: float, vae: Any = None) -
     _check_vae(vae, a)
     with torch.no_grad():
         if method == "mixup_r":
-            return lam * vae.reconstruct(a) + (1 - lam) * vae.reconstruct(b)
-        return vae.decode(lam * vae.encode(a)[0] + (1 - lam) * vae.encode(b)[0])
+            return lam * vae_reconstruct(vae, a) + (1 - lam) * vae_reconstruct(vae, b)
+        mu_a, mu_b = vae.encode(to_vae_size(vae, a))[0], vae.encode(to_vae_size(vae, b))[0]
+        return from_vae_size(vae, vae.decode(lam * mu_a + (1 - lam) * mu_b), a)
 
 
 def mixup(x: Tensor, y: Tensor, gen: torch.Generator, *, num_classes: int, alpha: float = 1.0,
@@ -261,7 +310,7 @@ def mixup_r(x: Tensor, y: Tensor, gen: torch.Generator, *, num_classes: int, alp
     classifier sees VAE images but mixes them in pixel space."""
     lam, perm = _setup(x, y, gen, num_classes, alpha, lam, vae=vae, needs_vae=True)
     with torch.no_grad():
-        xr = vae.reconstruct(x)  # once per image, then paired (not twice as mix_images(a, b) would)
+        xr = vae_reconstruct(vae, x)  # once per image, then paired (not twice as mix_images(a, b) would)
     return MixedBatch(mix_images("mixup", xr, xr[perm], lam), _mix_targets(y, perm, lam, num_classes),
                       lam, perm)
 
@@ -270,11 +319,14 @@ def varmixup(x: Tensor, y: Tensor, gen: torch.Generator, *, num_classes: int, al
              lam: float | None = None, vae: Any = None) -> MixedBatch:
     """VarMixup: z_m = lam * mu(x_i) + (1 - lam) * mu(x_perm(i)) (posterior means, as in the paper), the
     image is the decoder mean at z_m (used alone, not blended with pixels) and the target is
-    lam * y_i + (1 - lam) * y_perm(i). With lam = 1 the image is vae.reconstruct(x)."""
+    lam * y_i + (1 - lam) * y_perm(i). With lam = 1 the image is vae.reconstruct(x). A VAE of another
+    image size (the paper's Tiny-ImageNet VAE on CIFAR) encodes the batch resized to its size and its
+    decodes are resized back (``resize_images``); a VAE of the batch's size never resizes."""
     lam, perm = _setup(x, y, gen, num_classes, alpha, lam, vae=vae, needs_vae=True)
     with torch.no_grad():
-        mu, _ = vae.encode(x)  # encode the batch once; mix_images(a, b) is the same for one pair
-        mixed = vae.decode(lam * mu + (1 - lam) * mu[perm])
+        # encode the batch once; mix_images(a, b) is the same for one pair
+        mu, _ = vae.encode(to_vae_size(vae, x))
+        mixed = from_vae_size(vae, vae.decode(lam * mu + (1 - lam) * mu[perm]), x)
     return MixedBatch(mixed, _mix_targets(y, perm, lam, num_classes), lam, perm)
 
 

@@ -68,12 +68,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from varmix.core import config, errors, io, names
 from varmix.learn import attacks, distributed, mixing
-from varmix.core import errors
-from varmix.core import names
-from varmix.core import config, io
 from varmix.learn.data import ImageData, to_float
-from varmix.learn.models import NUM_MIX_LAYERS, build_model, mix_hidden
+from varmix.learn.models import build_model, mix_hidden
 
 CHECKPOINT_FORMAT = "varmix-classifier-checkpoint-2"  # 2: three generators (order, augmentation, mixing)
 MODEL_FORMAT = "varmix-classifier-1"
@@ -398,28 +396,8 @@ def _check_inputs(method, cfg, data, seed, vae) -> tuple[ImageData, int, int]:
         raise ValueError(f"cfg is a {type(cfg).__name__}: expected a varmix.core.config.TrainConfig")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed = {seed!r} is invalid: expected an integer >= 0")
-    alpha = cfg.alpha.get(method) if isinstance(cfg.alpha, Mapping) else None
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
-        raise ValueError(f"cfg.alpha[{method!r}] = {alpha!r} is invalid: expected a finite number > 0")
-    epochs = cfg.epochs.get(method) if isinstance(cfg.epochs, Mapping) else None
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"cfg.epochs[{method!r}] = {epochs!r} is invalid: expected an integer >= 1")
-    mixing.check_prob(cfg.mix_prob.get(method) if isinstance(cfg.mix_prob, Mapping) else None,
-                      f"cfg.mix_prob[{method!r}]")
-    if cfg.arch not in NUM_MIX_LAYERS:
-        raise ValueError(f"cfg.arch = {cfg.arch!r} is unknown: expected one of {', '.join(names.ARCHS)}")
-    if cfg.optimizer not in ("adam", "sgd"):
-        raise ValueError(f"cfg.optimizer = {cfg.optimizer!r} is invalid: expected 'adam' or 'sgd'")
-    if isinstance(cfg.batch_size, bool) or not isinstance(cfg.batch_size, int) or cfg.batch_size < 2:
-        raise ValueError(f"cfg.batch_size = {cfg.batch_size!r} is invalid: expected an integer >= 2")
-    if cfg.manifold_loss not in names.MANIFOLD_LOSSES:
-        raise ValueError(f"cfg.manifold_loss = {cfg.manifold_loss!r} is invalid: expected one of "
-                         f"{', '.join(names.MANIFOLD_LOSSES)}")
-    n_mix = NUM_MIX_LAYERS[cfg.arch]
-    bad = [k for k in cfg.manifold_layers if not 0 <= k < n_mix]
-    if not cfg.manifold_layers or bad:
-        raise ValueError(f"cfg.manifold_layers = {list(cfg.manifold_layers)} is invalid for {cfg.arch}: "
-                         f"expected layer indices in 0..{n_mix - 1}")
+    config.checked(cfg, "cfg")  # params.yaml's own checks; a config from load_params passes unchanged
+    epochs, alpha = cfg.epochs[method], cfg.alpha[method]
     if not isinstance(data, ImageData):
         raise ValueError(f"data is a {type(data).__name__}: expected a varmix.learn.data.ImageData")
 
@@ -453,9 +431,9 @@ def _check_inputs(method, cfg, data, seed, vae) -> tuple[ImageData, int, int]:
         if not isinstance(vae, nn.Module):
             raise ValueError(f"vae is a {type(vae).__name__}: expected a varmix.learn.vae.ConvVAE")
         vae_shape = (getattr(vae, "in_channels", None), getattr(vae, "image_size", None))
-        if vae_shape != (c, s):
+        if vae_shape[0] != c or vae_shape[1] is None:  # only the size may differ (mixing.resize_images)
             raise ValueError(f"the VAE is for {vae_shape[0]}-channel {vae_shape[1]} px images, but "
-                             f"{data.name} has {c}-channel {s} px images")
+                             f"{data.name} has {c}-channel {s} px images: the channels must match")
     return d, epochs, float(alpha)
 
 
@@ -666,12 +644,17 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
     distributed.on_main(shard, io.write_npy, out / "test_labels.npy", test_y.numpy().astype(np.int64))
     if shard is not None:  # every process returns once rank 0 has written everything
         shard.barrier()
-    last = history[-1]
-    return {"arm": arm, "method": method, "seed": seed, "arch": cfg.arch, "dataset": data.name, "epochs": epochs,
-            "resumed_from_epoch": start_epoch, "train_loss": last["train_loss"], "test_loss": test_loss,
+    run = {"arm": arm, "method": method, "seed": seed, "arch": cfg.arch, "dataset": data.name, "epochs": epochs}
+    return _summary(run, start_epoch, history[-1]["train_loss"], test_loss, test_acc, times, dev, out)
+
+
+def _summary(run: Mapping, resumed_from: int, train_loss: float, test_loss: float, test_acc: float,
+             times: list[dict], dev: torch.device, out: Path) -> dict:
+    """What ``train_classifier`` returns, in one process or several."""
+    return {**{k: run[k] for k in ("arm", "method", "seed", "arch", "dataset", "epochs")},
+            "resumed_from_epoch": resumed_from, "train_loss": train_loss, "test_loss": test_loss,
             "test_acc": test_acc, "seconds": sum(t["seconds"] for t in times),
-            "images_per_s": times[-1]["images_per_s"] if times else None, "device": str(dev),
-            "out_dir": str(out)}
+            "images_per_s": times[-1]["images_per_s"] if times else None, "device": str(dev), "out_dir": str(out)}
 
 
 def _launch(nproc: int, out: Path, timings_path: Path | None, state: dict | None, dev: torch.device,
@@ -687,12 +670,8 @@ def _launch(nproc: int, out: Path, timings_path: Path | None, state: dict | None
         times = io.read_epoch_timings(timings, 10**9)
     history, params = io.read_json(out / "history.json"), io.read_json(out / "params.json")
     last = history[-1]
-    return {"arm": params["arm"], "method": params["method"], "seed": params["seed"], "arch": params["arch"],
-            "dataset": params["dataset"], "epochs": params["epochs"],
-            "resumed_from_epoch": 0 if state is None else int(state["epoch"]), "train_loss": last["train_loss"],
-            "test_loss": last["test_loss"], "test_acc": last["test_acc"],
-            "seconds": sum(t["seconds"] for t in times), "images_per_s": times[-1]["images_per_s"] if times else None,
-            "device": str(dev), "out_dir": str(out)}
+    return _summary(params, 0 if state is None else int(state["epoch"]), last["train_loss"], last["test_loss"],
+                    last["test_acc"], times, dev, out)
 
 
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: torch.device):

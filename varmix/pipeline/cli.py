@@ -1,5 +1,5 @@
 """Command line: ``python -m varmix prepare-data | check-params | check-env | verify-data | notebook |
-refresh-notebooks | site | train-worker``."""
+refresh-notebooks | site | readme | train-worker``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from varmix.core import config, errors
+from varmix.core import config, errors, io
 from varmix.core.io import project_root
 
 
@@ -45,9 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     site.add_argument("--profile", default=None)
     site.add_argument("--dataset", default=None)
     site.add_argument("--out", default=None, help="output folder (default: results/<dataset>/<profile>/site)")
+    rdm = sub.add_parser("readme", help="rewrite README.md's generated results block from the study's "
+                                        "metrics/report.json")
+    rdm.add_argument("--profile", default=None, help="the study's profile (default: params.yaml's)")
+    rdm.add_argument("--dataset", default=None, help="the study's dataset (default: params.yaml's)")
     wrk = sub.add_parser("train-worker", help="one torchrun worker of a distributed training run (started by "
                                               "varmix.learn.distributed.launch; docs/DISTRIBUTED.md)")
     wrk.add_argument("spec", help="the run's spec file, written by the launcher")
+    dep = sub.add_parser("deps", help="write each dvc.yaml stage's code deps from its import closure "
+                                      "(varmix.pipeline.deps)")
+    dep.add_argument("--check", action="store_true", help="only say whether dvc.yaml's deps are the generated ones")
     args = parser.parse_args(argv)
     try:
         return _run(args)
@@ -65,6 +72,24 @@ def _params_root(args: argparse.Namespace) -> Path:
     root, where dvc runs the stages), whatever the cwd. Folders given on the command line stay relative to
     the cwd, as usual."""
     return Path(args.params).resolve().parent if args.params else project_root()
+
+
+def _deps(deps, check: bool) -> int:
+    path = project_root() / "dvc.yaml"
+    text = path.read_text()
+    new = deps.render(project_root(), text)
+    if new == text:
+        print("dvc.yaml: every stage's code deps are its import closure")
+        return 0
+    if check:
+        changed = [s for s, d in deps.stage_code_deps(project_root(), text).items()
+                   if deps.listed_code_deps(text).get(s) != d]
+        raise errors.UserError(f"dvc.yaml: the code deps of {', '.join(changed)} differ from their import closure; "
+                               f"run python -m varmix deps")
+    with io.atomic_path(path) as tmp:
+        tmp.write_text(new)
+    print("dvc.yaml: code deps rewritten from the import closure")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -87,6 +112,10 @@ def _run(args: argparse.Namespace) -> int:
             runner.refresh_notebooks(tuple(args.names) or runner.NOTEBOOKS)
         return 0
 
+    if args.command == "deps":
+        from varmix.pipeline import deps
+
+        return _deps(deps, args.check)
     if args.command == "site":
         from varmix.pipeline import session
         from varmix.study import site  # no torch: nbconvert and jinja2 only
@@ -94,6 +123,20 @@ def _run(args: argparse.Namespace) -> int:
         _, layout = session.resolve(args.profile, args.dataset)  # params.yaml validated, VARMIX_WORKDIR followed
         out = site.build_site(layout.results, args.out)
         print(f"wrote {out}/index.html")
+        return 0
+
+    if args.command == "readme":
+        from varmix.pipeline import session
+        from varmix.study import readme  # no torch, no pandas: the standard library and varmix.core
+
+        params, _ = session.resolve(args.profile, args.dataset)  # params.yaml validated
+        root = project_root()
+        # the committed study's report (the project's results/, whatever VARMIX_WORKDIR says): the README is
+        # the project's, and describes what is committed
+        report = session.Layout(root, params.dataset, params.profile).results / "metrics" / "report.json"
+        changed = readme.rewrite(root / "README.md", report)
+        print(f"{'rewrote' if changed else 'unchanged:'} README.md's results block from "
+              f"{report.relative_to(root)}")
         return 0
 
     if args.command == "verify-data":

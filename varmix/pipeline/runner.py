@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from varmix.core import errors, io, names
-from varmix.core.names import run_name
 from varmix.core.io import project_root
+from varmix.core.names import run_name
 from varmix.pipeline.session import DVC_STAGE_ENV, WORKDIR_ENV, Session, resolve, workdir_ignored
 
 NOTEBOOKS = ("01_vae", "02_train", "03_corruptions", "04_calibration", "05_landscape", "06_perturbations",
@@ -141,7 +141,7 @@ def kernel_env(env: dict[str, str] | None = None) -> dict[str, str]:
     import varmix from PYTHONPATH or the editable install: in a queued experiment that is the main
     workspace's code, not the copy under .dvc/tmp/exps that `python -m varmix` runs and DVC hashes."""
     env = dict(os.environ if env is None else env)
-    here = Path(__file__).resolve().parents[1]
+    here = Path(__file__).resolve().parents[2]  # varmix/pipeline/runner.py -> the checkout
     if (here / "params.yaml").is_file():
         rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         env["PYTHONPATH"] = os.pathsep.join([str(here), *rest])

@@ -105,19 +105,21 @@ class Session:
         return self.params.vae_dataset
 
     def check_vae_dataset(self) -> None:
-        """A VAE from another dataset (``vae.dataset``) must take the classifier's images as they are: a
-        ``ValueError`` naming both datasets and shapes when their image shapes (C, H, W) differ. Reads
-        the datasets' specs only, no files."""
+        """A VAE from another dataset (``vae.dataset``) must encode the classifier's images: their channels
+        must match (a ``ValueError`` naming both datasets and shapes otherwise). The image size may differ,
+        as in the paper's Tiny-ImageNet (64x64) VAE for CIFAR (32x32): VarMixup and Mixup-R then resize
+        the classifier's images to the VAE's size and the decodes back (varmix.learn.mixing.resize_images).
+        Reads the datasets' specs only, no files."""
         from varmix.learn import data
 
         ours, theirs = self.params.dataset, self.vae_dataset
         a, b = data.image_shape(ours), data.image_shape(theirs)
-        if a != b:
+        if a[0] != b[0]:
             raise ValueError(
                 f"profiles.{self.params.profile}.vae.dataset = {theirs!r} has images of shape {b}, the "
                 f"classifier's dataset {ours!r} {a}: the VAE must encode the classifier's images, so its "
-                f"dataset needs the same shape (C, H, W); pick one of the same shape or null (the "
-                f"classifier's dataset)")
+                f"dataset needs the same number of channels (C; H x W may differ and are resized); pick one "
+                f"with {a[0]} channel(s) or null (the classifier's dataset)")
 
     def load_vae_data(self, classifier_data: data.ImageData | None = None) -> data.ImageData:
         """The images the VAE trains on (``vae_dataset``), after ``check_vae_dataset``: the shapes are
@@ -137,8 +139,8 @@ class Session:
 
     def load_vae(self, kind: str = "plain") -> torch.nn.Module:
         """The VAE the ``vae`` stage (01_vae) trained, or for ``kind = "adversarial"`` the
-        ``vae_adversarial`` stage, frozen, on the device (its image shape checked against the classifier's
-        dataset)."""
+        ``vae_adversarial`` stage, frozen, on the device (its channels checked against the classifier's
+        dataset; its image size may differ, see ``check_vae_dataset``)."""
         from varmix.learn import data
         from varmix.learn.vae import load_vae
 
@@ -151,10 +153,10 @@ class Session:
                 f"it): train it first with `dvc repro {stage}` (or `python -m varmix notebook 01_vae --profile "
                 f"{self.params.profile} --dataset {self.params.dataset}{flag}`)")
         vae = load_vae(path, self.device)
-        if vae.image_shape != data.image_shape(self.params.dataset):
+        if vae.in_channels != data.image_shape(self.params.dataset)[0]:  # H x W may differ: resized
             raise ValueError(f"the VAE {path} is for images of shape {vae.image_shape}, the dataset "
                              f"{self.params.dataset!r} has {data.image_shape(self.params.dataset)}: retrain it "
-                             f"(`dvc repro {stage}`)")
+                             f"(`dvc repro {stage}`); the channels must match")
         return vae
 
     def runs(self, arm: str = "all", seed: int | str = "all") -> list[tuple[str, int]]:

@@ -15,13 +15,11 @@ import seaborn as sns
 import torch
 from matplotlib.figure import Figure
 
-from varmix.evaluate import corruptions as corr
-from varmix.core.names import METHODS
+from varmix.core.names import METHOD_LABELS, METHODS
 from varmix.learn.mixing import mix_images
 
 PALETTE = dict(zip(METHODS, sns.color_palette("colorblind", len(METHODS))))
-LABELS = {"erm": "ERM", "mixup": "Mixup", "mixup_r": "Mixup-R", "manifold_mixup": "Manifold Mixup",
-          "cutmix": "CutMix", "varmixup": "VarMixup"}
+LABELS = METHOD_LABELS
 
 sns.set_theme(context="notebook", style="whitegrid")
 
@@ -142,29 +140,9 @@ def severity_lines(grid: pd.DataFrame, metric: str = "accuracy"):
     return fig
 
 
-def corruption_examples(image: torch.Tensor, names: Sequence[str], severities: Sequence[int], seed: int = 0):
-    """One test image under every corruption (rows) and severity (columns); float image [C, H, W]."""
-    x = image[None].float() / 255.0 if image.dtype == torch.uint8 else image[None].float()
-    rows = [torch.cat([corr.corrupt(x, name, s, torch.Generator().manual_seed(seed)) for s in severities])
-            for name in names]
+def corruption_examples(rows: Sequence[torch.Tensor], names: Sequence[str], severities: Sequence[int]):
+    """One test image under every corruption (rows, ``corruptions.example_rows``) and severity (columns)."""
     return image_grid(rows, list(names), [f"severity {s}" for s in severities], size=0.9)
-
-
-def reliability_grid(logits: Mapping[str, Any], labels: Any, n_bins: int = 15):
-    """One Guo et al. reliability diagram per method, side by side."""
-    from varmix.evaluate.calibration import reliability_diagram
-
-    methods = list(logits)
-    cols = min(len(methods), 3)
-    n_rows = (len(methods) + cols - 1) // cols
-    fig = Figure(figsize=(4.2 * cols, 4.6 * n_rows))
-    sub = fig.subfigures(n_rows, cols, squeeze=False)
-    for k, m in enumerate(methods):
-        panel = sub[k // cols, k % cols]
-        gs = panel.add_gridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
-        reliability_diagram(logits[m], labels, n_bins=n_bins, ax=(panel.add_subplot(gs[0]), panel.add_subplot(gs[1])),
-                            title=LABELS.get(m, m))
-    return fig
 
 
 def ece_by_severity(table: pd.DataFrame, metric: str = "ECE"):

@@ -7,8 +7,7 @@
   inconclusive or not tested. Eight short columns: `dvc exp show --only-changed` compares experiments
   (seeds, datasets, settings) on them in one row each. DVC names a column by its key alone only when no
   other metrics file has that key (``path:key`` otherwise), so declaring the per-arm files below, whose
-  keys repeat, made `dvc exp show` one ~60-character column per arm and number (~16,000 columns for
-  13 arms, measured).
+  keys repeat, would make `dvc exp show` one ~60-character column per arm and number.
 - ``metrics/summary/``, one JSON file per arm, ``<arm>.json``: the mean over seeds of clean accuracy
   (``acc``), corruption accuracy over the 15 corruptions x severities (``corr_acc``), clean ``ece``,
   clean ``nll``, mean γ at ε = 8/255 (``gamma_8``) and accuracy under PGD-ℓ∞ averaged over the
@@ -104,8 +103,7 @@ def tally(table: pd.DataFrame) -> dict[str, dict[str, int]]:
     """``{"holds": {key: n}, "contradicted": {key: n}}`` over varmix.study.stats.compare's table of the study's
     claims: per claim, how many of the primary comparisons hold and how many are contradicted (the others
     are inconclusive or not tested). Keys are TALLY_KEYS' short names of the claims' headline columns, in
-    COLUMNS' order: with them `dvc metrics show` is 187 columns wide (measured; the full column names
-    would make it 222)."""
+    COLUMNS' order, short enough that `dvc metrics show` fits a wide terminal."""
     _check_table(table, {"metric", "verdict"})
     metrics = set(table["metric"])
     claimed = [col for col, metric in COLUMNS.items() if metric in metrics]

@@ -49,10 +49,3 @@ SAMPLE_DISTANCE = {
     "cifar10": {"mixup": (17.6, 0.013), "varmixup": (33.0, 0.030)},
     "cifar100": {"mixup": (14.3, 0.0075), "varmixup": (31.0, 0.028)},
 }
-
-# the three claims, as directions the report checks: VarMixup against Mixup and ERM
-CLAIMS = {
-    "corruption_accuracy": "higher is better: VarMixup > Mixup > ERM on mean corruption accuracy",
-    "ece": "lower is better: VarMixup's ECE < Mixup's",
-    "local_linearity": "lower is better: VarMixup's gamma(eps) < Mixup's at every eps",
-}

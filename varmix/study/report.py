@@ -15,9 +15,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from varmix.study import paper
 from varmix.core.names import RUN_NAME, run_key
-
+from varmix.study import paper
 
 
 def per_run(metrics: Mapping[str, object]) -> pd.DataFrame:
@@ -238,3 +237,19 @@ def verdict_lines(table: pd.DataFrame, secondary: pd.DataFrame, runs: pd.DataFra
             text += f". Regimes: {r.arm} {regimes.get(r.arm, '–')}, {r.rival} {regimes.get(r.rival, '–')}"
         lines.append(text)
     return lines
+
+
+def report_json(table: pd.DataFrame, secondary: pd.DataFrame, vae: Mapping[str, object],
+                vae_adversarial: Mapping[str, object], seeds: Sequence[int], params, environment: Mapping[str, str]) -> dict:
+    """report.json: the verdict per claim and pair, every comparison of both families (``stats.compare``'s
+    rows without their display columns), the two VAEs' gate numbers and the settings that made them."""
+    def rows(t: pd.DataFrame) -> list[dict]:
+        return t.drop(columns=["label", "unit", "scale"]).to_dict(orient="records")
+    gate = ("psnr", "recon_probe_accuracy")
+    return {"claims": {f"{r.claim} | {r.arm} vs {r.rival}": r.verdict for r in table.itertuples()},
+            "comparisons": rows(table), "secondary": rows(secondary),
+            "vae": {k: vae.get(k) for k in gate}, "vae_adversarial": {k: vae_adversarial.get(k) for k in gate},
+            "vae_seeds_sampled": False,
+            "n_boot": params.report.n_boot, "seeds": list(seeds),
+            "rival_arms": list(params.rival_arms), "rival_seeds": list(params.rival_seeds),
+            "environment": dict(environment)}

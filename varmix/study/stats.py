@@ -40,7 +40,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _sps
 
-VERDICTS = ("holds", "contradicted", "inconclusive", "not tested")
 _CHUNK = 256  # bootstrap replicates drawn per block (bounds memory: chunk × seeds × images indices)
 
 

@@ -1,0 +1,135 @@
+"""dvc.yaml's code dependencies, from the import closure (``python -m varmix deps``).
+
+A stage must re-run when, and only when, code it runs changes. What a stage runs is its command's path
+through ``python -m varmix`` (varmix/__main__.py, the command line, the branch of that command) plus, for a
+notebook stage, every varmix module its notebook imports, and everything those import in turn, module-level
+and lazy (function-level) imports alike, with the packages' ``__init__.py`` files Python executes on the way.
+Kept by hand, these lists drifted (stages missed modules they ran, and listed modules they did not), so they
+are computed here from the code itself, written into dvc.yaml, and a test fails when the two differ.
+
+Static imports are the rule: the library never imports by computed name, so the closure is complete.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+# The command line's lazy imports, per command (varmix/pipeline/cli.py's ``_run``): a stage runs only its
+# command's branch, so the command line's function-level imports are not followed wholesale.
+COMMAND_MODULES = {
+    "notebook": ("varmix.pipeline.runner",),
+    "site": ("varmix.pipeline.session", "varmix.study.site"),
+    "verify-data": ("varmix.pipeline.verify",),
+}
+ENTRY = ("varmix", "varmix.__main__")  # what `python -m varmix` executes before the command line
+CLI = "varmix.pipeline.cli"
+_CMD = re.compile(r"python -m varmix (?P<command>[\w-]+)(?: (?P<notebook>\d\d_\w+))?")
+
+
+def module_file(root: Path, name: str) -> Path | None:
+    """The file of module ``name`` (``varmix.learn.train`` -> varmix/learn/train.py), or None."""
+    base = root.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imports(tree: ast.AST, module_level_only: bool = False) -> list[str]:
+    """The varmix modules an AST imports: ``from varmix.a import b`` gives varmix.a and, when b is a
+    module, varmix.a.b (the caller drops names that are not modules)."""
+    nodes = tree.body if module_level_only else ast.walk(tree)
+    found = []
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                and node.module.split(".")[0] == "varmix":
+            found.append(node.module)
+            found.extend(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.extend(a.name for a in node.names if a.name.split(".")[0] == "varmix")
+    return found
+
+
+def _with_packages(name: str) -> list[str]:
+    """``name`` and every package above it (Python runs their __init__.py first)."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def closure(root: Path, modules: list[str] | tuple[str, ...]) -> set[Path]:
+    """Every varmix source file that importing ``modules`` can execute, relative to ``root``; of the
+    command line, only its module-level imports (``command_files`` adds the command's branch)."""
+    seen: set[str] = set()
+    todo = [p for m in modules for p in _with_packages(m)]
+    while todo:
+        name = todo.pop()
+        if name in seen or module_file(root, name) is None:
+            continue
+        seen.add(name)
+        tree = ast.parse(module_file(root, name).read_text(), filename=name)
+        todo.extend(p for m in _imports(tree, module_level_only=name == CLI) for p in _with_packages(m))
+    return {module_file(root, m).relative_to(root) for m in seen}
+
+
+def notebook_imports(path: Path) -> list[str]:
+    """The varmix modules a notebook's code cells import (IPython's magics and shell lines skipped)."""
+    cells = json.loads(path.read_text())["cells"]
+    found = []
+    for cell in cells:
+        if cell["cell_type"] != "code":
+            continue
+        source = "\n".join(line for line in "".join(cell["source"]).splitlines()
+                           if not line.lstrip().startswith(("%", "!")))
+        found.extend(_imports(ast.parse(source, filename=str(path))))
+    return found
+
+
+def command_files(root: Path, cmd: str) -> list[str]:
+    """The varmix files a stage's command runs, sorted (dvc.yaml's order)."""
+    m = _CMD.search(" ".join(cmd.split()))
+    if not m or m["command"] not in COMMAND_MODULES:
+        raise ValueError(f"stage command {cmd!r}: expected python -m varmix with one of "
+                         f"{', '.join(COMMAND_MODULES)}")
+    files = closure(root, [*ENTRY, CLI, *COMMAND_MODULES[m["command"]]])
+    if m["notebook"]:
+        files |= closure(root, notebook_imports(root / "notebooks" / f"{m['notebook']}.ipynb"))
+    return sorted(str(p) for p in files)
+
+
+# ---- dvc.yaml: each stage's `- varmix/...` deps replaced by the generated list, the rest kept as written
+_STAGE = re.compile(r"^  (?P<name>[\w-]+):\n(?P<body>(?:(?:    .*|\s*)\n)*)", re.M)
+_CODE_DEP = re.compile(r"^      - varmix/\S+\.py\n", re.M)
+
+
+def stage_code_deps(root: Path, text: str) -> dict[str, list[str]]:
+    """{stage: generated code deps} for every stage of dvc.yaml's ``text`` that has a deps list."""
+    out = {}
+    for m in _STAGE.finditer(text):
+        body = m["body"]
+        cmd = re.search(r"^    cmd: (?:>-\n)?((?:.*\n)+?)    \w", body, re.M)
+        if "\n    deps:\n" in f"\n{body}" and cmd:
+            out[m["name"]] = command_files(root, cmd[1])
+    return out
+
+
+def render(root: Path, text: str) -> str:
+    """dvc.yaml's ``text`` with each stage's varmix code deps replaced by ``command_files``."""
+    deps = stage_code_deps(root, text)
+
+    def stage(m: re.Match) -> str:
+        if m["name"] not in deps:
+            return m.group(0)
+        body = _CODE_DEP.sub("", m["body"])
+        listed = re.search(r"^    deps:\n((?:      - .*\n)*)", body, re.M)
+        lines = "".join(f"      - {f}\n" for f in deps[m["name"]])
+        return f"  {m['name']}:\n" + body[:listed.end()] + lines + body[listed.end():]
+    return _STAGE.sub(stage, text)
+
+
+def listed_code_deps(text: str) -> dict[str, list[str]]:
+    """{stage: the varmix deps dvc.yaml's ``text`` lists}, in the listed order."""
+    return {m["name"]: [d.strip()[2:] for d in _CODE_DEP.findall(m["body"])]
+            for m in _STAGE.finditer(text)}
