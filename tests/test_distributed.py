@@ -199,7 +199,7 @@ def test_bad_process_count_in_params_is_refused(value):
 def test_bad_process_count_stops_training_before_any_work(value, tmp_path):
     cfg = dataclasses.replace(ddp_run.tiny_cfg(), processes=value)
     with pytest.raises(ValueError, match=rf"^cfg\.processes = {value!r} is invalid: expected an integer from 1 to "
-                                         rf"1024 or 'auto'"):
+                                         rf"1024, or auto"):
         train.train_classifier("mixup", cfg, ddp_run.tiny_data(), tmp_path / "out", seed=0, device="cpu")
     assert not (tmp_path / "out").exists()
 

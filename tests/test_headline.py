@@ -61,7 +61,8 @@ def test_bad_names_are_refused_before_writing(tmp_path):
 def test_tally_counts_holds_and_contradicted_per_claim_in_short_columns():
     table = pd.concat([_table(), _table().assign(rival="mixup", verdict=["contradicted", "holds", "contradicted"])])
     assert headline.tally(table) == {"holds": {"corr": 1, "ece": 1, "gamma": 0},
-                                     "contradicted": {"corr": 1, "ece": 0, "gamma": 2}}
+                                     "contradicted": {"corr": 1, "ece": 0, "gamma": 2},
+                                     "equiv": 0}
     assert list(headline.tally(table)["holds"]) == ["corr", "ece", "gamma"]  # COLUMNS' order
 
 
@@ -84,5 +85,6 @@ def test_dvc_shows_the_committed_headline_in_200_columns():
     assert len(lines) == 2 and lines[1].split()[0].endswith("/metrics/headline.json"), out
     assert max(map(len, lines)) <= 200, out
     header, values = lines[0].split()[1:], lines[1].split()[1:]
-    assert sorted(header) == sorted(f"{v}.{k}" for v in ("holds", "contradicted") for k in ("corr", "ece", "gamma", "pgd"))
+    assert sorted(header) == sorted([f"{v}.{k}" for v in ("holds", "contradicted") for k in ("corr", "ece", "gamma", "pgd")]
+                                    + ["equiv"])
     assert all(v.isdigit() for v in values)

@@ -5,6 +5,7 @@ lives outside the generated block (varmix.study.readme, `python -m varmix readme
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -110,16 +111,19 @@ def test_rewrite_is_atomic_and_idempotent(tmp_path):
     assert page.read_text(encoding="utf-8") == "no markers\n"
 
 
-def test_cli_leaves_committed_readme_unchanged_and_imports_no_torch():
-    """`python -m varmix readme` on the committed study finds nothing to change, without torch or pandas."""
+def test_cli_leaves_committed_readme_unchanged_and_imports_no_torch(tmp_path):
+    """`python -m varmix readme` on (a copy of) the committed study finds nothing to change, without torch
+    or pandas."""
+    for rel in ("README.md", "params.yaml", REPORT.relative_to(ROOT)):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / rel, tmp_path / rel)
     code = ("import sys; from varmix.pipeline import cli; rc = cli.main(['readme']); "
             "bad = [m for m in ('torch', 'pandas') if m in sys.modules]; "
             "print('imported', bad); sys.exit(rc or bool(bad))")
-    before = README.read_bytes()
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "unchanged" in out.stdout and "imported []" in out.stdout
-    assert README.read_bytes() == before
+    assert (tmp_path / "README.md").read_bytes() == README.read_bytes()
 
 
 def test_readme_is_short_and_opens_with_its_two_commands():

@@ -47,10 +47,10 @@ def test_mean_std_and_formatting():
 
 def _compared():
     runs = pd.DataFrame([{"arm": a, "seed": s, "acc": base + 0.01 * s + (0.002 if s % 2 else 0)}
-                         for a, base in (("erm", 0.5), ("mixup_half", 0.6), ("varmixup_full", 0.7))
+                         for a, base in (("erm", 0.4), ("mixup_half", 0.55), ("varmixup_full", 0.75))
                          for s in range(5)])
     rng = np.random.default_rng(0)
-    per = {(a, s): (rng.random(200) < v).astype(float) for a, s, v in runs[["arm", "seed", "acc"]].itertuples(index=False)}
+    per = {(a, s): (rng.random(400) < v).astype(float) for a, s, v in runs[["arm", "seed", "acc"]].itertuples(index=False)}
     claims = [stats.Claim("robustness", "acc", 1, label="1. robustness", unit="%", scale=100),
               stats.Claim("error", "acc", -1, label="error")]
     family = [("varmixup_full", "mixup_half"), ("varmixup_full", "erm"), ("varmixup_full", "cutmix")]
@@ -74,10 +74,12 @@ def test_formatted_comparisons_scale_units_and_reasons():
     f = report.formatted_comparisons(table)
     first = table.iloc[0]
     assert f.loc[0, "claim"] == "1. robustness" and f.loc[0, "pair"] == "varmixup_full vs mixup_half"
-    assert f.loc[0, "difference"] == f"{first['diff'] * 100:+.2f}%"
-    assert f.loc[0, "t 95% CI"] == f"[{first['t_lo'] * 100:+.2f}, {first['t_hi'] * 100:+.2f}]"
+    assert f.loc[0, "difference"] == f"{first['diff'] * 100:+.3g}%"
+    assert f.loc[0, "crossed t 95% CI"] == f"[{first['t_lo'] * 100:+.3g}, {first['t_hi'] * 100:+.3g}]"
     assert f.loc[0, "bootstrap p (Holm)"] == f"{first['boot_p_holm']:.3g}"
-    assert f.loc[2, "verdict"] == "not tested (cutmix did not run)" and f.loc[2, "t 95% CI"] == "–"
+    assert f.loc[0, "MDE"] == f"{first['mde'] * 100:.3g}%" and f.loc[0, "images"] == 400
+    assert f.loc[0, "equivalence p (Holm: t, bootstrap)"] == "–"  # no smallest effect of interest given
+    assert f.loc[2, "verdict"] == "not tested (cutmix did not run)" and f.loc[2, "crossed t 95% CI"] == "–"
 
 
 def test_forest_plot_one_panel_per_claim_one_row_per_pair():

@@ -1,5 +1,5 @@
-"""The statistics that decide the claims: paired differences, t interval, hierarchical bootstrap, Holm,
-verdicts and the whole-family comparison table."""
+"""The statistics that decide the claims: the crossed bootstrap, Holm, verdicts and the whole-family
+comparison table (the crossed tests' error rates and power: tests/test_stats_simulation.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from scipy import stats as sps
 
 from varmix.evaluate import calibration
 from varmix.study import stats
@@ -33,52 +32,9 @@ def _per_image(shift: dict[str, float], n: int = 400, seed: int = 0, noise: floa
 
 
 # ----------------------------------------------------------------------------------------------
-def test_paired_differences_signed_per_shared_seed():
-    runs = _runs({"a": [0.7, 0.8, 0.9, 0.6, 0.5], "b": [0.6, 0.6, 0.6, 0.6]})  # b lacks seed 4
-    d = stats.paired_differences(runs, "acc", "a", "b", sign=1)
-    assert d.index.tolist() == [0, 1, 2, 3]
-    assert d.to_numpy() == pytest.approx([0.1, 0.2, 0.3, 0.0])
-    assert stats.paired_differences(runs, "acc", "a", "b", sign=-1).to_numpy() == pytest.approx([-0.1, -0.2, -0.3, 0.0])
-
-
-def test_paired_differences_errors_name_the_bad_value():
-    runs = _runs({"a": [0.7, 0.8, 0.9, 0.6, 0.5], "b": [0.6]})
-    with pytest.raises(ValueError, match="arm 'c' did not run; the runs hold arms \\['a', 'b'\\]"):
-        stats.paired_differences(runs, "acc", "c", "b", 1)
-    with pytest.raises(ValueError, match="arms 'a' and 'b' share 1 seed\\(s\\) \\[0\\]: a paired comparison needs at least 2"):
-        stats.paired_differences(runs, "acc", "a", "b", 1)
-    with pytest.raises(ValueError, match="column 'ece' is not among"):
-        stats.paired_differences(runs, "ece", "a", "b", 1)
-    with pytest.raises(ValueError, match="sign = 0 is invalid"):
-        stats.paired_differences(runs, "acc", "a", "b", 0)
-    dup = pd.concat([runs, runs.iloc[[0]]])
-    with pytest.raises(ValueError, match="arm 'a' has more than one run for seed 0"):
-        stats.paired_differences(dup, "acc", "a", "b", 1)
-
-
-def test_t_interval_equals_scipy():
-    d = np.array([0.012, 0.020, -0.004, 0.015, 0.009])
-    t = stats.t_interval(d, level=0.95)
-    ref = sps.ttest_1samp(d, 0.0)
-    lo, hi = sps.t.interval(0.95, df=4, loc=d.mean(), scale=sps.sem(d))
-    assert t["n"] == 5
-    assert t["mean"] == pytest.approx(d.mean())
-    assert t["p"] == pytest.approx(ref.pvalue, rel=1e-10)
-    assert (t["lo"], t["hi"]) == (pytest.approx(lo, rel=1e-10), pytest.approx(hi, rel=1e-10))
-    wide = stats.t_interval(d, level=0.99)
-    assert wide["lo"] < t["lo"] and wide["hi"] > t["hi"]
-
-
-def test_t_interval_zero_variance_and_errors():
-    assert stats.t_interval([0.1, 0.1, 0.1]) == {"mean": pytest.approx(0.1), "lo": pytest.approx(0.1),
-                                                 "hi": pytest.approx(0.1), "p": 0.0, "n": 3}
-    assert stats.t_interval([0.0, 0.0])["p"] == 1.0
-    with pytest.raises(ValueError, match="level = 1.5 is invalid: expected a number strictly between 0 and 1"):
-        stats.t_interval([0.1, 0.2], level=1.5)
-    with pytest.raises(ValueError, match="at least 2 differences \\(seeds\\), got 1"):
-        stats.t_interval([0.1])
-    with pytest.raises(ValueError, match="must be finite"):
-        stats.t_interval([0.1, np.nan])
+def _scalars(result: dict) -> dict:
+    """A bootstrap result without its replicates (an array), for comparing results."""
+    return {k: v for k, v in result.items() if k != "values"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,20 +54,20 @@ def test_holm_textbook_example():
 # ----------------------------------------------------------------------------------------------
 def test_bootstrap_is_deterministic_and_covers_the_true_difference():
     per = _per_image({"a": 0.10, "b": 0.0})
-    r1 = stats.hierarchical_bootstrap(per, "a", "b", None, 1, n_boot=500, seed=7)
-    r2 = stats.hierarchical_bootstrap(per, "a", "b", None, 1, n_boot=500, seed=7)
+    r1 = _scalars(stats.crossed_bootstrap(per, "a", "b", None, 1, n_boot=500, seed=7))
+    r2 = _scalars(stats.crossed_bootstrap(per, "a", "b", None, 1, n_boot=500, seed=7))
     assert r1 == r2
-    assert r1 != stats.hierarchical_bootstrap(per, "a", "b", None, 1, n_boot=500, seed=8)
+    assert r1 != _scalars(stats.crossed_bootstrap(per, "a", "b", None, 1, n_boot=500, seed=8))
     assert r1["lo"] < 0.10 < r1["hi"]
     assert r1["lo"] > 0 and r1["p"] == pytest.approx(2 / 501)  # never exactly 0 (Davison & Hinkley)
-    flipped = stats.hierarchical_bootstrap(per, "a", "b", None, -1, n_boot=500, seed=7)
+    flipped = _scalars(stats.crossed_bootstrap(per, "a", "b", None, -1, n_boot=500, seed=7))
     assert (flipped["mean"], flipped["lo"], flipped["hi"]) == pytest.approx((-r1["mean"], -r1["hi"], -r1["lo"]))
 
 
 def test_bootstrap_interval_shrinks_with_more_images():
     widths = []
     for n in (100, 1600):
-        r = stats.hierarchical_bootstrap(_per_image({"a": 0.1, "b": 0.0}, n=n, noise=1.0), "a", "b", None, 1,
+        r = stats.crossed_bootstrap(_per_image({"a": 0.1, "b": 0.0}, n=n, noise=1.0), "a", "b", None, 1,
                                          n_boot=400, seed=0)
         widths.append(r["hi"] - r["lo"])
     assert widths[1] < 0.5 * widths[0]
@@ -119,8 +75,8 @@ def test_bootstrap_interval_shrinks_with_more_images():
 
 def test_fast_path_equals_the_general_path():
     per = _per_image({"a": 0.05, "b": 0.0}, n=200)
-    fast = stats.hierarchical_bootstrap(per, "a", "b", None, -1, n_boot=300, seed=3)
-    loop = stats.hierarchical_bootstrap(per, "a", "b", np.mean, -1, n_boot=300, seed=3)
+    fast = _scalars(stats.crossed_bootstrap(per, "a", "b", None, -1, n_boot=300, seed=3))
+    loop = _scalars(stats.crossed_bootstrap(per, "a", "b", np.mean, -1, n_boot=300, seed=3))
     assert loop == pytest.approx(fast, rel=1e-9, abs=1e-12)
 
 
@@ -132,7 +88,7 @@ def test_same_image_indices_for_arm_and_rival():
         per[("rival", s)] = base
         per[("arm", s)] = base + 0.25  # the same constant on every image
     for statistic in (None, np.mean):
-        r = stats.hierarchical_bootstrap(per, "arm", "rival", statistic, 1, n_boot=200, seed=1)
+        r = stats.crossed_bootstrap(per, "arm", "rival", statistic, 1, n_boot=200, seed=1)
         assert r["mean"] == pytest.approx(0.25)
         assert r["lo"] == pytest.approx(0.25, abs=1e-12) and r["hi"] == pytest.approx(0.25, abs=1e-12)
 
@@ -140,23 +96,23 @@ def test_same_image_indices_for_arm_and_rival():
 def test_bootstrap_errors_name_the_bad_value():
     per = _per_image({"a": 0.0, "b": 0.0}, n=50)
     with pytest.raises(ValueError, match="arm 'c' has no per-image values; per_image holds arms \\['a', 'b'\\]"):
-        stats.hierarchical_bootstrap(per, "c", "b", None, 1, 10, 0)
+        stats.crossed_bootstrap(per, "c", "b", None, 1, 10, 0)
     short = dict(per)
     short[("b", 3)] = short[("b", 3)][:40]
     with pytest.raises(ValueError, match="per_image\\[\\('b', 3\\)\\] has 40 images but \\('a', 0\\) has 50"):
-        stats.hierarchical_bootstrap(short, "a", "b", None, 1, 10, 0)
+        stats.crossed_bootstrap(short, "a", "b", None, 1, 10, 0)
     one = {k: v for k, v in per.items() if k[0] == "a" or k[1] == 0}
     with pytest.raises(ValueError, match="arms 'a' and 'b' share 1 seed\\(s\\) \\[0\\] in per_image"):
-        stats.hierarchical_bootstrap(one, "a", "b", None, 1, 10, 0)
+        stats.crossed_bootstrap(one, "a", "b", None, 1, 10, 0)
     with pytest.raises(ValueError, match="n_boot = 0 is invalid: expected an integer >= 1"):
-        stats.hierarchical_bootstrap(per, "a", "b", None, 1, 0, 0)
+        stats.crossed_bootstrap(per, "a", "b", None, 1, 0, 0)
     with pytest.raises(ValueError, match="level = 0 is invalid"):
-        stats.hierarchical_bootstrap(per, "a", "b", None, 1, 10, 0, level=0)
+        stats.crossed_bootstrap(per, "a", "b", None, 1, 10, 0, level=0)
     two_d = {k: np.stack([v, v], 1) for k, v in per.items()}
     with pytest.raises(ValueError, match="statistic=None \\(the mean\\) needs 1-D per-image values"):
-        stats.hierarchical_bootstrap(two_d, "a", "b", None, 1, 10, 0)
+        stats.crossed_bootstrap(two_d, "a", "b", None, 1, 10, 0)
     with pytest.raises(ValueError, match="per_image has no run \\('a', 9\\)"):
-        stats.hierarchical_bootstrap(per, "a", "b", None, 1, 10, 0, seeds=[0, 9])
+        stats.crossed_bootstrap(per, "a", "b", None, 1, 10, 0, seeds=[0, 9])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,9 +151,9 @@ def test_batched_statistic_equals_the_loop():
     rng = np.random.default_rng(1)
     per = {(a, s): np.stack([rng.uniform(0.3, 1, 150), (rng.random(150) < 0.7).astype(float)], 1)
            for a in ("a", "b") for s in SEEDS}
-    batched = stats.hierarchical_bootstrap(per, "a", "b", stats.ECE(10), -1, n_boot=300, seed=5)
+    batched = _scalars(stats.crossed_bootstrap(per, "a", "b", stats.ECE(10), -1, n_boot=300, seed=5))
     ece = stats.ECE(10)
-    loop = stats.hierarchical_bootstrap(per, "a", "b", lambda rows: ece(rows), -1, n_boot=300, seed=5)
+    loop = _scalars(stats.crossed_bootstrap(per, "a", "b", lambda rows: ece(rows), -1, n_boot=300, seed=5))
     assert batched == pytest.approx(loop, rel=1e-9, abs=1e-12)
 
 
@@ -208,6 +164,9 @@ def test_verdict_rule():
     assert stats.verdict(0.02, True, False) == "inconclusive"
     assert stats.verdict(-0.02, False, True) == "inconclusive"
     assert stats.verdict(0.0, True, True) == "inconclusive"
+    assert stats.verdict(0.001, False, False, True, True) == "equivalent"
+    assert stats.verdict(0.001, False, False, True, False) == "inconclusive"
+    assert stats.verdict(0.02, True, True, True, True) == "holds"  # a difference found outranks equivalence
     with pytest.raises(ValueError, match="mean = nan is invalid"):
         stats.verdict(float("nan"), True, True)
 
@@ -246,13 +205,31 @@ def test_compare_verdicts_signs_and_holm():
     assert best["diff"] == pytest.approx(best["boot_diff"]) and best["diff"] == pytest.approx(0.3, abs=0.05)
     assert best["t_lo"] < best["diff"] < best["t_hi"] and best["boot_lo"] < best["diff"] < best["boot_hi"]
     assert best["n_seeds"] == 5 and best["unit"] == "%" and best["scale"] == 100
+    assert best["mde"] > 0 and best["n_images"] == 300
+
+
+def test_compare_says_equivalent_only_within_the_sesoi():
+    """'same' differs from 'base' by 0: equivalent within a generous Δ, inconclusive within a tiny one, and
+    never equivalent for a claim without a Δ; a clear difference stays holds whatever Δ."""
+    runs, per = _study()
+    claims = [stats.Claim("accuracy", "acc", 1)]
+    family = [("best", "base"), ("same", "base")]
+    wide = stats.compare(runs, {"acc": per}, family, claims, 300, 0, sesoi={"acc": 0.2}).set_index("arm")
+    assert wide.loc["same", "verdict"] == "equivalent" and wide.loc["best", "verdict"] == "holds"
+    assert wide.loc["same", "tost_p_holm"] <= 0.05 and wide.loc["same", "boot_tost_p_holm"] <= 0.05
+    tiny = stats.compare(runs, {"acc": per}, family, claims, 300, 0, sesoi={"acc": 1e-4}).set_index("arm")
+    assert tiny.loc["same", "verdict"] == "inconclusive"
+    none = stats.compare(runs, {"acc": per}, family, claims, 300, 0).set_index("arm")
+    assert none.loc["same", "verdict"] == "inconclusive" and none["tost_p"].isna().all()
 
 
 def test_compare_errors_before_work():
     runs, per = _study(n=20)
     c = stats.Claim("accuracy", "acc", 1)
-    with pytest.raises(ValueError, match="claim 'accuracy': metric 'ece' is not among the runs' columns"):
+    with pytest.raises(ValueError, match="claim 'accuracy': per_image has no entry 'ece'; it has \\['acc'\\]"):
         stats.compare(runs, {"acc": per}, [("best", "base")], [stats.Claim("accuracy", "ece", -1)], 10, 0)
+    with pytest.raises(ValueError, match="sesoi\\['acc'\\] = -0.1 is invalid: expected a finite number > 0"):
+        stats.compare(runs, {"acc": per}, [("best", "base")], [c], 10, 0, sesoi={"acc": -0.1})
     with pytest.raises(ValueError, match="claim 'accuracy': per_image has no entry 'acc'"):
         stats.compare(runs, {}, [("best", "base")], [c], 10, 0)
     with pytest.raises(ValueError, match="family pair \\('best', 'best'\\) is invalid"):

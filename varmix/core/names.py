@@ -47,7 +47,7 @@ CORRUPTIONS = BENCHMARK_CORRUPTIONS + EXTRA_CORRUPTIONS
 AUTOATTACK_VERSIONS = ("standard", "rand", "apgd")
 
 # the verdicts a comparison can get (varmix.study.stats.verdict)
-VERDICTS = ("holds", "contradicted", "inconclusive", "not tested")
+VERDICTS = ("holds", "contradicted", "equivalent", "inconclusive", "not tested")
 
 # which VAE an arm of a VAE method uses: the vae stage's, or the vae_adversarial stage's (adv-VarMixup)
 VAE_KINDS = ("plain", "adversarial")

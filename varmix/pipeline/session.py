@@ -198,6 +198,22 @@ class Session:
             raise FileNotFoundError(f"plot data {path} not found: run the stage that writes it first")
         return pd.read_csv(path)
 
+    def analysis_plan(self):
+        """The committed analysis plan (analysis_plan.yaml at the project root), its family checked against
+        params.yaml's comparisons."""
+        from varmix.core import plan
+
+        p = plan.load_plan(project_root())
+        plan.check_family(p, self.params.comparisons)
+        return p
+
+    def plan_provenance(self, per_image: tuple[str, ...] = ("corruptions", "logits", "perturbations")) -> dict:
+        """Whether the plan was committed before the per-image results the report decides
+        (:func:`varmix.core.plan.provenance`)."""
+        from varmix.core import plan
+
+        return plan.provenance(project_root(), [self.layout.per_image(n) for n in per_image])
+
     # ---- outputs (atomic)
     def save_metrics(self, name: str, metrics: dict[str, Any], timings: dict[str, Any] | None = None) -> Path:
         """Write ``metrics`` (JSON-able; the same results give the same bytes) and, to ``layout.timings(name)``,

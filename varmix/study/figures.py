@@ -227,8 +227,8 @@ def weight_surfaces(lines: Mapping[str, Mapping[str, np.ndarray]], planes: Mappi
     return fig
 
 
-VERDICT_COLOURS = {"holds": "#1b9e77", "contradicted": "#d95f02", "inconclusive": "#7f7f7f",
-                   "not tested": "#c7c7c7"}
+VERDICT_COLOURS = {"holds": "#1b9e77", "contradicted": "#d95f02", "equivalent": "#1f78b4",
+                   "inconclusive": "#7f7f7f", "not tested": "#c7c7c7"}
 
 
 def forest_plot(table: pd.DataFrame):
@@ -271,8 +271,8 @@ def forest_plot(table: pd.DataFrame):
         ax.set_xlabel("difference (positive = paper's direction)" + (f", {unit}" if unit else ""), fontsize=9)
     handles = [Line2D([], [], marker="o", linestyle="none", color=c, markeredgecolor="black",
                       markeredgewidth=0.6, label=v) for v, c in VERDICT_COLOURS.items() if v != "not tested"]
-    handles += [Line2D([], [], color="grey", linewidth=5, alpha=0.55, label="t 95% CI (seeds)"),
-                Line2D([], [], color="grey", linewidth=1.3, label="bootstrap 95% CI (seeds × images)")]
+    handles += [Line2D([], [], color="grey", linewidth=5, alpha=0.55, label="crossed t 95% CI"),
+                Line2D([], [], color="grey", linewidth=1.3, label="pigeonhole bootstrap 95% CI")]
     axes[0, 0].legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(1.01, 0.0), frameon=False)
     fig.tight_layout()
     return fig

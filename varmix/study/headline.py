@@ -3,8 +3,9 @@
 - ``metrics/headline.json``, the one file dvc.yaml declares as metrics (what `dvc metrics show`,
   `dvc metrics diff` and `dvc exp show` print): over the primary comparisons of params.yaml's
   ``comparisons``, how many hold (``holds.<claim>``) and how many are contradicted
-  (``contradicted.<claim>``) per claim (``corr``, ``ece``, ``gamma``, ``pgd``: TALLY_KEYS); the rest are
-  inconclusive or not tested. Eight short columns: `dvc exp show --only-changed` compares experiments
+  (``contradicted.<claim>``) per claim (``corr``, ``ece``, ``gamma``, ``pgd``: TALLY_KEYS), and how many
+  in all are shown equivalent (``equiv``); the rest are inconclusive or not tested. Nine short
+  columns: `dvc exp show --only-changed` compares experiments
   (seeds, datasets, settings) on them in one row each. DVC names a column by its key alone only when no
   other metrics file has that key (``path:key`` otherwise), so declaring the per-arm files below, whose
   keys repeat, would make `dvc exp show` one ~60-character column per arm and number.
@@ -12,7 +13,7 @@
   (``acc``), corruption accuracy over the 15 corruptions x severities (``corr_acc``), clean ``ece``,
   clean ``nll``, mean γ at ε = 8/255 (``gamma_8``) and accuracy under PGD-ℓ∞ averaged over the
   perturbation chapter's ε (``pgd_acc``), rounded to 4 digits; and one file per primary comparison,
-  ``<arm>-vs-<rival>.json``, holding its verdicts (holds / contradicted / inconclusive / not tested) under
+  ``<arm>-vs-<rival>.json``, holding its verdicts (holds / contradicted / equivalent / inconclusive / not tested) under
   the column of the claim's metric. `dvc metrics show <that folder>` prints one row per file and six
   columns whatever the number of arms.
 
@@ -99,13 +100,18 @@ def write(folder: str | os.PathLike, headline: dict[str, dict[str, Any]]) -> lis
     return paths
 
 
-def tally(table: pd.DataFrame) -> dict[str, dict[str, int]]:
-    """``{"holds": {key: n}, "contradicted": {key: n}}`` over varmix.study.stats.compare's table of the study's
-    claims: per claim, how many of the primary comparisons hold and how many are contradicted (the others
-    are inconclusive or not tested). Keys are TALLY_KEYS' short names of the claims' headline columns, in
-    COLUMNS' order, short enough that `dvc metrics show` fits a wide terminal."""
+def tally(table: pd.DataFrame) -> dict[str, dict[str, int] | int]:
+    """``{"holds": {key: n}, "contradicted": {key: n}, "equiv": n}`` over varmix.study.stats.compare's
+    table of the study's claims: per claim, how many of the primary comparisons hold and how many are
+    contradicted, and how many comparisons in all are shown equivalent (the others are inconclusive or not
+    tested; report.json has every verdict). Keys are TALLY_KEYS' short names of the claims' headline
+    columns, in COLUMNS' order: nine short columns, so that `dvc metrics show` fits a terminal of 200
+    columns."""
     _check_table(table, {"metric", "verdict"})
     metrics = set(table["metric"])
     claimed = [col for col, metric in COLUMNS.items() if metric in metrics]
-    return {verdict: {TALLY_KEYS[col]: int(((table["metric"] == COLUMNS[col]) & (table["verdict"] == verdict)).sum())
-                      for col in claimed} for verdict in ("holds", "contradicted")}
+    out: dict[str, dict[str, int] | int] = {
+        verdict: {TALLY_KEYS[col]: int(((table["metric"] == COLUMNS[col]) & (table["verdict"] == verdict)).sum())
+                  for col in claimed} for verdict in ("holds", "contradicted")}
+    out["equiv"] = int(table["metric"].isin([COLUMNS[c] for c in claimed]).mul(table["verdict"] == "equivalent").sum())
+    return out

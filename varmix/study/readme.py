@@ -28,7 +28,9 @@ END = "<!-- results:end -->"
 _MEANING = {
     "holds": "the arm is better in the paper's direction, both tests rejecting after Holm",
     "contradicted": "the rival is better, both tests rejecting after Holm against the paper's direction",
-    "inconclusive": "the tests do not both reject",
+    "equivalent": "the difference lies within the claim's smallest effect of interest, both equivalence tests "
+                  "rejecting after Holm",
+    "inconclusive": "neither a difference nor equivalence is shown",
     "not tested": "too few seeds for a paired test",
 }
 _FIELDS = ("claim", "arm", "rival", "metric", "verdict", "diff", "t_lo", "t_hi", "n_seeds")
@@ -95,7 +97,7 @@ def _sentence(verdict: str, rows: Sequence[Mapping[str, Any]], total: int) -> st
 def results_block(report: Mapping[str, Any]) -> str:
     """The README's results block (without the markers) from report.json's dict: a table with one row per
     compared pair and one column per claim, each cell the paired difference (arm − rival, positive in the
-    paper's direction) with its t 95% interval and the verdict; then one sentence per verdict kind that
+    paper's direction) with its crossed t 95% interval and the verdict; then one sentence per verdict kind that
     occurs, listing its pairs by claim. Raises ValueError naming what is missing from ``report``."""
     rows = _comparisons(report)
     claims = list(dict.fromkeys(r["claim"] for r in rows))
@@ -104,8 +106,8 @@ def results_block(report: Mapping[str, Any]) -> str:
     seeds = sorted({int(r["n_seeds"]) for r in rows})
     units = sorted({_claim_name(r["claim"]) for r in rows if _scale(r["metric"])[1]})
     lines = [
-        f"Paired difference over {' or '.join(map(str, seeds))} seeds (arm − rival, positive = the paper's "
-        f"direction{'; ' + ' and '.join(units) + ' in percentage points' if units else ''}), its t 95% interval, "
+        f"Paired difference over {' or '.join(map(str, seeds))} seeds × the test images (arm − rival, positive = the paper's "
+        f"direction{'; ' + ' and '.join(units) + ' in percentage points' if units else ''}), its crossed t 95% interval, "
         f"and the verdict over the family of {len(rows)} comparisons (Holm):",
         "",
         "| pair | " + " | ".join(_claim_name(c) for c in claims) + " |",

@@ -112,27 +112,46 @@ def verdict_summary(table: pd.DataFrame) -> pd.DataFrame:
     return out.reindex(index=list(dict.fromkeys(table["claim"])), columns=list(dict.fromkeys(pair)))
 
 
-def formatted_comparisons(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+def formatted_comparisons(table: pd.DataFrame) -> pd.DataFrame:
     """:func:`varmix.study.stats.compare`'s table for reading: one row per claim × pair, the differences
-    multiplied by the claim's ``scale`` and followed by its ``unit``, each interval as "[lo, hi]", the
-    Holm-adjusted p-values, the verdict (and why a pair was not tested)."""
+    multiplied by the claim's ``scale`` and followed by its ``unit`` (3 significant figures), each interval
+    as "[lo, hi]", the Holm-adjusted p-values, the minimum detectable effect, the equivalence tests' Holm p
+    (when the claim has a smallest effect of interest) and the verdict (and why a pair was not tested)."""
     def num(x, k):
-        return "–" if pd.isna(x) else f"{x * k:+.{digits}f}"
+        return "–" if pd.isna(x) else f"{x * k:+.3g}"
 
     rows = []
     for r in table.itertuples():
         k, unit = float(r.scale), r.unit or ""
         tested = r.verdict != "not tested"
+        equivalence = tested and not pd.isna(r.tost_p_holm)
         rows.append({
             "claim": r.label, "pair": f"{r.arm} vs {r.rival}", "seeds": r.n_seeds,
+            "images": int(r.n_images) if tested else "–",
             "difference": num(r.diff, k) + unit if tested else "–",
-            "t 95% CI": f"[{num(r.t_lo, k)}, {num(r.t_hi, k)}]" if tested else "–",
+            "crossed t 95% CI": f"[{num(r.t_lo, k)}, {num(r.t_hi, k)}]" if tested else "–",
             "t p (Holm)": f"{r.t_p_holm:.3g}" if tested else "–",
             "bootstrap 95% CI": f"[{num(r.boot_lo, k)}, {num(r.boot_hi, k)}]" if tested else "–",
             "bootstrap p (Holm)": f"{r.boot_p_holm:.3g}" if tested else "–",
+            "MDE": f"{r.mde * k:.3g}{unit}" if tested else "–",
+            "equivalence p (Holm: t, bootstrap)": f"{r.tost_p_holm:.3g}, {r.boot_tost_p_holm:.3g}" if equivalence else "–",
             "verdict": r.verdict if tested else f"not tested ({r.reason})",
         })
     return pd.DataFrame(rows)
+
+
+def formatted_power(power: pd.DataFrame) -> pd.DataFrame:
+    """:func:`power_table` for reading: per claim, the MDE at the pilot's and the plan's sizes against the
+    target, and the sizes that reach it (3 significant figures, in the claim's unit)."""
+    def eff(x, r):
+        return f"{x * r.scale:.3g}{r.unit or ''}"
+    return pd.DataFrame([{
+        "claim": r.claim, "target MDE": eff(r.target_mde, r), "pilot": f"{r.pilot_seeds} × {r.pilot_images}",
+        "pilot MDE": eff(r.pilot_mde, r), "plan": f"{r.seeds} × {r.images}", "plan MDE": eff(r.mde, r),
+        "target reached": "yes" if r.reached else "no",
+        "sizes that reach it": f"{r.needed_seeds} × {r.needed_images}" if r.needed_seeds else "none up to "
+                               f"{max(SEED_OPTIONS)} seeds × {max(IMAGE_OPTIONS[r.metric])} images",
+    } for r in power.itertuples()])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,8 +242,9 @@ def verdict_lines(table: pd.DataFrame, secondary: pd.DataFrame, runs: pd.DataFra
             lines.append(f"{r.claim}, {r.arm} vs {r.rival}: not tested ({r.reason})")
             continue
         text = (f"{r.claim}, {r.arm} vs {r.rival}: {r.verdict.upper()} — paired difference {r.diff * k:+.3g}{r.unit} "
-                f"(positive = the paper's direction), t 95% CI [{r.t_lo * k:+.3g}, {r.t_hi * k:+.3g}], "
-                f"bootstrap [{r.boot_lo * k:+.3g}, {r.boot_hi * k:+.3g}], Holm p {r.t_p_holm:.3g} / {r.boot_p_holm:.3g}")
+                f"(positive = the paper's direction), crossed t 95% CI [{r.t_lo * k:+.3g}, {r.t_hi * k:+.3g}], "
+                f"bootstrap [{r.boot_lo * k:+.3g}, {r.boot_hi * k:+.3g}], Holm p {r.t_p_holm:.3g} / {r.boot_p_holm:.3g}, "
+                f"MDE {r.mde * k:.3g}{r.unit}")
         if r.metric == "corruption_accuracy" and (r.arm, r.rival) in no_int.index:
             other = no_int.loc[(r.arm, r.rival)]
             if other["verdict"] != r.verdict:
@@ -240,9 +260,12 @@ def verdict_lines(table: pd.DataFrame, secondary: pd.DataFrame, runs: pd.DataFra
 
 
 def report_json(table: pd.DataFrame, secondary: pd.DataFrame, vae: Mapping[str, object],
-                vae_adversarial: Mapping[str, object], seeds: Sequence[int], params, environment: Mapping[str, str]) -> dict:
+                vae_adversarial: Mapping[str, object], seeds: Sequence[int], params, environment: Mapping[str, str],
+                plan=None, provenance: Mapping[str, object] | None = None, power: pd.DataFrame | None = None) -> dict:
     """report.json: the verdict per claim and pair, every comparison of both families (``stats.compare``'s
-    rows without their display columns), the two VAEs' gate numbers and the settings that made them."""
+    rows without their display columns), the two VAEs' gate numbers, the settings that made them, and the
+    analysis plan they were decided by (its version, commit and whether it precedes these results) with
+    the power analysis (:func:`power_table`)."""
     def rows(t: pd.DataFrame) -> list[dict]:
         return t.drop(columns=["label", "unit", "scale"]).to_dict(orient="records")
     gate = ("psnr", "recon_probe_accuracy")
@@ -252,4 +275,68 @@ def report_json(table: pd.DataFrame, secondary: pd.DataFrame, vae: Mapping[str, 
             "vae_seeds_sampled": False,
             "n_boot": params.report.n_boot, "seeds": list(seeds),
             "rival_arms": list(params.rival_arms), "rival_seeds": list(params.rival_seeds),
-            "environment": dict(environment)}
+            "environment": dict(environment),
+            **({"plan": {"version": plan.version, "rule": plan.rule, "alpha": plan.alpha, "power": plan.power,
+                         "sesoi": dict(plan.sesoi), "seeds": plan.seeds, "images": dict(plan.images),
+                         "pilot_commit": plan.pilot_commit, **dict(provenance or {})}} if plan else {}),
+            **({"power": power.to_dict(orient="records")} if power is not None else {})}
+
+
+def pilot_components(per_image: Mapping[tuple[str, int], object], arm: str, rival: str, sign: int,
+                     statistic=None) -> dict[str, float]:
+    """A pilot's variance components of one comparison's paired differences (seeds × images): the two-way
+    ANOVA's (``crossed.variance_components``) for a per-image mean; for a statistic of the whole image set
+    (ECE), the per-seed differences' variance as the seed term and the image bootstrap's variance scaled
+    to one image as the image term (no residual term: the seed term already holds it)."""
+    from varmix.study import crossed
+
+    seeds = sorted({s for a, s in per_image if a == arm} & {s for a, s in per_image if a == rival})
+    arm_runs = [np.asarray(per_image[(arm, s)]) for s in seeds]
+    rival_runs = [np.asarray(per_image[(rival, s)]) for s in seeds]
+    n = len(arm_runs[0])
+    if statistic is None:
+        d = np.stack([sign * (a.astype(np.float64) - r.astype(np.float64)) for a, r in zip(arm_runs, rival_runs)])
+        return crossed.variance_components(d)
+    boot = crossed.crossed_bootstrap(arm_runs, rival_runs, statistic, sign, 400, 0)
+    per_seed = [sign * (statistic(a) - statistic(r)) for a, r in zip(arm_runs, rival_runs)]
+    return {"seeds": len(seeds), "images": n, "var_seed": float(np.var(per_seed, ddof=1)),
+            "var_image": boot["image_var"] * n, "var_res": 0.0}
+
+
+# the sizes the power analysis searches: seeds per arm, and test images per claim (calibration: at most the
+# 10,000 test images of every supported dataset but Tiny-ImageNet's)
+SEED_OPTIONS = (5, 8, 10, 12, 15, 20, 30)
+IMAGE_OPTIONS = {"corruption_accuracy": (200, 500, 1000, 2000, 5000, 10000), "ece": (2000, 5000, 10000),
+                 "gamma_8": (64, 128, 256, 500, 1000, 2000), "pgd_accuracy": (64, 128, 256, 500, 1000, 2000)}
+
+
+def power_table(per_image: Mapping[str, Mapping[tuple[str, int], object]], family: Sequence[tuple[str, str]],
+                claims: Sequence, targets: Mapping[str, float], planned: Mapping[str, tuple[int, int]],
+                seed_options: Sequence[int], image_options: Mapping[str, Sequence[int]], alpha: float = 0.05,
+                power: float = 0.8) -> pd.DataFrame:
+    """Per claim, from a pilot: the median over the family's pairs of the variance components
+    (:func:`pilot_components`) and the minimum detectable effect (``power`` at Holm's first step, α/m over
+    the family's m comparisons, S − 1 degrees of freedom) at the pilot's sizes, at the ``planned`` sizes
+    (seeds, images) and the smallest sizes among the options (fewest seeds first) that reach
+    ``targets[metric]`` (none: ``needed_seeds`` and ``needed_images`` are 0)."""
+    from varmix.study import crossed
+
+    m = len(family) * len(claims)
+    rows = []
+    for c in claims:
+        comps = [pilot_components(per_image[c.metric], arm, rival, c.sign, c.statistic) for arm, rival in family
+                 if {arm, rival} <= {a for a, _ in per_image[c.metric]}]
+        med = {k: float(np.median([x[k] for x in comps])) for k in ("var_seed", "var_image", "var_res")}
+
+        def mde_at(S: int, N: int) -> float:
+            return crossed.mde(crossed.planned_se(med, S, N), S - 1, alpha / m, power)
+        target = float(targets[c.metric])
+        S0, N0 = int(comps[0]["seeds"]), int(comps[0]["images"])
+        S1, N1 = planned[c.metric]
+        options = sorted((S, N) for S in seed_options for N in image_options[c.metric])
+        needed = next(((S, N) for S, N in options if mde_at(S, N) <= target), (0, 0))
+        rows.append({"claim": c.name, "metric": c.metric, "target_mde": target, **med,
+                     "pilot_seeds": S0, "pilot_images": N0, "pilot_mde": mde_at(S0, N0),
+                     "seeds": S1, "images": N1, "mde": mde_at(S1, N1), "reached": mde_at(S1, N1) <= target,
+                     "needed_seeds": needed[0], "needed_images": needed[1], "scale": c.scale, "unit": c.unit})
+    return pd.DataFrame(rows)

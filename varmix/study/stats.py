@@ -1,33 +1,43 @@
-"""Paired statistics that decide the paper's claims: per-seed differences, two confidence intervals,
-Holm's correction over the family of comparisons, and a three-way verdict.
+"""Paired statistics that decide the paper's claims over a crossed design: per-image differences over
+seeds × test images, two crossed tests, Holm's correction over the family, and a four-way verdict.
 
 Every arm (a method plus settings) is trained over the same seeds; one seed gives every arm the same
-initial weights and data order, so arms are compared *paired by seed*. For a claim (a metric and the
-direction the paper says is better) and a pair (arm, rival), the difference is signed so that a
-POSITIVE value always means "in the paper's direction" (the arm better than the rival).
+initial weights and data order, and every run is scored on the same test images, so arms are compared
+*paired by seed and by image*. For a claim (a metric and the direction the paper says is better) and a
+pair (arm, rival), the difference is signed so that a POSITIVE value always means "in the paper's
+direction" (the arm better than the rival).
 
-Two intervals per comparison:
+Seeds and images are crossed factors (varmix.study.crossed): an image's effect is shared by every seed.
+Two tests per comparison, both over seeds × images:
 
-- **t** (:func:`t_interval`): Student's t over the per-seed differences of the run-level metric
-  (n seeds, n - 1 degrees of freedom). Its only source of noise is the seed.
-- **hierarchical bootstrap** (:func:`hierarchical_bootstrap`): resample seeds, then test images within
-  each drawn seed, with the same image indices for the arm and the rival (paired twice: by seed and by
-  image). It adds the test set's sampling noise to the seed's. Resampling both levels counts the image
-  noise twice (it is already part of the seed-to-seed spread), so the interval is conservative: in a
-  null simulation (5 seeds, 500 Bernoulli(0.7) images per run, arms independent per image, 300
-  datasets, 400 replicates) it rejected at 0.05 in 0.3% of datasets without a seed effect and 3.7% with
-  a seed effect of sd 0.02 (the t test: 2.3% and 6.3%).
+- **t** (the crossed t, :func:`varmix.study.crossed.crossed_t`): the two-way random-effects variance of
+  the mean difference with Satterthwaite's degrees of freedom, for a per-image mean (accuracies, γ); for
+  a statistic of the whole image set (ECE, :func:`varmix.study.crossed.augmented_t`), the seeds' variance
+  plus the image bootstrap's, with S − 1 degrees of freedom.
+- **bootstrap** (:func:`crossed_bootstrap`): Owen's pigeonhole bootstrap, seeds and images drawn
+  independently with one image draw shared by every seed and both arms.
 
-The verdict rule, fixed before looking at any result
------------------------------------------------------
-Within one family (every claim × every (arm, rival) pair that ran), the t p-values and the bootstrap
-p-values are each Holm–Bonferroni corrected at level ``alpha`` (0.05) over the whole family. Then:
+tests/test_stats_simulation.py checks the procedure on data with known seed, image and residual
+variances: under a null effect the verdict's false-positive rate stays at or below α (within its Monte
+Carlo error), each test's rate is checked in the regime it is meant for, and the crossed t's power
+matches the analytic value. A t test over the seeds' means, and a bootstrap that redraws images inside
+each seed, both fail there when the image effect is large.
 
-- **holds**: both the t test and the bootstrap reject "no difference" after Holm, and the mean paired
-  difference is positive (the paper's direction);
-- **contradicted**: both reject after Holm, and the mean paired difference is negative;
-- **inconclusive**: otherwise (either test fails to reject, or the mean is exactly 0);
-- **not tested**: an arm of the pair did not run, or fewer than 2 seeds are shared (no t test exists).
+The verdict rule (analysis_plan.yaml, fixed before the runs it judges)
+----------------------------------------------------------------------
+Within one family (every claim × every (arm, rival) pair that ran), the t and the bootstrap p-values
+are each Holm–Bonferroni corrected at level ``alpha`` over the whole family; so are the two equivalence
+(TOST) p-values against the claim's smallest effect of interest Δ (SESOI). Then:
+
+- **holds**: both tests reject "no difference" after Holm, and the mean difference is positive;
+- **contradicted**: both reject after Holm, and the mean difference is negative;
+- **equivalent**: otherwise, when the claim has a Δ and both TOST p-values reject "|difference| ≥ Δ"
+  after Holm (the difference lies within ±Δ: no difference that matters);
+- **inconclusive**: otherwise (the study cannot tell; the MDE column says what it could have found);
+- **not tested**: an arm of the pair did not run, or fewer than 2 seeds are shared.
+
+Each tested row also carries the minimum detectable effect (``mde``): the true difference the crossed t
+would find with 80% power at Holm's first-step threshold α/m, from the row's own standard error.
 """
 
 from __future__ import annotations
@@ -38,9 +48,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats as _sps
 
-_CHUNK = 256  # bootstrap replicates drawn per block (bounds memory: chunk × seeds × images indices)
+from varmix.study import crossed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -62,60 +71,6 @@ def _check_n_boot(n_boot: Any) -> int:
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise ValueError(f"n_boot = {n_boot!r} is invalid: expected an integer >= 1")
     return int(n_boot)
-
-
-# ----------------------------------------------------------------------------------------------
-# per-seed differences and the t interval
-def paired_differences(runs: pd.DataFrame, metric: str, arm: str, rival: str, sign: int) -> pd.Series:
-    """``sign * (arm - rival)`` of ``metric`` per seed, over the seeds both arms ran (index: seed,
-    ascending). ``runs`` is a long table with columns ``arm``, ``seed`` and the metric, one row per run."""
-    sign = _check_sign(sign)
-    for col in ("arm", "seed", metric):
-        if col not in runs.columns:
-            raise ValueError(f"column {col!r} is not among the runs' columns {list(runs.columns)}")
-    ran = list(dict.fromkeys(runs["arm"]))
-    for name in (arm, rival):
-        if name not in ran:
-            raise ValueError(f"arm {name!r} did not run; the runs hold arms {ran}")
-    if arm == rival:
-        raise ValueError(f"arm and rival are both {arm!r}: expected two different arms")
-    values = {}
-    for name in (arm, rival):
-        rows = runs.loc[runs["arm"] == name, ["seed", metric]]
-        dup = rows["seed"][rows["seed"].duplicated()]
-        if len(dup):
-            raise ValueError(f"arm {name!r} has more than one run for seed {int(dup.iloc[0])}: expected one per seed")
-        values[name] = rows.set_index("seed")[metric].astype(float)
-    shared = sorted(set(values[arm].index) & set(values[rival].index))
-    if len(shared) < 2:
-        raise ValueError(f"arms {arm!r} and {rival!r} share {len(shared)} seed(s) {shared}: "
-                         f"a paired comparison needs at least 2")
-    diff = sign * (values[arm].loc[shared] - values[rival].loc[shared])
-    if diff.isna().any():
-        bad = int(diff.index[diff.isna()][0])
-        raise ValueError(f"metric {metric!r} is missing (NaN) for seed {bad} of {arm!r} or {rival!r}")
-    return diff.rename(metric)
-
-
-def t_interval(diffs: Any, level: float = 0.95) -> dict[str, float]:
-    """Paired t over seeds: the mean difference, its ``level`` confidence interval (t with n - 1 degrees of
-    freedom), the two-sided p-value of "mean = 0", and n. All-equal differences (zero variance) give
-    CI = [mean, mean] and p = 0 (mean != 0) or 1 (mean = 0)."""
-    level = _check_level(level)
-    d = np.asarray(diffs, dtype=np.float64).ravel()
-    if d.size < 2:
-        raise ValueError(f"t_interval needs at least 2 differences (seeds), got {d.size}")
-    if not np.isfinite(d).all():
-        raise ValueError(f"differences must be finite, got {d.tolist()}")
-    n = d.size
-    mean = float(d.mean())
-    sd = float(d.std(ddof=1))
-    if sd == 0.0 or np.all(d == d[0]):
-        return {"mean": mean, "lo": mean, "hi": mean, "p": 0.0 if mean != 0 else 1.0, "n": n}
-    se = sd / math.sqrt(n)
-    q = float(_sps.t.ppf(0.5 + level / 2, df=n - 1))
-    p = float(2 * _sps.t.sf(abs(mean / se), df=n - 1))
-    return {"mean": mean, "lo": mean - q * se, "hi": mean + q * se, "p": min(p, 1.0), "n": n}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,72 +176,36 @@ def _bootstrap_inputs(per_image: Mapping[tuple[str, int], Any], arm: str, rival:
     return seeds, arrays, n_images
 
 
-def hierarchical_bootstrap(per_image: Mapping[tuple[str, int], Any], arm: str, rival: str,
-                           statistic: Callable[[np.ndarray], float] | None, sign: int, n_boot: int,
-                           seed: int, level: float = 0.95, seeds: Sequence[int] | None = None) -> dict[str, float]:
-    """Two-level paired bootstrap of ``sign * (statistic(arm) - statistic(rival))``, averaged over seeds.
-
-    ``per_image[(arm, seed)]`` is an array whose first axis is the test images (the same images in the
-    same order for every run). One replicate draws the seeds (``seeds``, default: all both arms have)
-    with replacement, then for each drawn seed draws image indices with replacement and applies the SAME
-    indices to the arm's and the rival's arrays of that seed; its value is the mean over the drawn
-    seeds of ``sign * (statistic(arm_arr[idx]) - statistic(rival_arr[idx]))``.
-
-    ``statistic``: None for the mean of 1-D values (computed in bulk from index arrays), an object with
-    a ``batch(arr, idx_matrix) -> values`` method (e.g. :class:`ECE`) used on whole blocks of replicates,
-    or any callable ``arr_subset -> float`` (a Python loop over replicates). All three draw the same
-    random numbers from ``np.random.default_rng(seed)``, so they agree for the same seed.
-
-    Returns ``mean`` (the observed difference on all images and seeds), ``lo``/``hi`` (the percentile
-    interval at ``level``), ``p`` (two-sided: 2·min(share ≤ 0, share ≥ 0), each share (k + 1)/(B + 1)
-    after Davison & Hinkley, clipped to 1) and ``n_boot``.
-    """
+def crossed_bootstrap(per_image: Mapping[tuple[str, int], Any], arm: str, rival: str,
+                      statistic: Callable[[np.ndarray], float] | None, sign: int, n_boot: int,
+                      seed: int, level: float = 0.95, seeds: Sequence[int] | None = None) -> dict[str, Any]:
+    """The pigeonhole bootstrap (:func:`varmix.study.crossed.crossed_bootstrap`) of ``sign * (statistic(arm)
+    - statistic(rival))`` over ``per_image[(arm, seed)]`` arrays (images on the first axis, the same images in
+    the same order for every run), over ``seeds`` (default: every seed both arms have). ``statistic``: None
+    for the mean of 1-D values, an object with ``batch`` (e.g. :class:`ECE`), or a callable; all three
+    draw the same random numbers from ``np.random.default_rng(seed)``, so they agree."""
     level = _check_level(level)
     sign = _check_sign(sign)
     n_boot = _check_n_boot(n_boot)
     if statistic is not None and not callable(statistic):
         raise ValueError(f"statistic = {statistic!r} is invalid: expected None (the mean) or a callable")
-    seeds, arrays, n = _bootstrap_inputs(per_image, arm, rival, seeds, statistic is None)
-    S = len(seeds)
-    batch = getattr(statistic, "batch", None)
+    seeds, arrays, _ = _bootstrap_inputs(per_image, arm, rival, seeds, statistic is None)
+    return crossed.crossed_bootstrap([arrays[(arm, s)] for s in seeds], [arrays[(rival, s)] for s in seeds],
+                                     statistic, sign, n_boot, seed, level)
 
+
+def crossed_tests(per_image: Mapping[tuple[str, int], Any], arm: str, rival: str,
+                  statistic: Callable[[np.ndarray], float] | None, sign: int, n_boot: int, seed: int,
+                  level: float = 0.95, seeds: Sequence[int] | None = None) -> tuple[dict, dict]:
+    """(the crossed t, the pigeonhole bootstrap) of one comparison (module docstring)."""
+    boot = crossed_bootstrap(per_image, arm, rival, statistic, sign, n_boot, seed, level, seeds)
+    seeds, arrays, _ = _bootstrap_inputs(per_image, arm, rival, seeds, statistic is None)
     if statistic is None:
-        d = np.stack([arrays[(arm, s)].astype(np.float64) - arrays[(rival, s)].astype(np.float64)
-                      for s in seeds])                                   # [S, n]
-        observed = float(sign * d.mean(axis=1).mean())
-    else:
-        observed = float(np.mean([sign * (statistic(arrays[(arm, s)]) - statistic(arrays[(rival, s)]))
-                                  for s in seeds]))
-
-    rng = np.random.default_rng(seed)
-    seed_draw = rng.integers(0, S, size=(n_boot, S))
-    values = np.empty(n_boot, dtype=np.float64)
-    for start in range(0, n_boot, _CHUNK):
-        stop = min(start + _CHUNK, n_boot)
-        img = rng.integers(0, n, size=(stop - start, S, n))             # [block, drawn seed, image]
-        sd = seed_draw[start:stop]
-        if statistic is None:
-            values[start:stop] = sign * d[sd[:, :, None], img].mean(axis=2).mean(axis=1)
-        elif batch is not None:
-            total = np.zeros(stop - start)
-            for j in range(S):
-                for k, s in enumerate(seeds):
-                    rows = np.nonzero(sd[:, j] == k)[0]
-                    if rows.size:
-                        idx = img[rows, j]
-                        total[rows] += np.asarray(batch(arrays[(arm, s)], idx)) - np.asarray(batch(arrays[(rival, s)], idx))
-            values[start:stop] = sign * total / S
-        else:
-            for r in range(stop - start):
-                vals = [statistic(arrays[(arm, seeds[k])][img[r, j]]) - statistic(arrays[(rival, seeds[k])][img[r, j]])
-                        for j, k in enumerate(sd[r])]
-                values[start + r] = sign * float(np.mean(vals))
-
-    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
-    below = (np.count_nonzero(values <= 0) + 1) / (n_boot + 1)
-    above = (np.count_nonzero(values >= 0) + 1) / (n_boot + 1)
-    return {"mean": observed, "lo": float(lo), "hi": float(hi), "p": float(min(1.0, 2 * min(below, above))),
-            "n_boot": n_boot}
+        d = np.stack([sign * (arrays[(arm, s)].astype(np.float64) - arrays[(rival, s)].astype(np.float64))
+                      for s in seeds])
+        return crossed.crossed_t(d, level), boot
+    per_seed = [sign * (statistic(arrays[(arm, s)]) - statistic(arrays[(rival, s)])) for s in seeds]
+    return crossed.augmented_t(per_seed, boot["image_var"], level), boot
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,16 +229,19 @@ def holm(pvalues: Sequence[float], alpha: float = 0.05) -> tuple[np.ndarray, np.
     return adjusted, adjusted <= alpha
 
 
-def verdict(mean: float, reject_t: bool, reject_boot: bool) -> str:
-    """The rule fixed before looking (module docstring): "holds" when both tests reject after Holm and
-    ``mean`` > 0 (the paper's direction), "contradicted" when both reject and ``mean`` < 0, otherwise
-    "inconclusive"."""
+def verdict(mean: float, reject_t: bool, reject_boot: bool, equivalent_t: bool = False,
+            equivalent_boot: bool = False) -> str:
+    """The rule (module docstring): "holds" when both tests reject after Holm and ``mean`` > 0 (the
+    paper's direction), "contradicted" when both reject and ``mean`` < 0, else "equivalent" when both
+    equivalence tests reject after Holm, else "inconclusive"."""
     if not math.isfinite(mean):
         raise ValueError(f"mean = {mean!r} is invalid: expected a finite number")
     if reject_t and reject_boot and mean > 0:
         return "holds"
     if reject_t and reject_boot and mean < 0:
         return "contradicted"
+    if equivalent_t and equivalent_boot:
+        return "equivalent"
     return "inconclusive"
 
 
@@ -346,26 +268,33 @@ class Claim:
             raise ValueError(f"claim {self!r}: name and metric must be non-empty")
 
 
-COLUMNS = ["claim", "metric", "arm", "rival", "n_seeds", "diff", "t_lo", "t_hi", "t_p", "t_p_holm",
-           "boot_diff", "boot_lo", "boot_hi", "boot_p", "boot_p_holm", "verdict", "reason",
-           "label", "unit", "scale"]
+COLUMNS = ["claim", "metric", "arm", "rival", "n_seeds", "n_images", "diff", "t_se", "t_df", "t_lo", "t_hi", "t_p",
+           "t_p_holm", "boot_diff", "boot_lo", "boot_hi", "boot_p", "boot_p_holm", "mde", "sesoi", "tost_p",
+           "tost_p_holm", "boot_tost_p", "boot_tost_p_holm", "verdict", "reason", "label", "unit", "scale"]
 
 
 def compare(runs: pd.DataFrame, per_image: Mapping[str, Mapping[tuple[str, int], Any]],
             family: Sequence[tuple[str, str]], claims: Sequence[Claim], n_boot: int, seed: int,
-            alpha: float = 0.05, level: float = 0.95) -> pd.DataFrame:
-    """Every claim × (arm, rival) pair: the paired t interval over seeds (from ``runs[claim.metric]``),
-    the hierarchical bootstrap (from ``per_image[claim.metric][(arm, seed)]``), Holm over all tested rows
-    (separately for the t and the bootstrap p-values) and the verdict (module docstring).
+            alpha: float = 0.05, level: float = 0.95, sesoi: Mapping[str, float] | None = None,
+            power: float = 0.8) -> pd.DataFrame:
+    """Every claim × (arm, rival) pair: the crossed t and the pigeonhole bootstrap over seeds × images
+    (from ``per_image[claim.metric][(arm, seed)]``), Holm over all tested rows (separately for each test),
+    the equivalence tests against ``sesoi[claim.metric]`` (Δ, in the metric's own units; a claim without
+    one is never "equivalent"), the minimum detectable effect at ``power`` and the verdict (module
+    docstring).
 
     A pair is "not tested" (with a ``reason``) when an arm has no runs or the arms share fewer than 2
-    seeds. Both intervals use the same seeds (those both arms ran). Every row's bootstrap uses
-    ``seed``, so a row's numbers do not depend on the other rows. Differences are in the metric's own
-    units (``scale``/``unit`` are display hints carried along).
+    seeds (``runs``: one row per run, columns arm and seed). Both tests use the seeds both arms ran. Every
+    row's bootstrap uses ``seed``, so a row's numbers do not depend on the other rows.
     """
     n_boot = _check_n_boot(n_boot)
     alpha = _check_level(alpha, "alpha")
     level = _check_level(level)
+    power = _check_level(power, "power")
+    sesoi = dict(sesoi or {})
+    for metric, margin in sesoi.items():
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < math.inf:
+            raise ValueError(f"sesoi[{metric!r}] = {margin!r} is invalid: expected a finite number > 0")
     for col in ("arm", "seed"):
         if col not in runs.columns:
             raise ValueError(f"column {col!r} is not among the runs' columns {list(runs.columns)}")
@@ -373,8 +302,6 @@ def compare(runs: pd.DataFrame, per_image: Mapping[str, Mapping[tuple[str, int],
     if not claims or len(set(names)) != len(names):
         raise ValueError(f"claims {names} must be a non-empty list of distinct names")
     for c in claims:
-        if c.metric not in runs.columns:
-            raise ValueError(f"claim {c.name!r}: metric {c.metric!r} is not among the runs' columns {list(runs.columns)}")
         if c.metric not in per_image:
             raise ValueError(f"claim {c.name!r}: per_image has no entry {c.metric!r}; it has {list(per_image)}")
     for pair in family:
@@ -393,7 +320,8 @@ def compare(runs: pd.DataFrame, per_image: Mapping[str, Mapping[tuple[str, int],
     for c in claims:
         for arm, rival in family:
             row = {"claim": c.name, "metric": c.metric, "arm": arm, "rival": rival, "verdict": "not tested",
-                   "reason": "", "label": c.label or c.name, "unit": c.unit, "scale": c.scale}
+                   "reason": "", "label": c.label or c.name, "unit": c.unit, "scale": c.scale,
+                   "sesoi": sesoi.get(c.metric, np.nan)}
             missing = [a for a in (arm, rival) if a not in seeds_of]
             shared = sorted(seeds_of.get(arm, set()) & seeds_of.get(rival, set()))
             row["n_seeds"] = len(shared)
@@ -402,19 +330,29 @@ def compare(runs: pd.DataFrame, per_image: Mapping[str, Mapping[tuple[str, int],
             elif len(shared) < 2:
                 row["reason"] = f"{len(shared)} shared seed(s); a paired test needs at least 2"
             else:
-                t = t_interval(paired_differences(runs, c.metric, arm, rival, c.sign), level)
-                b = hierarchical_bootstrap(per_image[c.metric], arm, rival, c.statistic, c.sign, n_boot,
-                                           seed, level, seeds=shared)
-                row.update(diff=t["mean"], t_lo=t["lo"], t_hi=t["hi"], t_p=t["p"],
+                t, b = crossed_tests(per_image[c.metric], arm, rival, c.statistic, c.sign, n_boot, seed, level,
+                                     seeds=shared)
+                row.update(n_images=len(np.asarray(per_image[c.metric][(arm, shared[0])])), diff=t["mean"],
+                           t_se=t["se"], t_df=t["df"], t_lo=t["lo"], t_hi=t["hi"], t_p=t["p"],
                            boot_diff=b["mean"], boot_lo=b["lo"], boot_hi=b["hi"], boot_p=b["p"], verdict="")
+                if c.metric in sesoi:
+                    row.update(tost_p=crossed.tost_p(t["mean"], t["se"], t["df"], sesoi[c.metric]),
+                               boot_tost_p=crossed.tost_boot_p(b["values"], sesoi[c.metric]))
             rows.append(row)
     table = pd.DataFrame(rows).reindex(columns=COLUMNS)
     tested = table["verdict"] != "not tested"
-    if tested.any():
+    m = int(tested.sum())
+    if m:
         for col in ("t_p", "boot_p"):
-            adjusted, _ = holm(table.loc[tested, col].to_numpy(), alpha)
-            table.loc[tested, f"{col}_holm"] = adjusted
+            table.loc[tested, f"{col}_holm"] = holm(table.loc[tested, col].to_numpy(), alpha)[0]
+        equivalence = tested & table["tost_p"].notna()
+        for col in ("tost_p", "boot_tost_p"):
+            if equivalence.any():
+                table.loc[equivalence, f"{col}_holm"] = holm(table.loc[equivalence, col].to_numpy(), alpha)[0]
+        table.loc[tested, "mde"] = [crossed.mde(r.t_se, r.t_df, alpha / m, power) for r in table[tested].itertuples()]
         table.loc[tested, "verdict"] = [
-            verdict(r.diff, r.t_p_holm <= alpha, r.boot_p_holm <= alpha) for r in table[tested].itertuples()]
+            verdict(r.diff, r.t_p_holm <= alpha, r.boot_p_holm <= alpha,
+                    bool(r.tost_p_holm <= alpha), bool(r.boot_tost_p_holm <= alpha))
+            for r in table[tested].itertuples()]
     table["n_seeds"] = table["n_seeds"].astype(int)
     return table
