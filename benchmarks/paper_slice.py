@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from varmix.learn.train import VAE_METHODS, train_classifier  # noqa: E402
+from varmix.learn.train import VAE_METHODS, train_run  # noqa: E402
 from varmix.learn.vae import train_vae  # noqa: E402
 from varmix.pipeline import session
 
@@ -54,11 +54,11 @@ def main(argv=None) -> int:
         projected += full
         rows.append(("vae", "vae", args.epochs, f"{per_epoch:.1f}", "—", s.params.vae.epochs, 1, f"{full / 60:.1f}"))
         for arm in args.arms.split(","):
-            method, cfg = s.params.arm_train(arm)
-            full_epochs = cfg.epochs[method]
-            cfg = dataclasses.replace(cfg, epochs={**cfg.epochs, method: args.epochs})
-            summary = train_classifier(method, cfg, d, tmp / arm, 0, vae=vae if method in VAE_METHODS else None,
-                                       device=s.device, progress=False, timings=tmp / f"{arm}-times.json", arm=arm)
+            run = s.params.run_settings(arm)
+            method, full_epochs = run.method, run.epochs
+            summary = train_run(dataclasses.replace(run, epochs=args.epochs), d, tmp / arm, 0,
+                                vae=vae if method in VAE_METHODS else None, device=s.device, progress=False,
+                                timings=tmp / f"{arm}-times.json")
             times = json.loads((tmp / f"{arm}-times.json").read_text())
             epoch_s = [e["seconds"] for e in times] if isinstance(times, list) else None
             per_epoch = summary["seconds"] / args.epochs

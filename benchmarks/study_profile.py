@@ -195,14 +195,15 @@ class Work:
 def train_flops(params: config.Params, arm: str, f: dict[str, float]) -> float:
     """One classifier run of ``arm``: epochs x train_subset steps (an adversarial method's PGD steps added,
     a VAE mixer's encode + decode on the mixed share of batches), and the per-epoch test evaluation."""
-    method, cfg = params.arm_train(arm)
-    epochs, n_train = cfg.epochs[method], cfg.train_subset or TRAIN_IMAGES
+    run = params.run_settings(arm)
+    method, cfg = run.method, run.train
+    epochs, n_train = run.epochs, cfg.train_subset or TRAIN_IMAGES
     steps = cfg.adversarial.steps
     step = {"at": steps * f["attack"] + f["train"],
             "trades": f["fwd"] + steps * f["attack"] + 2 * f["train"],   # p(x) once; clean + adversarial passes
             "iat": steps * f["attack"] + 2 * f["train"]}.get(method, f["train"])
     if method in ("mixup_r", "varmixup"):
-        step += cfg.mix_prob[method] * f["vae_fwd"]
+        step += run.mix_prob * f["vae_fwd"]
     return epochs * (n_train * step + (cfg.test_subset or TEST_IMAGES) * f["fwd"])
 
 

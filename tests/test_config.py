@@ -69,30 +69,30 @@ def test_rival_arms_are_trained_with_their_own_seeds():
 def test_arms_resolve_to_a_method_and_its_settings():
     p = config.load_params(ROOT / "params.yaml")
     assert len(p.arms) >= 9 and len(p.seeds) >= 5  # the deciding study (issue 11)
-    method, cfg = p.arm_train("mixup_half")
-    assert method == "mixup" and cfg.mix_prob["mixup"] == 0.5
-    assert p.arm_train("mixup")[1].mix_prob["mixup"] == 1.0
-    assert p.arm_train("varmixup")[1].mix_prob["varmixup"] == 0.5
-    assert p.arm_train("varmixup_full")[1].mix_prob["varmixup"] == 1.0
+    run = p.run_settings("mixup_half")
+    assert (run.arm, run.method, run.mix_prob) == ("mixup_half", "mixup", 0.5)
+    assert p.run_settings("mixup").mix_prob == 1.0
+    assert p.run_settings("varmixup").mix_prob == 0.5
+    assert p.run_settings("varmixup_full").mix_prob == 1.0
     # every arm of a CPU profile trains for the same epochs on a decaying schedule
     for name in ("smoke", "default"):
         train = p.profiles[name].train
         assert train.schedule == "cosine", name
         assert len({train.epochs[p.arm(a).method] for a in p.arms}) == 1, name
     # the other settings are the profile's, whatever the arm
-    assert dataclasses.replace(p.arm_train("mixup_half")[1], mix_prob=p.train.mix_prob) == p.train
+    assert p.run_settings("mixup_half").train == p.train
     # an arm named after a method needs no declaration (the old per-method names)
     raw = edit(RAW, ("arms",), ["erm", "mixup"])
     for key in ("arm_settings", "comparisons", "rival_arms"):
         raw.pop(key)
     q = config.Params.from_dict(raw)
-    assert q.arm_train("mixup")[0] == "mixup" and q.methods_of() == ("erm", "mixup")
+    assert q.run_settings("mixup").method == "mixup" and q.methods_of() == ("erm", "mixup")
     with pytest.raises(ValueError, match="arm 'mixup_half' is not declared in params.yaml's arm_settings"):
         q.arm("mixup_half")
     # an arm may set its own alpha and epochs
     raw = edit(RAW, ("arm_settings", "mixup_half"), {"method": "mixup", "alpha": 0.2, "epochs": 7})
-    m, cfg = config.Params.from_dict(raw).arm_train("mixup_half")
-    assert (cfg.alpha["mixup"], cfg.epochs["mixup"]) == (0.2, 7)
+    run = config.Params.from_dict(raw).run_settings("mixup_half")
+    assert (run.alpha, run.epochs) == (0.2, 7)
 
 
 def test_old_methods_key_is_named(tmp_path):

@@ -188,8 +188,8 @@ _SMOKE = config.load_params(ROOT / "params.yaml", overrides={"profile": "smoke"}
 # The arms that see real images: an arm that trains only on the VAE's decodes (a VAE method at mix_prob 1)
 # trains here on the decodes of an untrained VAE, i.e. on noise, and is rightly at chance.
 def _sees_real_images(arm: str) -> bool:
-    method, cfg = _SMOKE.arm_train(arm)
-    return method not in train.VAE_METHODS or cfg.mix_prob[method] < 1
+    run = _SMOKE.run_settings(arm)
+    return run.method not in train.VAE_METHODS or run.mix_prob < 1
 
 
 _REAL_IMAGE_ARMS = [a for a in _SMOKE.arms if _sees_real_images(a)]
@@ -201,15 +201,14 @@ _REAL_IMAGE_ARMS += [a for a in _SMOKE.arm_settings
 @pytest.mark.parametrize("arm", _REAL_IMAGE_ARMS)
 def test_healthy_smoke_runs_of_every_arm_are_not_stopped(arm, fmnist, tmp_path):
     """The smoke profile's training settings of each arm for 2 epochs (so the accuracy check runs too)."""
-    method, cfg = _SMOKE.arm_train(arm)
-    cfg = dataclasses.replace(cfg, epochs={**cfg.epochs, method: 2})
+    run = dataclasses.replace(_SMOKE.run_settings(arm), epochs=2)
     vae = None
-    if method in train.VAE_METHODS:
+    if run.method in train.VAE_METHODS:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             vae = ConvVAE(1, 28, 8, 8).eval()
-    summary = train.train_classifier(method, cfg, fmnist, tmp_path / "run", seed=0, vae=vae, device="cpu",
-                                     timings=tmp_path / "timings.json", arm=arm)
+    summary = train.train_run(run, fmnist, tmp_path / "run", seed=0, vae=vae, device="cpu",
+                              timings=tmp_path / "timings.json")
     assert summary["epochs"] == 2
     assert len(json.loads((tmp_path / "timings.json").read_text())) == 2
 

@@ -385,16 +385,20 @@ def test_a_run_records_its_own_settings_only():
     """params.json and the checkpoint's same-run check hold the run's own epochs, alpha and mix_prob, and the
     attack only for an adversarial method: declaring another method or arm leaves existing runs' bytes."""
     cfg = _cfg(3, mix_prob={m: 0.5 for m in METHODS})
-    more = dataclasses.replace(cfg, epochs={**cfg.epochs, "cutmix": 9, "new_arm": 2},
-                               alpha={**cfg.alpha, "new_arm": 5.0}, mix_prob={**cfg.mix_prob, "new_arm": 1.0},
-                               adversarial=config.AdversarialConfig(steps=9))
-    mixup = train.run_settings("mixup", cfg)
+    more = dataclasses.replace(cfg, epochs={**cfg.epochs, "cutmix": 9}, adversarial=config.AdversarialConfig(steps=9))
+
+    def record(method, c):
+        return config.RunSettings.of(method, c).record()
+    mixup = record("mixup", cfg)
     assert (mixup["epochs"], mixup["alpha"], mixup["mix_prob"]) == (3, 1.0, 0.5) and "adversarial" not in mixup
-    assert train.run_settings("mixup", more) == mixup
-    assert train.run_settings("cutmix", more)["epochs"] == 9
-    at = train.run_settings("at", cfg)
+    assert record("mixup", more) == mixup
+    assert record("cutmix", more)["epochs"] == 9
+    at = record("at", cfg)
     assert at["adversarial"] == config.to_dict(cfg.adversarial) and at["epochs"] == 3
-    assert train.run_settings("at", more)["adversarial"]["steps"] == 9
+    assert record("at", more)["adversarial"]["steps"] == 9
+    # an arm's own settings are the run's, the other methods' stay out of its record
+    arm = config.RunSettings("mixup_quarter", "mixup", 3, 1.0, 0.25, cfg).record()
+    assert arm == {**mixup, "mix_prob": 0.25}
 
 
 def _params(out_dir):

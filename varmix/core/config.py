@@ -32,6 +32,7 @@ from varmix.core.checks import (
 )
 from varmix.core.errors import ConfigError
 from varmix.core.names import (
+    ADVERSARIAL_METHODS,
     ARCHS,
     AUTOATTACK_VERSIONS,
     BENCHMARK_CORRUPTIONS,
@@ -335,14 +336,48 @@ class Arm(_Section):
     def from_dict(cls, name: Any, d: Any, key: str) -> "Arm":
         return validate_as(_ARMS, {name: d}, key)[name]
 
-    def train_config(self, train: "TrainConfig") -> "TrainConfig":
-        """The profile's ``train`` with this arm's settings for its method: what the trainer gets."""
-        m = self.method
-        return dataclasses.replace(
-            train,
-            mix_prob={**train.mix_prob, m: train.mix_prob[m] if self.mix_prob is None else self.mix_prob},
-            alpha={**train.alpha, m: train.alpha[m] if self.alpha is None else self.alpha},
-            epochs={**train.epochs, m: train.epochs[m] if self.epochs is None else self.epochs})
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """One run's settings, resolved once and passed down unchanged: the arm, its method, the method's own
+    ``epochs``, ``alpha`` and ``mix_prob`` (an arm's, or the profile's ``train`` for that method), and the
+    training section for everything else (arch, optimiser, schedule, the adversarial attack, ...).
+    ``Params.run_settings(arm)`` builds it from params.yaml; :meth:`of` from a method and a TrainConfig
+    built in code (checked by params.yaml's own annotations)."""
+
+    arm: str
+    method: str
+    epochs: int
+    alpha: float
+    mix_prob: float
+    train: "TrainConfig"
+
+    @classmethod
+    def of(cls, method: str, train: "TrainConfig", arm: str | None = None) -> "RunSettings":
+        """``method``'s run under ``train`` (its per-method epochs, alpha and mix_prob), named ``arm``
+        (default: the method). A bad method or setting is a ValueError naming it, before any work."""
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
+        if not isinstance(train, TrainConfig):
+            raise ValueError(f"cfg is a {type(train).__name__}: expected a varmix.core.config.TrainConfig")
+        checked(train, "cfg")
+        return cls(arm or method, method, int(train.epochs[method]), float(train.alpha[method]),
+                   float(train.mix_prob[method]), train)
+
+    def record(self) -> dict:
+        """The run's settings as its params.json and checkpoint record them: the training section's fields
+        with ``epochs``, ``alpha`` and ``mix_prob`` as this run's own values (not the per-method dicts) and
+        the ``adversarial`` block only for an adversarial method, so that declaring another method or arm,
+        or changing the adversarial arms' attack, leaves the other runs' records and bytes as they are."""
+        own = to_dict(self.train)
+        own.update(epochs=self.epochs, alpha=self.alpha, mix_prob=self.mix_prob)
+        if self.method not in ADVERSARIAL_METHODS:
+            del own["adversarial"]
+        # how many processes train it is not a setting of the run (docs/DISTRIBUTED.md): a checkpoint resumes
+        # with another count, and a 1-process run's records are what they were before processes existed
+        del own["processes"]
+        return own
 
 
 def _named(settings: Any) -> Any:
@@ -445,10 +480,14 @@ class Params(_Section):
                              f"{', '.join(self.arm_settings)})")
         return self.arm_settings[name]
 
-    def arm_train(self, name: str) -> tuple[str, TrainConfig]:
-        """(method, TrainConfig) that train the arm ``name`` under the selected profile."""
-        a = self.arm(name)
-        return a.method, a.train_config(self.train)
+    def run_settings(self, name: str) -> RunSettings:
+        """The settings of a run of arm ``name`` under the selected profile: its method, the arm's
+        epochs/alpha/mix_prob (else the profile's for that method) and the profile's train section."""
+        a, train = self.arm(name), self.train
+        m = a.method
+        return RunSettings(name, m, int(train.epochs[m] if a.epochs is None else a.epochs),
+                           float(train.alpha[m] if a.alpha is None else a.alpha),
+                           float(train.mix_prob[m] if a.mix_prob is None else a.mix_prob), train)
 
     def methods_of(self, arms: tuple[str, ...] | None = None) -> tuple[str, ...]:
         """The methods the given arms (default: ``arms``) use, each once, in order."""

@@ -21,10 +21,10 @@ The loop follows torchvision's references/classification/train.py, with the data
   loss accumulated on the device and read once per epoch. CPU: the same code in fp32. Evaluation is
   always fp32 (no autocast), so reported test numbers do not depend on ``cfg.amp``.
 - Each epoch writes ``checkpoint.pt`` (model, optimiser, scheduler, generator states, history) and
-  ``history.json`` atomically. A run finding a checkpoint of the same run (equal ``run_settings``, arm,
+  ``history.json`` atomically. A run finding a checkpoint of the same run (equal ``RunSettings.record()``, arm,
   seed, data and VAE) in ``out_dir`` resumes from it;
   on CPU the resumed run ends with bit-identical weights to an uninterrupted one. A checkpoint may also
-  be continued with more epochs (``cfg.epochs[method]`` is the only setting allowed to differ), which
+  be continued with more epochs (the run's ``epochs`` is the only setting allowed to differ), which
   equals training that many epochs in one go as long as the lr schedule agrees (milestones; a cosine
   schedule's length is its epochs, so a cosine run is never continued).
 - Every file in ``out_dir`` depends only on the weights and settings (equal runs, resumed or not, give
@@ -389,15 +389,14 @@ def check_divergence(method: str, epoch: int, train_loss: float, first_loss: flo
 
 # ----------------------------------------------------------------------------------------------
 # validation
-def _check_inputs(method, cfg, data, seed, vae) -> tuple[ImageData, int, int]:
-    if method not in names.METHODS:
-        raise ValueError(f"unknown method {method!r}: expected one of {', '.join(names.METHODS)}")
-    if not isinstance(cfg, config.TrainConfig):
-        raise ValueError(f"cfg is a {type(cfg).__name__}: expected a varmix.core.config.TrainConfig")
+def _check_data(run: config.RunSettings, data, seed, vae) -> ImageData:
+    """The run's data subset, after checking what ``train_run`` is given beside the (already checked) run."""
+    if not isinstance(run, config.RunSettings):
+        raise ValueError(f"run is a {type(run).__name__}: expected a varmix.core.config.RunSettings "
+                         f"(Params.run_settings(arm), or RunSettings.of(method, TrainConfig(...)))")
+    method, cfg = run.method, run.train
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed = {seed!r} is invalid: expected an integer >= 0")
-    config.checked(cfg, "cfg")  # params.yaml's own checks; a config from load_params passes unchanged
-    epochs, alpha = cfg.epochs[method], cfg.alpha[method]
     if not isinstance(data, ImageData):
         raise ValueError(f"data is a {type(data).__name__}: expected a varmix.learn.data.ImageData")
 
@@ -434,24 +433,7 @@ def _check_inputs(method, cfg, data, seed, vae) -> tuple[ImageData, int, int]:
         if vae_shape[0] != c or vae_shape[1] is None:  # only the size may differ (mixing.resize_images)
             raise ValueError(f"the VAE is for {vae_shape[0]}-channel {vae_shape[1]} px images, but "
                              f"{data.name} has {c}-channel {s} px images: the channels must match")
-    return d, epochs, float(alpha)
-
-
-def run_settings(method: str, cfg: config.TrainConfig) -> dict:
-    """The training settings of one run, as its params.json and checkpoint record them: ``cfg``'s fields,
-    with ``epochs``, ``alpha`` and ``mix_prob`` as ``method``'s own values (not the per-method dicts) and
-    the ``adversarial`` block only for an adversarial method. Declaring another method or arm (a new key
-    in those dicts), or changing the adversarial arms' attack, leaves the other runs' records, and so
-    their bytes and checkpoints, as they are. ``method`` and ``cfg`` as checked by ``train_classifier``."""
-    own = config.to_dict(cfg)
-    own.update(epochs=int(cfg.epochs[method]), alpha=float(cfg.alpha[method]),
-               mix_prob=float(cfg.mix_prob[method]))
-    if method not in names.ADVERSARIAL_METHODS:
-        del own["adversarial"]
-    # how many processes train it is not a setting of the run (docs/DISTRIBUTED.md): a checkpoint resumes
-    # with another count, and a 1-process run's records are what they were before processes existed
-    del own["processes"]
-    return own
+    return d
 
 
 def _check_resume(state: Any, params: dict, epochs: int, path: Path) -> None:
@@ -461,7 +443,7 @@ def _check_resume(state: Any, params: dict, epochs: int, path: Path) -> None:
                          f"{CHECKPOINT_FORMAT!r}); delete it or choose another out_dir")
     old = state["params"]
     per_method = [k for k in ("epochs", "alpha", "mix_prob") if isinstance(old.get(k), Mapping)]
-    if per_method:  # written before run_settings: it recorded every method's settings, not this run's own
+    if per_method:  # written before RunSettings.record: it recorded every method's settings, not this run's own
         raise ValueError(f"{path} records the settings of every method ({', '.join(per_method)} per method: "
                          f"an older varmix's format), so it cannot be checked to be the same run as this one. "
                          f"Delete the checkpoint (or the folder) to start afresh")
@@ -488,14 +470,25 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
                      progress: bool | None = None, timings: str | os.PathLike | None = None,
                      arm: str | None = None) -> dict:
     """Train ``cfg.arch`` on ``data`` with ``method`` for ``cfg.epochs[method]`` epochs; write the
-    trained-model folder (docs/ARCHITECTURE.md) into ``out_dir`` and return a summary dict.
+    trained-model folder (docs/ARCHITECTURE.md) into ``out_dir`` and return a summary dict: the library's
+    entry for a method and a TrainConfig built in code (``train_run`` with ``RunSettings.of(method, cfg,
+    arm)``, which checks them).
 
     ``vae`` (a frozen ``varmix.learn.vae.ConvVAE``) is required by mixup_r and varmixup and is moved to
     ``device``. ``progress``: None shows tqdm bars on a TTY only, True/False forces them on/off.
     ``timings``: a JSON file (outside ``out_dir``) for the per-epoch seconds and images/s.
     ``arm``: the study's name for this method + settings (params.yaml's arms; default: the method's name),
     recorded with the run and shown in progress bars and messages."""
-    d, epochs, alpha = _check_inputs(method, cfg, data, seed, vae)
+    return train_run(config.RunSettings.of(method, cfg, arm), data, out_dir, seed, vae, device, progress, timings)
+
+
+def train_run(run: config.RunSettings, data: ImageData, out_dir: str | os.PathLike, seed: int,
+              vae: nn.Module | None = None, device: str | torch.device | None = None,
+              progress: bool | None = None, timings: str | os.PathLike | None = None) -> dict:
+    """Train one run (``Params.run_settings(arm)``, or ``RunSettings.of``): its settings as resolved and
+    checked there, passed down unchanged (``train_classifier`` says what the other arguments are)."""
+    d = _check_data(run, data, seed, vae)
+    method, cfg, arm, epochs, alpha = run.method, run.train, run.arm, run.epochs, run.alpha
     adversary = Adversary.from_config(method, cfg.adversarial) if method in ADVERSARIAL_MIXER else None
     dev = resolve_device(device)
     out = Path(out_dir)
@@ -508,8 +501,7 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
         raise ValueError(f"{data.name}: spec mean {data.spec.mean} has {len(build['mean'])} channel(s), "
                          f"the images have {c}")
     use_vae = method in VAE_METHODS
-    arm = arm or method
-    params = {**run_settings(method, cfg), "arm": arm, "method": method, "seed": seed, "arch": cfg.arch,
+    params = {**run.record(), "arm": arm, "method": method, "seed": seed, "arch": cfg.arch,
               "dataset": data.name,
               "n_train": len(d.train_x), "n_test": len(d.test_x), "image_shape": [c, s, s],
               "vae_md5": _state_md5(vae) if use_vae else None}
@@ -528,8 +520,7 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
         # (the data as clones: torch.save would write a subset's whole underlying storage)
         data_only = ImageData(d.name, *(t.clone() for t in (d.train_x, d.train_y, d.test_x, d.test_y)))
         return _launch(nproc, out, timings_path, state, dev, dict(
-            method=method, cfg=cfg, data=data_only, out_dir=str(out), seed=seed, vae=vae, device=dev.type,
-            progress=progress, arm=arm))
+            run=run, data=data_only, out_dir=str(out), seed=seed, vae=vae, device=dev.type, progress=progress))
     shard, dev = distributed.join(dev)  # a torchrun worker: its slice of every batch; else None
 
     # ---- set up (everything above was checking)
@@ -565,7 +556,7 @@ def train_classifier(method: str, cfg: config.TrainConfig, data: ImageData, out_
         vae = vae.to(dev).eval()
     mixer = mixing.make_mixer(ADVERSARIAL_MIXER.get(method, method), num_classes=k, alpha=alpha,
                               vae=vae if use_vae else None,
-                              layers=cfg.manifold_layers, prob=cfg.mix_prob[method])
+                              layers=cfg.manifold_layers, prob=run.mix_prob)
     loss_name = loss_for(method, cfg)
     amp = cfg.amp and dev.type == "cuda"
     if dev.type == "cuda":
@@ -730,7 +721,7 @@ def worker_main(spec_path: str | os.PathLike) -> int:
     torch.backends.mkldnn.enabled = s["mkldnn"]
     torch.use_deterministic_algorithms(s["deterministic"], warn_only=True)
     try:
-        train_classifier(**spec["call"])
+        train_run(**spec["call"])
     finally:
         distributed.destroy()
     return 0
