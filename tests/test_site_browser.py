@@ -199,8 +199,8 @@ def test_a_verdict_links_to_its_comparison_row_and_explains_itself_on_hover(brow
     anchor = site.anchor_id("cmp", claim, row["arm"], row["rival"])
     assert page.url.endswith(f"{report}#{anchor}")
     landed = page.evaluate("""(id) => { const r = document.getElementById(id).getBoundingClientRect();
-        return [r.top >= 0 && r.bottom <= window.innerHeight, document.querySelector(':target').id]; }""", anchor)
-    assert landed == [True, anchor]
+        return [r.top >= -1 && r.bottom <= window.innerHeight + 1, document.querySelector(':target').id]; }""", anchor)
+    assert landed == [True, anchor]  # within a pixel: the browser scrolls a row to sub-pixel positions
     assert page.locator(f"#{anchor} td.verdict").inner_text() == row["verdict"]
     # the report's verdict table is the index's: same cells, colours and column order, linking to the rows
     on_report = [[c.get_attribute("data-verdict-key"), c.get_attribute("class")]
