@@ -29,10 +29,13 @@ $(PYTHON):
 # says why); --no-build-isolation: the project is built with the lock's setuptools, not a fresh download.
 # The Python/machine check before pip is check-env's first check (varmix.pipeline.envlock), done by hand: check-env
 # needs the installed packages, and pip on another Python would first spend minutes installing the lock.
+# A disk too small for the lock stops here, in one line, before pip unpacks gigabytes and dies with ENOSPC.
+INSTALL_NEEDS_GIB := 8
 install: $(PYTHON)  ## system data package + the locked environment + the project + the python3 Jupyter kernel
 	@[ -d /usr/share/datasets/fashion-mnist ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
 	@$(PYTHON) -c 'import platform, sys; sys.exit(sys.version_info[:2] != (3, 11) or platform.machine() != "x86_64")' || { \
 		echo "error: $(VENV) runs Python $$($(PYTHON) -c 'import platform; print(platform.python_version(), "on", platform.machine())'); requirements.lock is for CPython 3.11 on x86-64 Linux: remove $(VENV) and run again with BASE_PYTHON=python3.11" >&2; exit 2; }
+	@$(PYTHON) -c 'import torch' 2>/dev/null || $(PYTHON) -c 'import shutil, sys; free = shutil.disk_usage(sys.prefix).free; sys.exit(free < $(INSTALL_NEEDS_GIB) * 2**30 and print(f"error: {free / 2**30:.1f} GiB free under {sys.prefix}; the locked environment needs about $(INSTALL_NEEDS_GIB) GiB (PyPI'"'"'s x86-64 torch is a CUDA build, ~6.5 GiB installed): free some space and run again", file=sys.stderr) is None)'
 	$(PYTHON) -m pip install -q --require-hashes --no-deps -r requirements.lock
 	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PYTHON) -m varmix check-env

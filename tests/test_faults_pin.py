@@ -400,3 +400,64 @@ def test_every_chapter_re_run_in_a_new_process_writes_the_same_bytes(clone):
     assert set(again) == set(first)
     # the case the issue found is among them: a warning a cell raised, its kernel folder cleaned
     assert runner.KERNEL_CELL_DIR in (clone / "results/fashion-mnist/smoke/notebooks/03_corruptions.ipynb").read_text()
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 29, item 3: `dvc repro -s STAGE` skips the check stage, and DVC removes the stage's outputs before
+# its command runs. The command's own checks (varmix.pipeline.preflight) fail in two lines and put back what
+# DVC removed: every committed file and cached model ends as it was (the `unchanged` fixture's assertion).
+def _two_lines(out) -> list[str]:
+    lines = [ln for ln in (out.stderr + out.stdout).splitlines() if ln.startswith(("error:", "the stage's"))]
+    assert len(lines) == 2 and lines[1].startswith("the stage's "), out.stderr
+    assert "Traceback" not in out.stderr
+    return lines
+
+
+def test_a_truncated_upstream_model_is_named_before_the_stage_loses_its_outputs(unchanged):
+    """The issue's case: a truncated model.pt under `dvc repro -s corruptions` deleted the chapter's committed
+    outputs before the notebook failed to load the model. Now the model file and the stage that makes it
+    are named, and the chapter's outputs are put back."""
+    clone = unchanged
+    model = clone / "runs/fashion-mnist/smoke/models/erm-s0/model.pt"
+    good = model.read_bytes()
+    model.write_bytes(good[: len(good) // 2])
+    try:
+        out = _dvc(clone, "repro", "-s", "corruptions")
+    finally:
+        model.write_bytes(good)
+    assert out.returncode != 0, out.stderr  # DVC exits 255 when a command fails
+    error, put_back = _two_lines(out)
+    assert error.startswith("error: runs/fashion-mnist/smoke/models/erm-s0 is not what dvc.lock records for "
+                            "stage train@erm-0 (runs/fashion-mnist/smoke/models/erm-s0/model.pt changed; "), error
+    assert "`dvc repro train@erm-0`" in error
+    assert "put back from its cache" in put_back
+
+
+def test_missing_data_under_dvc_repro_s_is_caught_before_the_run_loses_its_model(unchanged):
+    """Issue 29's case 6: with data/ gone, `dvc repro -f -s train@erm-0` deleted the run's model and its three
+    committed results, then failed with 'prepared fashion-mnist not found'."""
+    clone = unchanged
+    data, away = clone / "data", clone / "data-away"
+    data.rename(away)
+    try:
+        out = _dvc(clone, "repro", "-f", "-s", "train@erm-0")
+    finally:
+        away.rename(data)
+    assert out.returncode != 0, out.stderr  # DVC exits 255 when a command fails
+    error, put_back = _two_lines(out)
+    assert error.startswith("error: prepared fashion-mnist not found") and "prepare-data" in error, error
+    assert re.search(r"DVC had removed [1-9]\d*, put back from its cache \([1-9]\d*\) and git \([1-9]\d*\)",
+                     put_back), put_back
+
+
+def test_a_bad_param_under_dvc_repro_s_deletes_nothing(unchanged):
+    """Seen in the last round: `dvc repro -f -s report` with an unknown params key deleted the report's outputs
+    before the stage failed."""
+    clone = unchanged
+    raw = yaml.safe_load((clone / "params.yaml").read_text())
+    raw["profiles"]["smoke"]["eval"]["no_such_key"] = 1
+    (clone / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = _dvc(clone, "repro", "-f", "-s", "corruptions")
+    assert out.returncode != 0, out.stderr  # DVC exits 255 when a command fails
+    error, _ = _two_lines(out)
+    assert "no_such_key" in error, error

@@ -47,6 +47,16 @@ class NotebookFailed(UserError):
         super().__init__(f"error in notebook {notebook}: {ename}: {' '.join(str(evalue).split())}")
 
 
+class Refused(UserError):
+    """A failure reported in several lines (``lines``: what failed, then what was done about it), e.g. a check
+    before a DVC stage's work, after which the outputs DVC had removed were put back
+    (``varmix.pipeline.preflight``)."""
+
+    def __init__(self, lines: list[str], exit_code: int = 2):
+        self.lines, self.exit_code = list(lines), exit_code
+        super().__init__(" ".join(self.lines))
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGTERM or SIGINT stopped a notebook run. A KeyboardInterrupt, so that no ``except Exception`` on
     the way swallows it and asyncio (papermill's kernel client) re-raises it at once, as it does Ctrl-C."""
@@ -83,6 +93,8 @@ def describe(exc: BaseException) -> tuple[list[str], int] | None:
     of ``REPORTED`` or ``Interrupted`` (a bug: its traceback should show)."""
     if isinstance(exc, Interrupted):
         return [str(exc)], exc.exit_code
+    if isinstance(exc, Refused):
+        return exc.lines, exc.exit_code
     if isinstance(exc, NotebookFailed):
         return [str(exc)] + ([f"full traceback: {exc.failed}"] if exc.failed else []), exc.exit_code
     if isinstance(exc, PermissionError) and exc.filename:

@@ -106,8 +106,12 @@ def _run(args: argparse.Namespace) -> int:
         from varmix.pipeline import runner  # not varmix.learn.data: running a notebook should not import torch here
 
         if args.command == "notebook":
-            out = runner.run_notebook(args.name, args.profile, args.dataset, args.arm, args.seed, args.vae)
-            print(f"wrote {out}")
+            from varmix.pipeline import preflight
+
+            run = preflight.guard(project_root(), lambda: runner.prepare(args.name, args.profile, args.dataset,
+                                                                          args.arm, args.seed, args.vae),
+                                  data_of=lambda run: run.params)
+            print(f"wrote {runner.execute(run)}")
         else:
             runner.refresh_notebooks(tuple(args.names) or runner.NOTEBOOKS)
         return 0
@@ -120,7 +124,10 @@ def _run(args: argparse.Namespace) -> int:
         from varmix.pipeline import session
         from varmix.study import site  # no torch: nbconvert and jinja2 only
 
-        _, layout = session.resolve(args.profile, args.dataset)  # params.yaml validated, VARMIX_WORKDIR followed
+        from varmix.pipeline import preflight
+
+        # params.yaml validated, VARMIX_WORKDIR followed; under DVC, the checks before the stage's work
+        _, layout = preflight.guard(project_root(), lambda: session.resolve(args.profile, args.dataset))
         out = site.build_site(layout.results, args.out)
         print(f"wrote {out}/index.html")
         return 0

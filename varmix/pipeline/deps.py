@@ -20,8 +20,8 @@ from pathlib import Path
 # The command line's lazy imports, per command (varmix/pipeline/cli.py's ``_run``): a stage runs only its
 # command's branch, so the command line's function-level imports are not followed wholesale.
 COMMAND_MODULES = {
-    "notebook": ("varmix.pipeline.runner",),
-    "site": ("varmix.pipeline.session", "varmix.study.site"),
+    "notebook": ("varmix.pipeline.runner", "varmix.pipeline.preflight"),
+    "site": ("varmix.pipeline.session", "varmix.study.site", "varmix.pipeline.preflight"),
     "verify-data": ("varmix.pipeline.verify",),
 }
 ENTRY = ("varmix", "varmix.__main__")  # what `python -m varmix` executes before the command line

@@ -13,6 +13,7 @@ import shutil
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -223,13 +224,32 @@ def _on_parent_death(parent: int, done: threading.Event, every: float = 0.5) -> 
             return
 
 
+@dataclass(frozen=True)
+class NotebookRun:
+    """One checked notebook run: what ``prepare`` resolved and ``execute`` carries out."""
+
+    name: str
+    out: Path                    # the executed notebook's path under results/
+    parameters: dict[str, Any]   # papermill's parameters
+    label: str                   # how messages name the run
+    lock: Path                   # the run's lock file (``run_lock``)
+    params: Any                  # the resolved ``config.Params``
+
+
 def run_notebook(name: str, profile: str | None = None, dataset: str | None = None,
                  arm: str | None = None, seed: int | None = None, vae: str | None = None) -> Path:
     """Execute ``notebooks/<name>.ipynb`` with papermill (a dvc.yaml stage) and write it, cleaned, to
     ``results/<dataset>/<profile>/notebooks/<name>[-<arm>-s<seed>].ipynb`` (01_vae with ``vae`` =
     adversarial: ``01_vae-adversarial.ipynb``, the vae_adversarial stage). Parameters are checked
-    before the kernel starts; a cell that raises fails the run, writes nothing to the output and leaves the
-    executed notebook at ``failed_path(out)`` (see ``_execute``)."""
+    before the kernel starts (``prepare``); a cell that raises fails the run, writes nothing to the output and
+    leaves the executed notebook at ``failed_path(out)`` (see ``_execute``)."""
+    return execute(prepare(name, profile, dataset, arm, seed, vae))
+
+
+def prepare(name: str, profile: str | None = None, dataset: str | None = None,
+            arm: str | None = None, seed: int | None = None, vae: str | None = None) -> NotebookRun:
+    """Every check ``run_notebook`` makes before the kernel starts (the notebook, its arguments, params.yaml,
+    writable output folders), writing nothing; the command line runs it inside ``preflight.guard``."""
     if name not in NOTEBOOKS:
         raise ValueError(f"notebook {name!r} is unknown: expected one of {', '.join(NOTEBOOKS)}")
     if (arm is None) != (seed is None) or (arm is not None and name != "02_train"):
@@ -249,18 +269,22 @@ def run_notebook(name: str, profile: str | None = None, dataset: str | None = No
     if vae not in (None, "plain"):
         parameters["vae_kind"] = vae
         out_name = f"{name}-{vae}"
-    out = layout.notebook(out_name)
-    if workdir_ignored():
-        print(f"note: {WORKDIR_ENV}={os.environ[WORKDIR_ENV]} is ignored under DVC (stage "
-              f"{os.environ[DVC_STAGE_ENV]}): its outputs go where dvc.yaml declares them", file=sys.stderr)
     for folder in (layout.results, layout.runs):
         _check_writable(folder)
     label = name if arm is None else f"{name} (arm {arm}, seed {seed})"
     label += "" if vae in (None, "plain") else f" (vae {vae})"
-    with run_lock(layout.root / "runs" / "tmp" / "locks" / f"{params.dataset}-{params.profile}-{out_name}.lock",
-                  f"notebook {label}"):
-        _execute(project_root() / "notebooks" / f"{name}.ipynb", out, parameters, label)
-    return out
+    lock = layout.root / "runs" / "tmp" / "locks" / f"{params.dataset}-{params.profile}-{out_name}.lock"
+    return NotebookRun(name, layout.notebook(out_name), parameters, label, lock, params)
+
+
+def execute(run: NotebookRun) -> Path:
+    """Run a prepared notebook under its run lock; returns the executed notebook's path."""
+    if workdir_ignored():
+        print(f"note: {WORKDIR_ENV}={os.environ[WORKDIR_ENV]} is ignored under DVC (stage "
+              f"{os.environ[DVC_STAGE_ENV]}): its outputs go where dvc.yaml declares them", file=sys.stderr)
+    with run_lock(run.lock, f"notebook {run.label}"):
+        _execute(project_root() / "notebooks" / f"{run.name}.ipynb", run.out, run.parameters, run.label)
+    return run.out
 
 
 @contextlib.contextmanager

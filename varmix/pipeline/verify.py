@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,11 +100,29 @@ def dir_md5(entries: dict[str, str]) -> str:
     return hashlib.md5(json.dumps(listing, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
 
 
-def _cached_manifest(root: Path, md5: str) -> dict[str, str] | None:
-    """The pinned folder's file list from the local DVC cache (DVC 3 layout), when it is there."""
-    path = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+def cache_dir(root: Path) -> Path:
+    """DVC's local cache: ``[cache] dir`` of .dvc/config.local (set in dvc exp's temporary workspaces) or
+    .dvc/config, relative to .dvc/, else .dvc/cache."""
+    for name in ("config.local", "config"):
+        config = root / ".dvc" / name
+        if config.is_file():
+            match = re.search(r"^\s*\[cache\]\s*$(.*?)(?=^\s*\[|\Z)", config.read_text(), re.M | re.S)
+            line = re.search(r"^\s*dir\s*=\s*(.+?)\s*$", match.group(1), re.M) if match else None
+            if line:
+                path = Path(line.group(1))
+                return path if path.is_absolute() else (root / ".dvc" / path).resolve()
+    return root / ".dvc" / "cache"
+
+
+def cache_file(root: Path, md5: str) -> Path:
+    """Where DVC 3 keeps the bytes of ``md5`` (a file's, or a folder's file list for ``<md5>.dir``)."""
+    return cache_dir(root) / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def cached_manifest(root: Path, md5: str) -> dict[str, str] | None:
+    """A folder's {relpath: md5} from DVC's cache (its ``<md5>.dir`` file list), when it is there."""
     try:
-        return {e["relpath"]: e["md5"] for e in json.loads(path.read_text())}
+        return {e["relpath"]: e["md5"] for e in json.loads(cache_file(root, md5).read_text())}
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -168,7 +187,7 @@ def verify_data(root: str | os.PathLike, data_dir: str, dataset: str | Sequence[
 
 def _first_difference(root: Path, folder: Path, entries: dict[str, str], pin: Pin) -> str:
     """The first file that differs from the pin, when the DVC cache holds the pinned file list."""
-    pinned = _cached_manifest(root, pin.md5)
+    pinned = cached_manifest(root, pin.md5)
     if pinned is not None:
         for rel in sorted(set(entries) | set(pinned)):
             if entries.get(rel) != pinned.get(rel):
