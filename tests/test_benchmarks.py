@@ -20,6 +20,7 @@ def _load(name: str):
         sys.path.insert(0, str(BENCH))
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # a dataclass looks its module up there
     spec.loader.exec_module(module)
     return module
 
@@ -149,3 +150,47 @@ def test_repeats_must_be_positive(throughput, capsys):
     with pytest.raises(SystemExit):
         throughput.main(["--only", "corrupt", "--repeats", "0"])
     assert "--repeats" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def stage_overhead():
+    return _load("stage_overhead")
+
+
+# An abridged `strace -f -tt -q -e trace=execve` of `dvc repro -f -s report`: dvc, its shell, the command, a
+# failed PATH lookup, the kernel, and the exits in the order they came.
+TRACE = """\
+100  10:00:00.000000 execve("/v/bin/dvc", ["dvc", "repro", "-f", "-s", "report"], 0x1 /* 9 vars */) = 0
+101  10:00:03.000000 execve("/bin/sh", ["/bin/sh", "-c", "python -m varmix notebook 07_report"], 0x1) = 0
+101  10:00:03.100000 execve("/x/python", ["python", "-m", "varmix", "notebook", "07_report"], 0x1) = -1 ENOENT (No such file or directory)
+101  10:00:03.200000 execve("/v/bin/python", ["python", "-m", "varmix", "notebook", "07_report"], 0x1) = 0
+102  10:00:04.700000 execve("/v/bin/python", ["/v/bin/python", "-m", "ipykernel_launcher", "-f", "k.json"], 0x1) = 0
+102  10:00:20.700000 +++ exited with 0 +++
+101  10:00:21.200000 +++ exited with 0 +++
+100  10:00:25.000000 +++ exited with 0 +++
+"""
+
+
+def test_trace_splits_the_stage_at_its_processes(stage_overhead):
+    events = stage_overhead.parse_trace(TRACE)
+    assert [e.kind for e in events] == ["exec", "exec", "exec", "exec", "exit", "exit", "exit"]  # ENOENT left out
+    got = stage_overhead.phases(events, "notebook")
+    want = {"dvc before": 3.2, "command before kernel": 1.5, "kernel": 16.0, "command after kernel": 0.5,
+            "dvc after": 3.8}
+    assert got == pytest.approx(want)
+    assert sum(got.values()) == pytest.approx(25.0)
+    # a command without a kernel (site): its whole run is "command before kernel"
+    no_kernel = [e for e in events if e.pid != 102]
+    site = stage_overhead.phases(no_kernel, "notebook")
+    assert site["kernel"] == 0 and site["command before kernel"] == pytest.approx(18.0)
+    with pytest.raises(ValueError, match="lacks an expected process"):
+        stage_overhead.phases(events, "site")
+
+
+def test_table_gives_the_overhead_beside_the_own_wall(stage_overhead):
+    p = {"dvc before": 3.2, "command before kernel": 1.5, "kernel": 16.0, "command after kernel": 0.5,
+         "dvc after": 3.8}
+    table = stage_overhead.markdown({"report": (p, 9.7), "site": (p, None)}, 2)
+    row = next(line for line in table.splitlines() if line.startswith("| report"))
+    assert row == "| report | 3.20 | 1.50 | 16.00 | 0.50 | 3.80 | 9.70 | 6.30 | 25.00 | 15.30 |"
+    assert "| site | 3.20 | 1.50 | 16.00 | 0.50 | 3.80 | — | — | 25.00 | 25.00 |" in table
