@@ -92,3 +92,33 @@ def test_each_command_s_modules_are_what_the_command_line_imports_for_it():
                 branches[v] = mods
     for command, modules in deps.COMMAND_MODULES.items():
         assert sorted(modules) == branches[command], command
+
+
+def test_dvc_lock_holds_only_the_stages_dvc_yaml_has():
+    """DVC keeps the entries of renamed stages forever, and every stage's run parses and rewrites the whole
+    file (benchmarks/stage_overhead.py): `python -m varmix deps` drops them."""
+    assert deps.stale_lock_stages(ROOT) == [], "run python -m varmix deps"
+
+
+def test_stale_lock_entries_are_found_and_pruned_byte_for_byte(tmp_path, monkeypatch):
+    (tmp_path / "params.yaml").write_text("arms: [erm]\nseeds: [0]\n")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  train:\n    matrix:\n      arm: ${arms}\n      seed: ${seeds}\n"
+                                       "    cmd: x\n  report:\n    cmd: y\n")
+    first = "  train@erm-0:\n    cmd: x\n    outs:\n    - path: runs/erm-s0\n      md5: a\n"
+    last = "  report:\n    cmd: y\n"
+    kept = first + last
+    gone = "  train@at-0:\n    cmd: x\n    outs:\n    - path: runs/at-s0\n      md5: b\n"
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n" + first + gone + last)
+    assert deps.stale_lock_stages(tmp_path) == ["train@at-0"]
+    assert deps.prune_lock((tmp_path / "dvc.lock").read_text(), ["train@at-0"]) == "schema: '2.0'\nstages:\n" + kept
+    # the command line: --check names them and writes nothing; without it, dvc.lock loses exactly them
+    monkeypatch.setattr(deps, "render", lambda root, text: text)
+    monkeypatch.setattr(deps, "stage_code_deps", lambda root, text: {})
+    monkeypatch.setattr(cli, "project_root", lambda: tmp_path)
+    before = (tmp_path / "dvc.lock").read_text()
+    with pytest.raises(errors.UserError, match=r"dvc.lock holds 1 stages dvc.yaml does not have \(train@at-0\)"):
+        cli._deps(deps, check=True)
+    assert (tmp_path / "dvc.lock").read_text() == before
+    assert cli._deps(deps, check=False) == 0
+    assert (tmp_path / "dvc.lock").read_text() == "schema: '2.0'\nstages:\n" + kept
+    assert deps.stale_lock_stages(tmp_path) == []

@@ -52,9 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     wrk = sub.add_parser("train-worker", help="one torchrun worker of a distributed training run (started by "
                                               "varmix.learn.distributed.launch; docs/DISTRIBUTED.md)")
     wrk.add_argument("spec", help="the run's spec file, written by the launcher")
-    dep = sub.add_parser("deps", help="write each dvc.yaml stage's code deps from its import closure "
-                                      "(varmix.pipeline.deps)")
-    dep.add_argument("--check", action="store_true", help="only say whether dvc.yaml's deps are the generated ones")
+    dep = sub.add_parser("deps", help="write each dvc.yaml stage's code deps from its import closure and drop "
+                                      "dvc.lock's entries of stages dvc.yaml no longer has (varmix.pipeline.deps)")
+    dep.add_argument("--check", action="store_true", help="only say whether dvc.yaml's deps are the generated ones "
+                                                          "and dvc.lock holds no stage dvc.yaml lacks")
     args = parser.parse_args(argv)
     try:
         return _run(args)
@@ -75,20 +76,28 @@ def _params_root(args: argparse.Namespace) -> Path:
 
 
 def _deps(deps, check: bool) -> int:
-    path = project_root() / "dvc.yaml"
+    root = project_root()
+    path, lock = root / "dvc.yaml", root / "dvc.lock"
     text = path.read_text()
-    new = deps.render(project_root(), text)
-    if new == text:
-        print("dvc.yaml: every stage's code deps are its import closure")
-        return 0
+    new = deps.render(root, text)
+    stale = deps.stale_lock_stages(root)
     if check:
-        changed = [s for s, d in deps.stage_code_deps(project_root(), text).items()
-                   if deps.listed_code_deps(text).get(s) != d]
-        raise errors.UserError(f"dvc.yaml: the code deps of {', '.join(changed)} differ from their import closure; "
-                               f"run python -m varmix deps")
-    with io.atomic_path(path) as tmp:
-        tmp.write_text(new)
-    print("dvc.yaml: code deps rewritten from the import closure")
+        changed = [s for s, d in deps.stage_code_deps(root, text).items() if deps.listed_code_deps(text).get(s) != d]
+        if changed:
+            raise errors.UserError(f"dvc.yaml: the code deps of {', '.join(changed)} differ from their import "
+                                   "closure; run python -m varmix deps")
+        if stale:
+            raise errors.UserError(f"dvc.lock holds {len(stale)} stages dvc.yaml does not have ({', '.join(stale[:3])}"
+                                   f"{', ...' if len(stale) > 3 else ''}); run python -m varmix deps")
+    if new != text:
+        with io.atomic_path(path) as tmp:
+            tmp.write_text(new)
+    if stale:
+        with io.atomic_path(lock) as tmp:
+            tmp.write_text(deps.prune_lock(lock.read_text(), stale))
+    print("dvc.yaml: " + ("code deps rewritten from the import closure" if new != text
+                          else "every stage's code deps are its import closure")
+          + (f"; dvc.lock: {len(stale)} entries of stages dvc.yaml does not have removed" if stale else ""))
     return 0
 
 

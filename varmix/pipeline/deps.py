@@ -1,4 +1,5 @@
-"""dvc.yaml's code dependencies, from the import closure (``python -m varmix deps``).
+"""dvc.yaml's code dependencies, from the import closure, and dvc.lock without dead entries
+(``python -m varmix deps``).
 
 A stage must re-run when, and only when, code it runs changes. What a stage runs is its command's path
 through ``python -m varmix`` (varmix/__main__.py, the command line, the branch of that command) plus, for a
@@ -133,3 +134,27 @@ def listed_code_deps(text: str) -> dict[str, list[str]]:
     """{stage: the varmix deps dvc.yaml's ``text`` lists}, in the listed order."""
     return {m["name"]: [d.strip()[2:] for d in _CODE_DEP.findall(m["body"])]
             for m in _STAGE.finditer(text)}
+
+
+# ---- dvc.lock: entries of stages dvc.yaml no longer has
+# DVC keeps a stage's dvc.lock entry after the stage is renamed or dropped (the rivals moved from `train` to
+# `train_rivals` and left 20 entries) and offers no command to drop it. Every DVC command parses and every
+# stage's run rewrites the whole file, so dead entries cost each stage time; nothing reads them.
+_LOCK_STAGE = re.compile(r"^  (?P<name>\S+):\n(?P<body>(?:    .*\n|[ \t]*\n)*)", re.M)
+
+
+def stale_lock_stages(root: Path) -> list[str]:
+    """dvc.lock's stages that dvc.yaml does not have under params.yaml's current values (its matrices
+    expanded as DVC expands them)."""
+    from varmix.pipeline import preflight
+
+    if not (root / "dvc.lock").is_file() or not (root / "params.yaml").is_file():
+        return []
+    current = preflight.pipeline_stages(root)
+    return [name for name in preflight.read_lock(root) if name not in current]
+
+
+def prune_lock(text: str, stale: list[str]) -> str:
+    """dvc.lock's ``text`` without the entries of ``stale``, every other byte as it was."""
+    gone = set(stale)
+    return _LOCK_STAGE.sub(lambda m: "" if m["name"] in gone else m.group(0), text)
