@@ -123,6 +123,9 @@ def edit(raw, path, value):
     (("profile",), "fast", "profile = 'fast' is invalid: expected one of smoke, default, paper"),
     (("arms",), ["erm", "varmix"], "arms[1] = 'varmix' is invalid: expected an arm declared in arm_settings or named after a method (adv_varmixup, at, cutmix, erm, iat, "),
     (("arms",), [], "arms = [] is invalid: expected a non-empty list"),
+    # issue 29: a scalar where dvc.yaml's matrices want a list (DVC itself says "'Value' object is not iterable")
+    (("arms",), "erm", "arms = 'erm' is invalid: expected a non-empty list"),
+    (("seeds",), 0, "seeds = 0 is invalid: expected a non-empty list"),
     (("arms",), ["erm", "erm"], "arms = ['erm', 'erm'] is invalid: expected each arm at most once"),
     (("arm_settings", "mixup_half", "mix_prob"), 0,
      "arm_settings.mixup_half.mix_prob = 0.0 is invalid: expected a number > 0 and <= 1"),
