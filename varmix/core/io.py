@@ -175,6 +175,17 @@ def load_module_state(module: Any, path: str | os.PathLike, what: str, fmt: str,
     return net
 
 
+def probe_write(folder: str | os.PathLike) -> Path:
+    """Create and remove a file in ``folder``, or in the nearest existing folder above it, and return that
+    folder; raises the OSError a write there meets (a read-only mount, a root-owned folder: file modes
+    alone miss both)."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    with tempfile.TemporaryFile(dir=existing):
+        pass
+    return existing
+
+
 def file_md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:

@@ -18,11 +18,11 @@ Nothing here runs for a command started by hand (no ``DVC_STAGE``): then DVC has
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,7 @@ from typing import TypeVar
 import yaml
 
 from varmix.core import errors
-from varmix.core.io import atomic_path, file_md5
+from varmix.core.io import atomic_path, file_md5, probe_write
 from varmix.pipeline import verify
 from varmix.pipeline.session import DVC_STAGE_ENV
 
@@ -168,32 +168,18 @@ def check_upstream(root: Path, lock: dict[str, dict], stage: str) -> None:
 def _first_changed(root: Path, path: str, md5: str) -> str:
     """'file X changed; ' for a folder whose recorded file list is in DVC's cache, else ''."""
     manifest = verify.cached_manifest(root, md5) if md5.endswith(".dir") else None
-    if manifest is None:
-        return ""
-    entries = verify.dir_entries(root / path, root)
-    for rel in sorted(set(entries) | set(manifest)):
-        if entries.get(rel) != manifest.get(rel):
-            what = "extra" if rel not in manifest else ("missing" if rel not in entries else "changed")
-            return f"{path}/{rel} {what}; "
-    return ""
+    found = verify.first_difference(verify.dir_entries(root / path, root), manifest) if manifest else None
+    return f"{path}/{found[0]} {found[1]}; " if found else ""
 
 
 def check_writable(root: Path, outs: list[Out]) -> None:
-    """The nearest existing folder of every output can be written (a file is created and removed there:
-    this also catches read-only mounts and root-owned folders)."""
-    seen = set()
-    for out in outs:
-        full = root / out.path
-        folder = next(p for p in (full.parent, *full.parents) if p.exists())
-        if folder in seen:
-            continue
-        seen.add(folder)
+    """The nearest existing folder of every output can be written (``io.probe_write``)."""
+    for folder in dict.fromkeys((root / out.path).parent for out in outs):
         try:
-            with tempfile.TemporaryFile(dir=folder):
-                pass
+            probe_write(folder)
         except OSError as exc:
-            raise errors.UserError(f"cannot write {out.path} into {folder} ({exc.strerror}): make the folder "
-                                   "writable, then run again") from None
+            raise errors.UserError(f"cannot write into {folder} ({exc.strerror}), where this stage writes its "
+                                   "outputs: make the folder writable, then run again") from None
 
 
 def check_disk(root: Path, outs: list[Out], free: Callable[[Path], int] | None = None) -> None:
@@ -222,8 +208,6 @@ def _write(path: Path, data: bytes) -> None:
 def restore(root: Path, out: Out) -> str | None:
     """Put ``out`` back with the bytes dvc.lock records, from DVC's cache or else git's HEAD; returns where
     they came from ("cache", "git"), or None when neither holds them. An output still present is left alone."""
-    import hashlib
-
     full = root / out.path
     if full.exists():
         return "present"

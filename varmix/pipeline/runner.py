@@ -314,14 +314,11 @@ def run_lock(path: Path, what: str) -> Iterator[None]:
 
 def _check_writable(folder: Path) -> None:
     """Fail before the kernel starts when ``folder`` (or the nearest existing folder above it) cannot be
-    written: a test file is created there, which also catches read-only mounts and root-owned folders."""
-    import tempfile
-
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    written (``io.probe_write``)."""
     try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        io.probe_write(folder)
     except OSError as exc:
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
         raise errors.UserError(f"cannot write to {existing} ({exc.strerror}): make it writable, or set "
                                f"{WORKDIR_ENV} to write runs/ and results/ elsewhere") from None
 

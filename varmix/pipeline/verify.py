@@ -185,14 +185,22 @@ def verify_data(root: str | os.PathLike, data_dir: str, dataset: str | Sequence[
     return got
 
 
+def first_difference(entries: dict[str, str], reference: dict[str, str]) -> tuple[str, str] | None:
+    """The first relpath (sorted) whose md5 differs between a folder's ``entries`` and its ``reference`` file
+    list, with how: "extra", "missing" or "changed"; None when they agree."""
+    for rel in sorted(set(entries) | set(reference)):
+        if entries.get(rel) != reference.get(rel):
+            return rel, "extra" if rel not in reference else ("missing" if rel not in entries else "changed")
+    return None
+
+
 def _first_difference(root: Path, folder: Path, entries: dict[str, str], pin: Pin) -> str:
     """The first file that differs from the pin, when the DVC cache holds the pinned file list."""
     pinned = cached_manifest(root, pin.md5)
-    if pinned is not None:
-        for rel in sorted(set(entries) | set(pinned)):
-            if entries.get(rel) != pinned.get(rel):
-                what = "an extra file" if rel not in pinned else ("missing" if rel not in entries else "changed")
-                return f"{_shown(folder / rel, root)} ({what})"
+    found = first_difference(entries, pinned) if pinned is not None else None
+    if found is not None:
+        rel, what = found
+        return f"{_shown(folder / rel, root)} ({'an extra file' if what == 'extra' else what})"
     return f"{_shown(folder, root)}/ ({len(entries)} files, data.dvc pins {pin.nfiles})"
 
 
