@@ -16,32 +16,70 @@ from varmix.pipeline import cli, deps
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_dvc_yaml_code_deps_are_the_import_closure():
+def test_every_stage_depends_on_its_code_record_and_the_records_are_the_import_closure():
     text = (ROOT / "dvc.yaml").read_text()
     assert deps.render(ROOT, text) == text, "run python -m varmix deps"
+    assert deps.stale_records(ROOT, text) == {}, "run python -m varmix deps"
     listed = deps.listed_code_deps(text)
-    assert listed["train"] and all((ROOT / f).is_file() for s in listed.values() for f in s)
+    assert listed["train"] == ["code-records/train.md5"]
+    assert all(v == [deps.record_path(s)] for s, v in listed.items() if v)
+    files = deps.recorded_files(ROOT, "train")
+    assert "varmix/learn/train.py" in files and all((ROOT / f).is_file() for f in files)
 
 
-def test_a_stage_missing_a_module_it_runs_or_listing_one_it_does_not_is_found(monkeypatch, tmp_path):
-    text = (ROOT / "dvc.yaml").read_text()
-    missing = text.replace("      - varmix/evaluate/corruptions.py\n", "", 1)  # the first stage that runs it
-    extra = re.sub(r"(  train:\n(?:.*\n)*?    deps:\n)", r"\1      - varmix/pipeline/verify.py\n", text, count=1)
-    shutil.copytree(ROOT / "varmix", tmp_path / "varmix")
-    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+def _project_copy(tmp_path: Path, monkeypatch) -> Path:
+    for folder in ("varmix", "notebooks", "code-records"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
     monkeypatch.setattr(cli, "project_root", lambda: tmp_path)
-    for bad in (missing, extra):
-        assert bad != text and deps.render(ROOT, bad) == text
-        (tmp_path / "dvc.yaml").write_text(bad)
-        with pytest.raises(errors.UserError, match=r"the code deps of \w+.* differ from their import closure; run "
-                                                   r"python -m varmix deps"):
+    return tmp_path
+
+
+def test_a_record_missing_a_module_listing_an_extra_one_or_an_old_md5_is_found_and_rewritten(monkeypatch, tmp_path):
+    root = _project_copy(tmp_path, monkeypatch)
+    good = (root / "code-records/corruptions.md5").read_text()
+    lines = good.splitlines(keepends=True)
+    missing = "".join(line for line in lines if not line.endswith("  varmix/evaluate/corruptions.py\n"))
+    extra = good + f"{'0' * 32}  varmix/pipeline/verify.py\n"
+    old_md5 = good.replace(good[:32], "f" * 32, 1)
+    for bad in (missing, extra, old_md5):
+        assert bad != good
+        (root / "code-records/corruptions.md5").write_text(bad)
+        with pytest.raises(errors.UserError, match=r"code-records/corruptions.md5: not the md5s of the modules the "
+                                                   r"stage runs now; run python -m varmix deps"):
             cli._deps(deps, check=True)
-        assert cli._deps(deps, check=False) == 0 and (tmp_path / "dvc.yaml").read_text() == text
+        assert (root / "code-records/corruptions.md5").read_text() == bad  # --check writes nothing
+        assert cli._deps(deps, check=False) == 0 and (root / "code-records/corruptions.md5").read_text() == good
+
+
+def test_dvc_yaml_listing_modules_instead_of_the_record_is_found_and_rewritten(monkeypatch, tmp_path):
+    root = _project_copy(tmp_path, monkeypatch)
+    text = (root / "dvc.yaml").read_text()
+    modules = "".join(f"      - {f}\n" for f in deps.recorded_files(root, "report"))
+    old = re.sub(r"(  report:\n(?:.*\n)*?)      - code-records/report.md5\n", lambda m: m[1] + modules, text, count=1)
+    assert old != text and deps.render(root, old) == text
+    (root / "dvc.yaml").write_text(old)
+    with pytest.raises(errors.UserError, match=r"dvc.yaml: the code deps of report are not their record "):
+        cli._deps(deps, check=True)
+    assert cli._deps(deps, check=False) == 0 and (root / "dvc.yaml").read_text() == text
+
+
+def test_an_edit_to_a_module_rewrites_exactly_the_records_of_the_stages_that_run_it(monkeypatch, tmp_path):
+    root = _project_copy(tmp_path, monkeypatch)
+    text = (root / "dvc.yaml").read_text()
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (root / "code-records").iterdir()}
+    with open(root / "varmix/evaluate/corruptions.py", "a") as fh:
+        fh.write("\n# an edit\n")
+    written = deps.write_records(root, text)
+    assert written == ["calibration", "corruptions", "landscape", "perturbations", "report", "site"]
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (root / "code-records").iterdir()}
+    assert sorted(n[:-4] for n in after if after[n] != before[n]) == written  # the others keep bytes and mtime
+    assert deps.write_records(root, text) == []
 
 
 def test_an_edit_to_an_evaluation_module_reruns_no_training():
-    listed = deps.listed_code_deps((ROOT / "dvc.yaml").read_text())
-    runs = sorted(s for s, files in listed.items() if "varmix/evaluate/corruptions.py" in files)
+    runs = sorted(s for s in deps.stage_code_deps(ROOT, (ROOT / "dvc.yaml").read_text())
+                  if "varmix/evaluate/corruptions.py" in deps.recorded_files(ROOT, s))
     assert runs == ["calibration", "corruptions", "landscape", "perturbations", "report", "site"]
 
 

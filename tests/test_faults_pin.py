@@ -361,6 +361,25 @@ def test_a_second_repro_runs_only_the_check(unchanged):
     assert ran == ["Running stage 'check':"], out.stdout
 
 
+def test_an_edit_to_the_code_a_stage_runs_re_runs_that_stage_and_no_other(clone):
+    """Each stage depends on its code record, code-records/<stage>.md5 (varmix.pipeline.deps), not on the
+    modules: the check stage, first in every `dvc repro`, rewrites the records an edit made stale, so the
+    edit re-runs the stage that runs the module and leaves training and the VAE alone."""
+    try:
+        with open(clone / "varmix/evaluate/corruptions.py", "a") as fh:
+            fh.write("\n# an edit\n")
+        out = _dvc(clone, "repro", "corruptions", check=True)
+        ran = [line for line in out.stdout.splitlines() if line.startswith("Running stage")]
+        assert ran == ["Running stage 'check':", "Running stage 'corruptions':"], out.stdout
+        changed = sorted(line[3:] for line in _git_clean(clone).splitlines() if "code-records/" in line)
+        assert changed == [f"code-records/{s}.md5" for s in ("calibration", "corruptions", "landscape",
+                                                             "perturbations", "report", "site")]
+    finally:
+        _run(clone, "git", "reset", "-q", "--hard", "HEAD", check=True)
+        _run(clone, "git", "clean", "-qfd", "--", "results", check=True)
+        _dvc(clone, "checkout", "--force", "dvc.yaml")
+
+
 def test_every_stage_waits_for_the_check_and_none_lists_the_data():
     from test_pipeline import _dvc_stages
 

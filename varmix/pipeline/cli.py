@@ -12,7 +12,18 @@ from varmix.core import config, errors, io
 from varmix.core.io import project_root
 
 
+def skip_slow_optional_imports() -> None:
+    """Keep jsonschema from importing ``rfc3987_syntax``, which builds a lark grammar at import: 1.4 s of each
+    notebook stage's command and of the site's build (``python -X importtime``), through nbformat, which
+    papermill and the site import. jsonschema imports it, when installed (jupyterlab's jupyter-events pulls it
+    in), only to check the "iri" string format, which no schema this process validates uses (nbformat's do
+    not), and skips that checker on ImportError: a None in sys.modules makes the import raise one. The
+    upstream report: python-jsonschema/jsonschema#1428."""
+    sys.modules.setdefault("rfc3987_syntax", None)
+
+
 def main(argv: list[str] | None = None) -> int:
+    skip_slow_optional_imports()
     parser = argparse.ArgumentParser(prog="python -m varmix", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare-data", help="write the prepared .npy folder that data.dvc pins")
@@ -30,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ver.add_argument("--profile", default=None)
     ver.add_argument("--dataset", default=None)
     ver.add_argument("--stamp", default=None, help="write the verified data hash here (the check stage's output)")
+    ver.add_argument("--code-records", action="store_true",
+                     help="also bring each stage's code-records/<stage>.md5 up to date (the check stage: varmix.pipeline.deps)")
     nb = sub.add_parser("notebook", help="execute one notebook with papermill into results/ (a dvc stage)")
     nb.add_argument("name", help="notebook name, e.g. 01_vae")
     nb.add_argument("--profile", default=None)
@@ -52,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     wrk = sub.add_parser("train-worker", help="one torchrun worker of a distributed training run (started by "
                                               "varmix.learn.distributed.launch; docs/DISTRIBUTED.md)")
     wrk.add_argument("spec", help="the run's spec file, written by the launcher")
-    dep = sub.add_parser("deps", help="write each dvc.yaml stage's code deps from its import closure and drop "
-                                      "dvc.lock's entries of stages dvc.yaml no longer has (varmix.pipeline.deps)")
-    dep.add_argument("--check", action="store_true", help="only say whether dvc.yaml's deps are the generated ones "
-                                                          "and dvc.lock holds no stage dvc.yaml lacks")
+    dep = sub.add_parser("deps", help="write each dvc.yaml stage's code dep, code-records/<stage>.md5 (its import "
+                                      "closure with md5s), and drop dvc.lock's entries of stages dvc.yaml no longer "
+                                      "has (varmix.pipeline.deps)")
+    dep.add_argument("--check", action="store_true", help="only say whether dvc.yaml's deps and code/ are the "
+                                                          "generated ones and dvc.lock holds no stage dvc.yaml lacks")
     args = parser.parse_args(argv)
     try:
         return _run(args)
@@ -82,21 +96,28 @@ def _deps(deps, check: bool) -> int:
     new = deps.render(root, text)
     stale = deps.stale_lock_stages(root)
     if check:
-        changed = [s for s, d in deps.stage_code_deps(root, text).items() if deps.listed_code_deps(text).get(s) != d]
-        if changed:
-            raise errors.UserError(f"dvc.yaml: the code deps of {', '.join(changed)} differ from their import "
-                                   "closure; run python -m varmix deps")
+        if new != text:
+            changed = [s for s, d in deps.listed_code_deps(new).items() if deps.listed_code_deps(text).get(s) != d]
+            raise errors.UserError(f"dvc.yaml: the code deps of {', '.join(changed)} are not their record "
+                                   f"{deps.CODE_DIR}/<stage>.md5; run python -m varmix deps")
+        records = deps.stale_records(root, text)
+        if records:
+            raise errors.UserError(f"{', '.join(deps.record_path(s) for s in records)}: not the md5s of the modules "
+                                   "the stage runs now; run python -m varmix deps (or dvc repro, whose check stage "
+                                   "brings them up to date)")
         if stale:
             raise errors.UserError(f"dvc.lock holds {len(stale)} stages dvc.yaml does not have ({', '.join(stale[:3])}"
                                    f"{', ...' if len(stale) > 3 else ''}); run python -m varmix deps")
     if new != text:
         with io.atomic_path(path) as tmp:
             tmp.write_text(new)
+    written = deps.write_records(root, new)
     if stale:
         with io.atomic_path(lock) as tmp:
             tmp.write_text(deps.prune_lock(lock.read_text(), stale))
-    print("dvc.yaml: " + ("code deps rewritten from the import closure" if new != text
-                          else "every stage's code deps are its import closure")
+    print("dvc.yaml: " + ("code deps rewritten as code-records/<stage>.md5" if new != text
+                          else "every stage depends on its code record")
+          + (f"; {len(written)} code records brought up to date" if written else "; every code record up to date")
           + (f"; dvc.lock: {len(stale)} entries of stages dvc.yaml does not have removed" if stale else ""))
     return 0
 
@@ -156,7 +177,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     if args.command == "verify-data":
-        from varmix.pipeline import verify  # no torch: the first stage of every dvc repro
+        from varmix.pipeline import deps, verify  # no torch: the first stage of every dvc repro
 
         params = config.load_params(args.params, {"profile": args.profile, "dataset": args.dataset})
         root = _params_root(args)
@@ -165,6 +186,11 @@ def _run(args: argparse.Namespace) -> int:
             verify.write_stamp(args.stamp, params.dataset, md5)
         print(f"params OK (profile={params.profile}); data OK: {params.data_dir}/ = {md5}, as data.dvc pins "
               f"({', '.join(params.datasets)} checked)")
+        if args.code_records:  # before any other stage: DVC sees an edit to the code a stage runs
+            code = project_root()
+            changed = deps.write_records(code, (code / "dvc.yaml").read_text())
+            print(f"code records: {', '.join(deps.record_path(s) for s in changed)} brought up to date" if changed
+                  else "code records: every stage's code-records/<stage>.md5 is up to date")
         return 0
 
     params = config.load_params(args.params)

@@ -9,21 +9,34 @@ Kept by hand, these lists drifted (stages missed modules they ran, and listed mo
 are computed here from the code itself, written into dvc.yaml, and a test fails when the two differ.
 
 Static imports are the rule: the library never imports by computed name, so the closure is complete.
+
+Each stage depends on one file, ``code-records/<stage>.md5``, that lists those modules with their md5 in md5sum's
+format (``md5sum -c code-records/train.md5`` checks it), instead of on the ~30 modules themselves. DVC's part of a
+stage's wall grows with dvc.lock, which it parses several times and rewrites whole for every stage
+(benchmarks/stage_overhead.py): one entry per stage instead of ~30 took ~1,600 of dvc.lock's entries
+(~6,000 of its ~11,000 lines) away. The record changes exactly when a module the stage runs changes, so a
+stage still re-runs when, and only when, its own code changes. The records are written by
+``python -m varmix deps`` and refreshed by the check stage, which every ``dvc repro`` runs first: an edit is
+seen by ``dvc repro``; ``dvc status`` and ``dvc repro -s STAGE`` see it once either has run
+(tests/test_deps.py fails while a committed record is out of date).
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import re
 from pathlib import Path
+
+from varmix.core import io
 
 # The command line's lazy imports, per command (varmix/pipeline/cli.py's ``_run``): a stage runs only its
 # command's branch, so the command line's function-level imports are not followed wholesale.
 COMMAND_MODULES = {
     "notebook": ("varmix.pipeline.runner", "varmix.pipeline.preflight"),
     "site": ("varmix.pipeline.session", "varmix.study.site", "varmix.pipeline.preflight"),
-    "verify-data": ("varmix.pipeline.verify",),
+    "verify-data": ("varmix.pipeline.deps", "varmix.pipeline.verify"),
 }
 ENTRY = ("varmix", "varmix.__main__")  # what `python -m varmix` executes before the command line
 CLI = "varmix.pipeline.cli"
@@ -100,13 +113,14 @@ def command_files(root: Path, cmd: str) -> list[str]:
     return sorted(str(p) for p in files)
 
 
-# ---- dvc.yaml: each stage's `- varmix/...` deps replaced by the generated list, the rest kept as written
+# ---- dvc.yaml: each stage's code dep is its record, code-records/<stage>.md5; the rest kept as written
+CODE_DIR = "code-records"
 _STAGE = re.compile(r"^  (?P<name>[\w-]+):\n(?P<body>(?:(?:    .*|\s*)\n)*)", re.M)
-_CODE_DEP = re.compile(r"^      - varmix/\S+\.py\n", re.M)
+_CODE_DEP = re.compile(rf"^      - (?:varmix/\S+\.py|{CODE_DIR}/\S+\.md5)\n", re.M)
 
 
 def stage_code_deps(root: Path, text: str) -> dict[str, list[str]]:
-    """{stage: generated code deps} for every stage of dvc.yaml's ``text`` that has a deps list."""
+    """{stage: the varmix files its command runs} for every stage of dvc.yaml's ``text`` that has a deps list."""
     out = {}
     for m in _STAGE.finditer(text):
         body = m["body"]
@@ -116,8 +130,52 @@ def stage_code_deps(root: Path, text: str) -> dict[str, list[str]]:
     return out
 
 
+def record_path(stage: str) -> str:
+    """The file that records the code ``stage`` runs (a matrix stage's runs share their base name's)."""
+    return f"{CODE_DIR}/{stage}.md5"
+
+
+def code_record(root: Path, files: list[str]) -> str:
+    """``files`` (paths under ``root``) with their md5, one ``<md5>  <path>`` line each: md5sum's format."""
+    return "".join(f"{hashlib.md5((root / f).read_bytes()).hexdigest()}  {f}\n" for f in sorted(files))
+
+
+def recorded_files(root: Path, stage: str) -> list[str]:
+    """The modules ``code-records/<stage>.md5`` lists ([] when it does not exist)."""
+    path = root / record_path(stage)
+    return [line.split("  ", 1)[1] for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def records(root: Path, text: str) -> dict[str, str]:
+    """{stage: what its ``code-records/<stage>.md5`` should hold now}, for every stage of dvc.yaml's ``text``."""
+    return {stage: code_record(root, files) for stage, files in stage_code_deps(root, text).items()}
+
+
+def stale_records(root: Path, text: str) -> dict[str, str]:
+    """{stage: its up-to-date record} for the stages of dvc.yaml's ``text`` whose ``code-records/<stage>.md5`` is
+    missing or differs from what the stage runs now."""
+    def held(stage: str) -> str | None:
+        path = root / record_path(stage)
+        return path.read_text() if path.is_file() else None
+    return {stage: record for stage, record in records(root, text).items() if held(stage) != record}
+
+
+def write_records(root: Path, text: str) -> list[str]:
+    """Write ``code-records/<stage>.md5`` for every stage of dvc.yaml's ``text`` whose record is out of date
+    (atomically; a record that is right keeps its bytes and its mtime, which DVC's hash cache reads);
+    returns those stages."""
+    stale = stale_records(root, text)
+    for stage, record in stale.items():
+        path = root / record_path(stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with io.atomic_path(path) as tmp:
+            tmp.write_text(record)
+    return sorted(stale)
+
+
 def render(root: Path, text: str) -> str:
-    """dvc.yaml's ``text`` with each stage's varmix code deps replaced by ``command_files``."""
+    """dvc.yaml's ``text`` with each stage's code dep (varmix modules, or a record) replaced by its record,
+    ``code-records/<stage>.md5``, last in its deps list."""
     deps = stage_code_deps(root, text)
 
     def stage(m: re.Match) -> str:
@@ -125,13 +183,13 @@ def render(root: Path, text: str) -> str:
             return m.group(0)
         body = _CODE_DEP.sub("", m["body"])
         listed = re.search(r"^    deps:\n((?:      - .*\n)*)", body, re.M)
-        lines = "".join(f"      - {f}\n" for f in deps[m["name"]])
-        return f"  {m['name']}:\n" + body[:listed.end()] + lines + body[listed.end():]
+        line = f"      - {record_path(m['name'])}\n"
+        return f"  {m['name']}:\n" + body[:listed.end()] + line + body[listed.end():]
     return _STAGE.sub(stage, text)
 
 
 def listed_code_deps(text: str) -> dict[str, list[str]]:
-    """{stage: the varmix deps dvc.yaml's ``text`` lists}, in the listed order."""
+    """{stage: the code deps dvc.yaml's ``text`` lists}, in the listed order."""
     return {m["name"]: [d.strip()[2:] for d in _CODE_DEP.findall(m["body"])]
             for m in _STAGE.finditer(text)}
 
