@@ -285,7 +285,10 @@ def start(profile: str | None = None, dataset: str | None = None, device: str | 
         torch.backends.mkldnn.enabled = params.selected.cpu_kernels != "portable"
         if params.selected.cpu_threads is not None:
             torch.set_num_threads(params.selected.cpu_threads)
-    torch.use_deterministic_algorithms(dev.type == "cpu", warn_only=True)
+    # torch.use_deterministic_algorithms(mode, warn_only=True) without its first line, which imports
+    # torch._inductor (dynamo, sympy: 1.3-1.8 s of every stage's start) to set the determinism of
+    # torch.compile's generated kernels; varmix never compiles. The flag itself is the same call.
+    torch._C._set_deterministic_algorithms(dev.type == "cpu", warn_only=True)
     os.environ.setdefault("TQDM_DISABLE", "1")
     pd.set_option("display.precision", 4)
     pd.set_option("display.max_columns", 30)
