@@ -343,3 +343,16 @@ def test_start_warns_when_torch_already_chose_avx512_kernels(monkeypatch):
         warnings.simplefilter("error")
         session._check_cpu_kernels("AVX2")
         session._check_cpu_kernels("DEFAULT")
+
+
+def test_the_command_line_keeps_jsonschema_from_building_rfc3987_syntaxs_grammar():
+    """`python -m varmix` (every stage's command) imports nbformat, hence jsonschema, which imports
+    rfc3987_syntax when installed: 1.4 s of lark grammar building (python -X importtime) for a string format
+    no notebook schema uses. The command line keeps it out; nbformat still validates notebooks."""
+    code = ("import sys\nfrom varmix.pipeline import cli\ncli.skip_slow_optional_imports()\n"
+            "import nbformat\nnb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('1')])\n"
+            "nbformat.validate(nb)\nbad = nbformat.v4.new_notebook()\nbad.cells = [{'cell_type': 'code'}]\n"
+            "try:\n    nbformat.validate(bad)\nexcept nbformat.ValidationError:\n    print('invalid found')\n"
+            "print(sys.modules.get('rfc3987_syntax', 'absent'), 'lark' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["invalid", "found", "None", "False"]
