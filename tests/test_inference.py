@@ -151,3 +151,37 @@ def test_copies_have_the_same_bits_on_avx2_and_avx512_cpus():
     assert _digests("avx512", "AVX2")[1:] == pinned[1:]
     plain = _digests("default", None)
     assert plain[1] == plain[2] and (plain[1] == pinned[1]) == (plain[3] == pinned[3])
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_session_loads_inference_copies_and_folds_by_the_setting(tmp_path, fold):
+    import yaml
+
+    from varmix.core.config import Params
+    from varmix.core.io import save_torch
+    from varmix.learn.train import MODEL_FORMAT
+    from varmix.pipeline import session
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "params.yaml")) as f:
+        raw = yaml.safe_load(f)
+    raw["profile"] = "smoke"
+    raw["profiles"]["smoke"]["eval"]["fold_batch_norm"] = fold
+    params = Params.from_dict(raw)
+    s = session.Session(params, session.Layout(tmp_path, "fashion-mnist", "smoke"), torch.device("cpu"))
+    model = trained_like("small_cnn")
+    build = {"arch": "small_cnn", "in_channels": 1, "num_classes": 10, "image_size": 28, "mean": [0.5], "std": [0.25]}
+    for arm in params.arms:  # one model for every arm of seed 0
+        s.layout.model_dir(arm, 0).mkdir(parents=True)
+        save_torch(s.layout.model_dir(arm, 0) / "model.pt", {"format": MODEL_FORMAT, "build": build,
+                                                             "state_dict": model.state_dict()})
+    loaded = s.load_models(0)["erm"]
+    assert not loaded.training and any(isinstance(m, MaxPool2x2) for m in loaded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules()) is not fold
+    x = images(8, 6)
+    with torch.no_grad():
+        want, got = model(x), loaded(x)
+    if fold:
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    else:
+        assert torch.equal(got, want)
