@@ -33,7 +33,7 @@ and writes about twice its tensors), an estimate. For the VAE, whose batch of 32
 the floor is the step's operator count (aten operators, counted with a dispatch mode) times the time of one
 small operator (an ``add`` of two 32-element tensors), measured in the same run.
 
-    python benchmarks/roofline.py                     # ~4 min on a 2-core EPYC
+    python benchmarks/roofline.py                     # 5-10 min on a 2-core EPYC (10 while shared)
     python benchmarks/roofline.py --out auto          # also writes benchmarks/results/roofline-cpu-<cpu>-<avx>-2threads.md
     python benchmarks/roofline.py --rounds 3 --quick  # smoke check: smaller batches, fewer repeats
 """
