@@ -17,11 +17,16 @@ rows run it. Per (arch, shape, method):
 
     python benchmarks/step_profile.py                                   # small_cnn and preact_resnet18, 3x32x32, erm
     python benchmarks/step_profile.py --archs small_cnn,resnet34 --shapes 1x28x28 --methods erm,varmixup
+    python benchmarks/step_profile.py --archs small_cnn --shapes 1x28x28 --portable --no-channels-last --threads 2
+
+``--portable``: the default profile's kernels (``cpu_kernels: portable``: oneDNN off, and AVX2 kernels as
+``session.CPU_KERNELS`` pins them), where the operators are ATen's own (``slow_conv2d`` and its backward).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -38,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))      # varmix, from
 import throughput  # noqa: E402
 
 from varmix.core import names
+from varmix.pipeline.session import CPU_KERNELS  # noqa: E402
 from varmix.learn.train import resolve_device  # noqa: E402
 
 # (part, pattern over the profiler's operator names), first match wins. Autograd's nodes
@@ -130,7 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="contiguous memory format (the trainer's default is channels_last)")
     p.add_argument("--threads", type=throughput.int_at_least(1), default=None, help="torch CPU threads")
+    p.add_argument("--portable", action="store_true",
+                   help="the portable kernels (oneDNN off, AVX2 kernels pinned), as the default profile runs")
     args = p.parse_args(argv)
+    if args.portable:  # before the first tensor operation, which fixes torch's kernel set (as session.start)
+        for key, value in CPU_KERNELS.items():
+            os.environ.setdefault(key, value)
+        torch.backends.mkldnn.enabled = False
     try:
         dev = resolve_device(args.device)
     except ValueError as exc:
@@ -147,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     peak = throughput.matmul_peak(dev, peak_dtype)
     print(f"# varmix step profile: torch {torch.__version__}, device {dev}, {torch.get_num_threads()} CPU threads, "
           f"batch {args.batch_size}, {args.steps} profiled step(s) after {args.warmup} warm-up, {args.optimizer}, "
-          f"channels_last {args.channels_last}, bf16 autocast {dev.type == 'cuda'}")
+          f"channels_last {args.channels_last}, bf16 autocast {dev.type == 'cuda'}"
+          + (", portable kernels (oneDNN off, ATEN_CPU_CAPABILITY=avx2)" if args.portable else ""))
     print(f"peak: a large matmul runs at {peak:,.0f} GFLOP/s in {str(peak_dtype).removeprefix('torch.')} on {dev}")
     print()
     rows, notes = [], []

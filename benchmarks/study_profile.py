@@ -386,12 +386,30 @@ def cpu_name() -> tuple[str, bool]:
     return (name[1].strip() if name else platform.machine()), bool(re.search(r"\bavx512f\b", info))
 
 
-def results_path(cpu: str, avx512: bool, threads: int) -> Path:
-    """benchmarks/results/study-profile-<machine>.md, named as the other CPU results there
+def results_path(cpu: str, avx512: bool, threads: int, kind: str = "study-profile") -> Path:
+    """benchmarks/results/<kind>-<machine>.md, named as the other CPU results there
     (e.g. cpu-amd-epyc-avx2-2threads.md): the CPU's name in lower case, its widest vector unit, the threads."""
     slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\(r\)|\(tm\)|processor|\d+-core", "", cpu.lower())).strip("-")
     vector = "avx512" if avx512 else "avx2"
-    return ROOT / "benchmarks" / "results" / f"study-profile-cpu-{slug}-{vector}-{threads}threads.md"
+    return ROOT / "benchmarks" / "results" / f"{kind}-cpu-{slug}-{vector}-{threads}threads.md"
+
+
+def add_out_option(p: argparse.ArgumentParser, kind: str) -> None:
+    """``--out FILE|auto``: also write the output as markdown (auto: :func:`results_path` for ``kind``)."""
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"also write the output as markdown to this file (auto: benchmarks/results/"
+                        f"{kind}-cpu-<cpu>-<avx2|avx512>-<threads>threads.md)")
+
+
+def write_out(text: str, out: Path | None, threads: int, kind: str) -> None:
+    """Write ``text`` to ``out`` (``auto``: this machine's :func:`results_path` for ``kind``); None: nowhere."""
+    if out is None:
+        return
+    if str(out) == "auto":
+        out = results_path(*cpu_name(), threads, kind)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"written: {out}")
 
 
 def notes(f: dict[str, float], params: config.Params, peak_line: str, study: float) -> list[str]:
@@ -438,9 +456,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="GFLOP/s to compare with, instead of measuring the matmul peak")
     p.add_argument("--threads", type=int, default=2, help="torch threads for the peak (the study's: 2)")
     p.add_argument("--timings", type=Path, default=TIMINGS, help="the committed timings folder")
-    p.add_argument("--out", type=Path, default=None,
-                   help="also write the table as markdown to this file (auto: benchmarks/results/"
-                        "study-profile-cpu-<cpu>-<avx2|avx512>-<threads>threads.md)")
+    add_out_option(p, "study-profile")
     return p
 
 
@@ -479,11 +495,7 @@ def main(argv: list[str] | None = None) -> int:
                       markdown(rows, chapters, over, len(stages), args.study_seconds, peak), "",
                       *notes(f, params, peak_line, args.study_seconds), ""])
     print(text)
-    if args.out is not None:
-        out = results_path(name, avx512, args.threads) if str(args.out) == "auto" else args.out
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        print(f"written: {out}")
+    write_out(text, args.out, args.threads, "study-profile")
     return 0
 
 

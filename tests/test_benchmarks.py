@@ -194,3 +194,47 @@ def test_table_gives_the_overhead_beside_the_own_wall(stage_overhead):
     row = next(line for line in table.splitlines() if line.startswith("| report"))
     assert row == "| report | 3.20 | 1.50 | 16.00 | 0.50 | 3.80 | 9.70 | 6.30 | 25.00 | 15.30 |"
     assert "| site | 3.20 | 1.50 | 16.00 | 0.50 | 3.80 | — | — | 25.00 | 25.00 |" in table
+
+
+@pytest.fixture(scope="module")
+def roofline():
+    import os
+
+    env = dict(os.environ)  # roofline.py pins the pipeline's kernels in os.environ at import: not for the others
+    try:
+        return _load("roofline")
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+
+
+def test_roofline_adds_its_layers_bounds(roofline):
+    # 1 GFLOP/s peak, 1 GB/s: a layer of 2 MFLOP moving 1 MB takes 2 ms (compute-bound), one moving 3 MB (and
+    # 1 MB more of im2col) 3 ms (4 ms) (memory-bound); a folded batch norm drops out with its bytes
+    conv = roofline.Layer("stages.0.0 Conv2d", (1,), 2e6, 1e6, 0.0, 1.0)
+    conv2 = roofline.Layer("stages.1.0 Conv2d", (1,), 2e6, 3e6, 1e6, 1.0)
+    bn = roofline.Layer("stages.0.1 BatchNorm2d", (1,), 0.0, 2e6, 0.0, 1.0)
+    assert conv.bound(1.0, 1.0) == pytest.approx(2e-3) and conv2.bound(1.0, 1.0, True) == pytest.approx(4e-3)
+    assert roofline.model_bound([conv, conv2, bn], 1.0, 1.0, False) == pytest.approx(4e6 / 7e-3 / 1e9)
+    assert roofline.model_bound([conv, conv2, bn], 1.0, 1.0, True, skip=("BatchNorm2d",)) == pytest.approx(4e6 / 6e-3 / 1e9)
+
+
+def test_roofline_layers_and_relu_after_pool(roofline):
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    model = roofline.classifier(gen)
+    x = torch.rand(4, 1, 28, 28, generator=gen)
+    layers = roofline.layers_of(model, x, 1)
+    assert [layer.name for layer in layers][:4] == ["stages.0.0 Conv2d", "stages.0.1 BatchNorm2d",
+                                                   "stages.0.2 ReLU", "stages.0.3 MaxPool2d"]
+    assert layers[0].flops == 2 * 4 * 32 * 28 * 28 * 9 and layers[0].im2col == 2 * 4 * 4 * 9 * 28 * 28
+    swapped = roofline.relu_after_pool(model)
+    assert [type(m).__name__ for m in swapped.stages[0]] == ["Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU"]
+    with torch.no_grad():
+        assert torch.equal(swapped(x), model(x))
+
+
+def test_results_are_named_for_the_machine():
+    study_profile = _load("study_profile")
+    assert study_profile.results_path("AMD EPYC", True, 2, "roofline").name == "roofline-cpu-amd-epyc-avx512-2threads.md"

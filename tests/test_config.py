@@ -191,6 +191,8 @@ def edit(raw, path, value):
      "profiles.default.eval.linearity_step_factor = 0.0 is invalid: expected a number > 0"),
     (("profiles", "smoke", "eval", "linearity_clip"), "yes",
      "profiles.smoke.eval.linearity_clip = 'yes' is invalid: expected true or false"),
+    (("profiles", "default", "eval", "fold_batch_norm"), "on",
+     "profiles.default.eval.fold_batch_norm = 'on' is invalid: expected true or false"),
     (("profiles", "smoke", "eval", "linearity_steps"), 0,
      "profiles.smoke.eval.linearity_steps = 0 is invalid: expected an integer >= 1"),
     # a scalar where a list belongs, a non-name among the arms, no profile at all

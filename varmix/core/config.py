@@ -283,6 +283,10 @@ class EvalConfig(_Section):
     autoattack_eps: number_in(0, 255, lo_open=True) = 8.0
     autoattack_images: int_in(0, MAX_SUBSET) = 100
     autoattack_version: one_of(AUTOATTACK_VERSIONS) = "standard"
+    # the evaluation chapters' classifiers with eval-mode batch norm folded into the convolution before it
+    # (varmix.learn.inference; pipeline.Session.load_models): the same function, faster with the portable kernels
+    # (docs/benchmarks.md), but not the same bits as the unfolded model, so off until the study is regenerated
+    fold_batch_norm: BOOL = False
 
 
 @dataclass(frozen=True)

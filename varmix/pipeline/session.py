@@ -172,11 +172,15 @@ class Session:
 
     def load_models(self, seed: int) -> dict[str, torch.nn.Module]:
         """The trained classifier for ``seed`` of every arm trained with it, in params.yaml's order, on the
-        device."""
+        device, as ``varmix.learn.inference.inference_copy`` makes them (eval mode, the same bits, faster with
+        the portable kernels); with the profile's ``eval.fold_batch_norm`` on, batch norm folded into the
+        convolutions (other last digits): for inference and input gradients, not for training."""
+        from varmix.learn.inference import inference_copy
         from varmix.learn.train import load_classifier
 
-        return {a: load_classifier(self.layout.model_dir(a, seed), self.device) for a in self.params.arms
-                if seed in self.params.seeds_of(a)}
+        fold = self.params.eval.fold_batch_norm
+        return {a: inference_copy(load_classifier(self.layout.model_dir(a, seed), self.device), fold)
+                for a in self.params.arms if seed in self.params.seeds_of(a)}
 
     def eval_set(self, d: data.ImageData) -> tuple[torch.Tensor, torch.Tensor]:
         """The test images (uint8) and labels the evaluation chapters use: the first ``eval.test_subset``."""
