@@ -12,7 +12,7 @@ are whole numbers on the axis. Figures meant to span the results site's page are
 from __future__ import annotations
 
 import zlib
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -113,9 +113,10 @@ def _mean_band(ax, table: pd.DataFrame, x: str, y: str, arm: str = "arm", spread
                             linewidth=0, label=f"_band {a}")
 
 
-def _integer_ticks(ax, axis: str = "x") -> None:
-    """Whole-number ticks only (epochs, severities): never 1.5 or 2.5."""
-    (ax.xaxis if axis == "x" else ax.yaxis).set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+def _integer_ticks(ax) -> None:
+    """Whole-number ticks only on the x axis (epochs, severities): never 1.5 or 2.5, and a tick at the one
+    epoch of a one-epoch run (min_n_ticks=1; MaxNLocator's default of 2 falls back to fractions there)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def _to_image(x: torch.Tensor) -> np.ndarray:
