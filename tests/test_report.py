@@ -88,9 +88,9 @@ def test_forest_plot_one_panel_per_claim_one_row_per_pair():
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     top = fig.axes[0]
     top_down = sorted(top.get_yticklabels(), key=lambda t: -t.get_position()[1])
-    assert [t.get_text() for t in top_down] == [  # the table's order, read from the top
-        "varmixup_full vs mixup_half", "varmixup_full vs erm", "varmixup_full vs cutmix"]
-    assert top.get_title() == "1. robustness"
+    assert [t.get_text() for t in top_down] == [  # the table's order, read from the top, in display names
+        "VarMixup (full) vs Mixup (half)", "VarMixup (full) vs ERM", "VarMixup (full) vs CutMix"]
+    assert top.get_title(loc="left") == "1. robustness"
     assert top.get_xlabel() == "difference (positive = paper's direction), %"
     points = [l for l in top.get_lines() if l.get_marker() == "o"]
     assert sorted(float(l.get_xdata()[0]) for l in points) == pytest.approx(sorted(table["diff"].iloc[:2] * 100))

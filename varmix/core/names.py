@@ -18,7 +18,21 @@ METHODS = VICINAL_METHODS + ADVERSARIAL_METHODS
 VAE_METHODS = ("mixup_r", "varmixup")
 # how figures and tables name the vicinal methods (others by their own name)
 METHOD_LABELS = {"erm": "ERM", "mixup": "Mixup", "mixup_r": "Mixup-R", "manifold_mixup": "Manifold Mixup",
-                 "cutmix": "CutMix", "varmixup": "VarMixup"}  # the methods that need the frozen VAE
+                 "cutmix": "CutMix", "varmixup": "VarMixup"}
+# One display name per arm of params.yaml's arm_settings, the one every figure uses (varmix.study.figures): the
+# method's name, with "(half)" / "(full)" where the same method runs at both shares of mixed batches (mixup and
+# mixup_r_full mix every batch, mixup_r and varmixup half of them: params.yaml), and the rivals as the paper names
+# them. An arm not listed here is shown by its own name (arm_label).
+ARM_LABELS = {**METHOD_LABELS, "mixup_half": "Mixup (half)", "mixup_r": "Mixup-R (half)",
+              "mixup_r_full": "Mixup-R (full)", "varmixup": "VarMixup (half)", "varmixup_full": "VarMixup (full)",
+              "at": "AT", "trades": "TRADES", "iat": "IAT", "adv_varmixup": "adv-VarMixup"}
+
+
+def arm_label(arm: str) -> str:
+    """An arm's display name (ARM_LABELS), or the arm's own name for an arm that has none."""
+    if not isinstance(arm, str):
+        raise ValueError(f"arm = {arm!r}: expected an arm's name (a string)")
+    return ARM_LABELS.get(arm, arm)
 ARCHS = ("small_cnn", "preact_resnet18", "resnet34")
 # Mixable layers per architecture for manifold mixup: the input + one per stage (varmix.learn.models builds them).
 NUM_MIX_LAYERS = {"small_cnn": 4, "preact_resnet18": 5, "resnet34": 5}

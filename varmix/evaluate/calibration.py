@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from varmix.core.names import METHOD_LABELS
+from varmix.core.names import arm_label
 
 __all__ = [
     "REGIME_TOL", "accuracy", "apply_temperature", "bin_edges", "brier", "calibration_metrics", "conf_correct",
@@ -466,7 +466,8 @@ def regime(overconfidence: float, tol: float = REGIME_TOL) -> str:
 
 
 def reliability_grid(logits: Mapping[str, Any], labels: Any, n_bins: int = 15):
-    """One Guo et al. reliability diagram per method, side by side (``logits``: {method: [N, K]})."""
+    """One Guo et al. reliability diagram per arm, side by side (``logits``: {arm: [N, K]}), titled with the
+    arm's display name (``varmix.core.names.arm_label``, as every figure names it)."""
     from matplotlib.figure import Figure
 
     methods = list(logits)
@@ -478,5 +479,5 @@ def reliability_grid(logits: Mapping[str, Any], labels: Any, n_bins: int = 15):
         panel = sub[k // cols, k % cols]
         gs = panel.add_gridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
         reliability_diagram(logits[m], labels, n_bins=n_bins, ax=(panel.add_subplot(gs[0]), panel.add_subplot(gs[1])),
-                            title=METHOD_LABELS.get(m, m))
+                            title=arm_label(m))
     return fig
