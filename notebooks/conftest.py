@@ -1,6 +1,6 @@
-"""nbval runs notebooks/ in order with their defaults (the smoke profile). 02_train trains every arm,
-adv_varmixup included, whose VAE is the vae_adversarial stage's (01_vae with vae = adversarial), which
-no notebook's defaults produce: train it once, into the same VARMIX_WORKDIR, before 02_train's first
+"""nbval runs notebooks/ in order with their defaults (the smoke profile). 02_train trains every arm and
+seed, with the VAE of every VAE seed (01_vae's defaults train the first) and adv_varmixup's adversarial
+VAE (01_vae with vae = adversarial), which no notebook's defaults produce: train them once, into the same VARMIX_WORKDIR, before 02_train's first
 cell, as dvc.yaml orders the stages (and as `make notebooks`, runner.refresh_notebooks, does)."""
 from __future__ import annotations
 
@@ -12,5 +12,5 @@ def pytest_runtest_setup(item):
     if not _done and item.path.name == "02_train.ipynb":
         from varmix.pipeline import runner
 
-        runner.train_adversarial_vae_for_nbval()
+        runner.train_vaes_for_nbval()
         _done = True

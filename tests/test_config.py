@@ -66,6 +66,28 @@ def test_rival_arms_are_trained_with_their_own_seeds():
     assert q.rival_arms == () and q.arms == p.arms[:9] and len(q.runs) == 45
 
 
+def test_each_seed_mixes_with_one_vae_seed():
+    """Classifier seed s uses VAE seed vae_seeds[s % len(vae_seeds)] (every arm of s the same VAE), by the
+    seed's value, so a run's VAE does not move when seeds are added or left out."""
+    p = config.load_params(ROOT / "params.yaml")
+    assert p.vae_seeds == (0, 1, 2)
+    assert [p.vae_seed_of(s) for s in p.seeds] == [0, 1, 2, 0, 1]
+    q = config.Params.from_dict({**copy.deepcopy(RAW), "vae_seeds": [7, 3], "seeds": [3, 4], "rival_seeds": [3]})
+    assert [q.vae_seed_of(s) for s in q.seeds] == [3, 7] and q.vae_seed_of(3) == names.vae_seed_of(3, [7, 3])
+    raw = copy.deepcopy(RAW)
+    del raw["vae_seeds"]  # without vae_seeds: one VAE, seed 0, for every seed
+    assert config.Params.from_dict(raw).vae_seeds == (0,)
+    with pytest.raises(ValueError, match=r"vae_seeds is empty"):
+        names.vae_seed_of(0, [])
+    with pytest.raises(ValueError, match=r"seed = -1 is invalid"):
+        names.vae_seed_of(-1, [0])
+    assert names.vae_name("plain", 2) == "vae/s2" and names.vae_name("adversarial") == "vae_adversarial"
+    with pytest.raises(ValueError, match=r"vae seed = None is invalid"):
+        names.vae_name("plain")
+    with pytest.raises(ValueError, match=r"vae seed = 1 for the adversarial VAE"):
+        names.vae_name("adversarial", 1)
+
+
 def test_arms_resolve_to_a_method_and_its_settings():
     p = config.load_params(ROOT / "params.yaml")
     assert len(p.arms) >= 9 and len(p.seeds) >= 5  # the deciding study (issue 11)
@@ -152,6 +174,10 @@ def edit(raw, path, value):
     (("rival_seeds",), [0, 7], "rival_seeds = [0, 7] is invalid: expected seeds among seeds [0, 1, 2, 3, 4]"),
     (("rival_seeds",), [0, 0], "rival_seeds = [0, 0] is invalid: expected each seed at most once"),
     (("rival_seeds",), [], "rival_seeds = [] is invalid: expected a non-empty list"),
+    (("vae_seeds",), [], "vae_seeds = [] is invalid: expected a non-empty list"),
+    (("vae_seeds",), 0, "vae_seeds = 0 is invalid: expected a non-empty list"),
+    (("vae_seeds",), [0, 0], "vae_seeds = [0, 0] is invalid: expected each VAE seed at most once"),
+    (("vae_seeds",), [0, -1], "vae_seeds[1] = -1 is invalid: expected an integer"),
     (("profiles", "smoke", "train", "schedule"), "linear",
      "profiles.smoke.train.schedule = 'linear' is invalid: expected one of constant, step, cosine"),
     (("profiles", "smoke", "train", "milestones"), [1],

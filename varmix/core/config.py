@@ -48,6 +48,7 @@ from varmix.core.names import (
     VAE_KINDS,
     VAE_METHODS,
     check_vae_kind,
+    vae_seed_of,
 )
 
 # Upper bounds: far above any setting that makes sense on today's hardware, low enough that a typo (an
@@ -423,6 +424,9 @@ class Params(_Section):
                            mapping_of("a mapping of arm -> list of rival arms")] = field(default_factory=dict)
     rival_arms: list_of(ARM, each="arm", empty_ok=True) = ()  # the arms of ``arms`` trained with rival_seeds only
     rival_seeds: _SEEDS = ()     # a subset of seeds holding seeds[0]
+    # the plain VAE's seeds (dvc.yaml's vae matrix: one VAE per seed); classifier seed s mixes with the VAE
+    # of vae_seed_of(s) = vae_seeds[s % len(vae_seeds)], so the intervals carry the VAE's variance
+    vae_seeds: list_of(int_in(0, MAX_SEED), each="VAE seed") = (0,)
     report: ReportConfig = field(default_factory=ReportConfig)
 
     def seeds_of(self, arm: str) -> tuple[int, ...]:
@@ -430,6 +434,11 @@ class Params(_Section):
         if arm not in self.arms:
             raise ValueError(f"arm = {arm!r} is not in params.yaml's arms or rival_arms ({', '.join(self.arms)})")
         return self.rival_seeds if arm in self.rival_arms else self.seeds
+
+    def vae_seed_of(self, seed: int) -> int:
+        """The VAE seed classifier seed ``seed`` mixes with (:func:`varmix.core.names.vae_seed_of` over
+        ``vae_seeds``): every arm of one seed shares one VAE, the seeds spread over the VAE seeds."""
+        return vae_seed_of(seed, self.vae_seeds)
 
     @property
     def runs(self) -> tuple[tuple[str, int], ...]:
@@ -501,7 +510,7 @@ class Params(_Section):
     @classmethod
     def _check_keys(cls, d: Any) -> Any:  # instead of _Section's: the top level words its errors its own way
         top = ("profile", "dataset", "data_dir", "raw_dir", "arms", "arm_settings", "comparisons", "seeds",
-               "rival_arms", "rival_seeds", "report", "profiles")
+               "rival_arms", "rival_seeds", "vae_seeds", "report", "profiles")
         if not isinstance(d, Mapping):
             raise worded(f"expected a mapping at the top level, got {type(d).__name__}")
         if "methods" in d:
@@ -511,7 +520,7 @@ class Params(_Section):
         if unknown:
             raise worded(f"unknown key {unknown[0]}; allowed top-level keys: {', '.join(top)}")
         optional = {"data_dir": "data", "raw_dir": None, "arm_settings": {}, "comparisons": {}, "rival_arms": [],
-                    "rival_seeds": d.get("seeds"), "report": {}}  # null: these defaults
+                    "rival_seeds": d.get("seeds"), "vae_seeds": [0], "report": {}}  # null: these defaults
         return {**d, **{k: v for k, v in optional.items() if d.get(k) is None and (k != "data_dir" or k not in d)}}
 
     @model_validator(mode="after")

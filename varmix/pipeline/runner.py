@@ -237,17 +237,20 @@ class NotebookRun:
 
 
 def run_notebook(name: str, profile: str | None = None, dataset: str | None = None,
-                 arm: str | None = None, seed: int | None = None, vae: str | None = None) -> Path:
+                 arm: str | None = None, seed: int | None = None, vae: str | None = None,
+                 vae_seed: int | None = None) -> Path:
     """Execute ``notebooks/<name>.ipynb`` with papermill (a dvc.yaml stage) and write it, cleaned, to
     ``results/<dataset>/<profile>/notebooks/<name>[-<arm>-s<seed>].ipynb`` (01_vae with ``vae`` =
-    adversarial: ``01_vae-adversarial.ipynb``, the vae_adversarial stage). Parameters are checked
+    adversarial: ``01_vae-adversarial.ipynb``, the vae_adversarial stage; with ``vae_seed`` = k:
+    ``01_vae-s<k>.ipynb``, the vae@k stage). Parameters are checked
     before the kernel starts (``prepare``); a cell that raises fails the run, writes nothing to the output and
     leaves the executed notebook at ``failed_path(out)`` (see ``_execute``)."""
-    return execute(prepare(name, profile, dataset, arm, seed, vae))
+    return execute(prepare(name, profile, dataset, arm, seed, vae, vae_seed))
 
 
 def prepare(name: str, profile: str | None = None, dataset: str | None = None,
-            arm: str | None = None, seed: int | None = None, vae: str | None = None) -> NotebookRun:
+            arm: str | None = None, seed: int | None = None, vae: str | None = None,
+            vae_seed: int | None = None) -> NotebookRun:
     """Every check ``run_notebook`` makes before the kernel starts (the notebook, its arguments, params.yaml,
     writable output folders), writing nothing; the command line runs it inside ``preflight.guard``."""
     if name not in NOTEBOOKS:
@@ -258,9 +261,14 @@ def prepare(name: str, profile: str | None = None, dataset: str | None = None,
     if vae is not None and (name != "01_vae" or vae not in names.VAE_KINDS):
         raise ValueError(f"vae = {vae!r} goes only with 01_vae and is one of {', '.join(names.VAE_KINDS)} (got "
                          f"it for {name})")
+    if vae_seed is not None and (name != "01_vae" or vae not in (None, "plain")):
+        raise ValueError(f"vae_seed = {vae_seed!r} goes only with 01_vae's plain VAE (got it for {name}"
+                         f"{'' if vae in (None, 'plain') else ' with vae ' + vae})")
     params, layout = resolve(profile, dataset)  # validates params.yaml with these overrides
     if arm is not None:
         Session(params, layout, None).runs(arm, seed)  # names must be among params.yaml's lists
+    if vae_seed is not None:
+        Session(params, layout, None).vae_seed(vae_seed)  # one of params.yaml's vae_seeds
     parameters: dict[str, Any] = {"profile": params.profile, "dataset": params.dataset}
     out_name = name
     if arm is not None:
@@ -269,10 +277,14 @@ def prepare(name: str, profile: str | None = None, dataset: str | None = None,
     if vae not in (None, "plain"):
         parameters["vae_kind"] = vae
         out_name = f"{name}-{vae}"
+    if vae_seed is not None:
+        parameters["vae_seed"] = vae_seed
+        out_name = f"{name}-s{vae_seed}"
     for folder in (layout.results, layout.runs):
         _check_writable(folder)
     label = name if arm is None else f"{name} (arm {arm}, seed {seed})"
     label += "" if vae in (None, "plain") else f" (vae {vae})"
+    label += "" if vae_seed is None else f" (vae seed {vae_seed})"
     lock = layout.root / "runs" / "tmp" / "locks" / f"{params.dataset}-{params.profile}-{out_name}.lock"
     return NotebookRun(name, layout.notebook(out_name), parameters, label, lock, params)
 
@@ -323,12 +335,15 @@ def _check_writable(folder: Path) -> None:
                                f"{WORKDIR_ENV} to write runs/ and results/ elsewhere") from None
 
 
-def train_adversarial_vae_for_nbval() -> Path:
-    """The smoke profile's adversarial VAE (the vae_adversarial stage: 01_vae with ``vae = adversarial``),
-    which 02_train's adv_varmixup arm needs, written where the notebooks' runs go (VARMIX_WORKDIR). nbval
-    and ``refresh_notebooks`` run notebooks/ with their defaults, i.e. the plain VAE only, so both call this
-    after 01_vae (notebooks/conftest.py for nbval), as dvc.yaml orders the stages."""
-    return run_notebook("01_vae", "smoke", vae="adversarial")
+def train_vaes_for_nbval() -> list[Path]:
+    """The smoke profile's VAEs that 02_train needs beyond the one 01_vae's defaults train (the first of
+    vae_seeds): the plain VAE of every other VAE seed (the vae@<k> stages) and the adversarial VAE (the
+    vae_adversarial stage, adv_varmixup's), written where the notebooks' runs go (VARMIX_WORKDIR). nbval
+    runs each notebook once with its defaults, so they are trained here, after 01_vae (notebooks/conftest.py
+    for nbval), as dvc.yaml orders the stages."""
+    params, _ = resolve("smoke", None)
+    return [*(run_notebook("01_vae", "smoke", vae_seed=k) for k in params.vae_seeds[1:]),
+            run_notebook("01_vae", "smoke", vae="adversarial")]
 
 
 def refresh_notebooks(names: tuple[str, ...] = NOTEBOOKS) -> None:
@@ -346,7 +361,7 @@ def refresh_notebooks(names: tuple[str, ...] = NOTEBOOKS) -> None:
                 print(f"executing {path.relative_to(root)}", flush=True)
                 _execute(path, path, None)
                 if name == "01_vae":
-                    train_adversarial_vae_for_nbval()
+                    train_vaes_for_nbval()
         finally:
             if old is None:
                 os.environ.pop(WORKDIR_ENV, None)
