@@ -88,6 +88,30 @@ def test_each_seed_mixes_with_one_vae_seed():
         names.vae_name("adversarial", 1)
 
 
+def test_the_regime_chapter_trains_its_arms_longer(tmp_path):
+    """regime_arms x regime_seeds with the profile's regime budget (every arm the same epochs), the recipe
+    otherwise the study's; its pairs are the report's comparisons among them."""
+    p = config.load_params(ROOT / "params.yaml")
+    assert p.regime_arms == ("erm", "mixup", "mixup_half", "varmixup") and len(p.regime_seeds) >= 3
+    assert p.regime_pairs == (("varmixup", "mixup"), ("varmixup", "mixup_half"), ("varmixup", "erm"))
+    budget, study = p.regime, p.run_settings("varmixup")
+    r = p.regime_run_settings("varmixup")
+    assert (r.epochs, r.train.train_subset) == (budget.epochs, budget.train_subset)
+    assert budget.epochs * budget.train_subset >= 5 * study.epochs * study.train.train_subset  # >= 5x the study's
+    assert (r.method, r.mix_prob, r.alpha, r.train.lr, r.train.arch) == (
+        study.method, study.mix_prob, study.alpha, study.train.lr, study.train.arch)
+    with pytest.raises(ValueError, match=r"arm = 'cutmix' is not in params.yaml's regime_arms"):
+        p.regime_run_settings("cutmix")
+    raw = copy.deepcopy(RAW)
+    del raw["profiles"]["smoke"]["regime"]
+    with pytest.raises(errors.ConfigError, match=r"profiles.smoke.regime is not set, but regime_arms lists erm"):
+        load(tmp_path, {**raw, "profile": "smoke"})
+    raw = copy.deepcopy(RAW)
+    del raw["regime_arms"]
+    with pytest.raises(errors.ConfigError, match=r"regime_arms"):
+        load(tmp_path, raw)
+
+
 def test_arms_resolve_to_a_method_and_its_settings():
     p = config.load_params(ROOT / "params.yaml")
     assert len(p.arms) >= 9 and len(p.seeds) >= 5  # the deciding study (issue 11)
@@ -104,7 +128,7 @@ def test_arms_resolve_to_a_method_and_its_settings():
     # the other settings are the profile's, whatever the arm
     assert p.run_settings("mixup_half").train == p.train
     # an arm named after a method needs no declaration (the old per-method names)
-    raw = edit(RAW, ("arms",), ["erm", "mixup"])
+    raw = edit(edit(RAW, ("arms",), ["erm", "mixup"]), ("regime_arms",), ["erm", "mixup"])
     for key in ("arm_settings", "comparisons", "rival_arms"):
         raw.pop(key)
     q = config.Params.from_dict(raw)
@@ -178,6 +202,11 @@ def edit(raw, path, value):
     (("vae_seeds",), 0, "vae_seeds = 0 is invalid: expected a non-empty list"),
     (("vae_seeds",), [0, 0], "vae_seeds = [0, 0] is invalid: expected each VAE seed at most once"),
     (("vae_seeds",), [0, -1], "vae_seeds[1] = -1 is invalid: expected an integer"),
+    (("regime_arms",), [], "regime_arms = [] is invalid: expected a non-empty list"),
+    (("regime_arms",), ["erm", "bogus"], "regime_arms[1] = 'bogus' is invalid: expected an arm declared in arm_settings"),
+    (("regime_seeds",), [0], "regime_seeds = [0] is invalid: expected at least 2 seeds"),
+    (("profiles", "smoke", "regime", "epochs"), 0, "profiles.smoke.regime.epochs = 0 is invalid"),
+    (("profiles", "smoke", "regime", "train_subset"), 0, "profiles.smoke.regime.train_subset = 0 is invalid"),
     (("profiles", "smoke", "train", "schedule"), "linear",
      "profiles.smoke.train.schedule = 'linear' is invalid: expected one of constant, step, cosine"),
     (("profiles", "smoke", "train", "milestones"), [1],

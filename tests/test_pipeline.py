@@ -91,6 +91,16 @@ def test_dvc_outputs_are_the_layouts_paths(layout):
         assert _paths(st["plots"]) == [_rel(layout.plot_data(f"train-{name}"))]
         assert f"--arm {m} --seed {sd}" in st["cmd"]
         assert f"arm_settings.{m}" in st["params"]  # an arm's stage depends on its own settings only
+    for m, sd in params.regime_runs:  # the regime chapter's runs: apart from models/, named regime_<arm>-s<seed>
+        st, name = stages[f"train_regime@{m}-{sd}"], names.regime_run_name(m, sd)
+        assert _paths(st["outs"]) == [_rel(layout.regime_model_dir(m, sd)), _rel(layout.notebook(f"02_train-{name}")),
+                                      _rel(layout.metrics(f"train-{name}"))]
+        assert _paths(st["plots"]) == [_rel(layout.plot_data(f"train-{name}"))]
+        assert st["cmd"].endswith(f"--arm {m} --seed {sd} --regime")
+        assert f"profiles.default.regime" in st["params"] and layout.regime_model_dir(m, sd).parent != layout.model_dir(m, sd).parent
+    assert _paths(stages["regime"]["outs"]) == [_rel(layout.notebook("08_regime")), _rel(layout.metrics("regime"))]
+    assert {_rel(layout.runs / "regime"), _rel(layout.metrics("report")), _rel(layout.per_image("logits"))} <= set(
+        stages["regime"]["deps"])
     assert _rel(layout.metrics("corruptions")) in _paths(stages["corruptions"]["outs"])
     assert _rel(layout.per_image("corruptions")) in _paths(stages["corruptions"]["outs"])
     assert _rel(layout.per_image("logits")) in _paths(stages["calibration"]["outs"])
@@ -190,6 +200,12 @@ def test_run_notebook_checks_arguments_before_any_kernel():
         runner.run_notebook("01_vae", "smoke", vae="adversarial", vae_seed=1)
     run = runner.prepare("01_vae", "smoke", vae_seed=2)
     assert run.out.name == "01_vae-s2.ipynb" and run.parameters["vae_seed"] == 2
+    run = runner.prepare("02_train", "smoke", arm="varmixup", seed=1, regime=True)
+    assert run.out.name == "02_train-regime_varmixup-s1.ipynb" and run.parameters["regime"] is True
+    with pytest.raises(ValueError, match=r"arm = 'cutmix' is not in params.yaml's regime_arms"):
+        runner.prepare("02_train", "smoke", arm="cutmix", seed=0, regime=True)
+    with pytest.raises(ValueError, match=r"regime goes with 02_train and an arm and seed"):
+        runner.prepare("08_regime", "smoke", regime=True)
 
 
 def test_each_vae_kind_has_its_folder_metrics_and_stage(layout):

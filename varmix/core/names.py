@@ -94,6 +94,16 @@ def run_name(arm: str, seed: int) -> str:
     return f"{arm}-s{seed}"
 
 
+# the regime chapter's runs (08_regime: the primary pair's arms trained longer) are named after their arm with
+# this prefix, so their notebooks, metrics and plot data sit beside the study's runs without meeting them
+REGIME_PREFIX = "regime_"
+
+
+def regime_run_name(arm: str, seed: int) -> str:
+    """The name of one run of the regime chapter: ``regime_<arm>-s<seed>`` (metrics, plot data, notebook)."""
+    return run_name(f"{REGIME_PREFIX}{arm}", seed)
+
+
 RUN_NAME = re.compile(r"^(?P<arm>[a-z][a-z0-9_]*)-s(?P<seed>\d+)$")
 
 

@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     nb.add_argument("--vae", default=None, help="01_vae only: plain (default) | adversarial (adv-VarMixup's VAE)")
     nb.add_argument("--vae-seed", type=int, default=None,
                     help="01_vae's plain VAE only: its seed, one of params.yaml's vae_seeds (default: the first)")
+    nb.add_argument("--regime", action="store_true",
+                    help="02_train only: train the run with the profile's regime budget (regime_arms x regime_seeds)")
     ref = sub.add_parser("refresh-notebooks", help="re-execute notebooks/ in place (smoke): nbval's reference outputs")
     ref.add_argument("names", nargs="*", help="notebook names (default: all, in order)")
     site = sub.add_parser("site", help="build the static HTML results site from results/<dataset>/<profile>/ "
@@ -121,7 +123,7 @@ def _run(args: argparse.Namespace) -> int:
 
             run = preflight.guard(project_root(), lambda: runner.prepare(args.name, args.profile, args.dataset,
                                                                           args.arm, args.seed, args.vae,
-                                                                          args.vae_seed),
+                                                                          args.vae_seed, args.regime),
                                   data_of=lambda run: run.params)
             print(f"wrote {runner.execute(run)}")
         else:

@@ -68,6 +68,11 @@ class Layout:
     def model_dir(self, arm: str, seed: int) -> Path:
         return self.runs / "models" / run_name(arm, seed)
 
+    def regime_model_dir(self, arm: str, seed: int) -> Path:
+        """A run of the regime chapter (08_regime): apart from ``models/``, which the study's chapters depend
+        on as a whole, so the longer runs never re-run them."""
+        return self.runs / "regime" / run_name(arm, seed)
+
     def notebook(self, name: str) -> Path:
         return self.results / "notebooks" / f"{name}.ipynb"
 
@@ -193,6 +198,16 @@ class Session:
             if seed != "all" and seed not in seeds[a]:
                 raise ValueError(f"seed = {seed!r} is not among params.yaml's seeds for arm {a!r} {list(seeds[a])}")
         return [(a, sd) for a in arms for sd in (seeds[a] if seed == "all" else (seed,))]
+
+    def regime_runs(self, arm: str = "all", seed: int | str = "all") -> list[tuple[str, int]]:
+        """The (arm, seed) pairs of the regime chapter a notebook works on: ``"all"`` expands to params.yaml's
+        regime_arms and regime_seeds; a named arm or seed must be one of them."""
+        p = self.params
+        if arm != "all" and arm not in p.regime_arms:
+            raise ValueError(f"arm = {arm!r} is not in params.yaml's regime_arms ({', '.join(p.regime_arms)})")
+        if seed != "all" and seed not in p.regime_seeds:
+            raise ValueError(f"seed = {seed!r} is not among params.yaml's regime_seeds {list(p.regime_seeds)}")
+        return [(a, sd) for a, sd in p.regime_runs if arm in ("all", a) and seed in ("all", sd)]
 
     def load_models(self, seed: int) -> dict[str, torch.nn.Module]:
         """The trained classifier for ``seed`` of every arm trained with it, in params.yaml's order, on the
