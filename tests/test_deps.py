@@ -42,7 +42,7 @@ def test_a_stage_missing_a_module_it_runs_or_listing_one_it_does_not_is_found(mo
 def test_an_edit_to_an_evaluation_module_reruns_no_training():
     listed = deps.listed_code_deps((ROOT / "dvc.yaml").read_text())
     runs = sorted(s for s, files in listed.items() if "varmix/evaluate/corruptions.py" in files)
-    assert runs == ["calibration", "corruptions", "landscape", "perturbations", "report", "site"]
+    assert runs == ["calibration", "corruptions", "landscape", "perturbations", "regime", "report", "site"]
 
 
 def _package(tmp_path: Path, files: dict[str, str]) -> Path:
