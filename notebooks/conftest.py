@@ -1,16 +1,19 @@
-"""nbval runs notebooks/ in order with their defaults (the smoke profile). 02_train trains every arm,
-adv_varmixup included, whose VAE is the vae_adversarial stage's (01_vae with vae = adversarial), which
-no notebook's defaults produce: train it once, into the same VARMIX_WORKDIR, before 02_train's first
-cell, as dvc.yaml orders the stages (and as `make notebooks`, runner.refresh_notebooks, does)."""
+"""nbval runs notebooks/ in order with their defaults (the smoke profile). 02_train trains every arm and
+seed, with the VAE of every VAE seed (01_vae's defaults train the first) and adv_varmixup's adversarial
+VAE (01_vae with vae = adversarial); 08_regime reads the regime chapter's runs (02_train with regime).
+No notebook's defaults produce them: train them once, into the same VARMIX_WORKDIR, before the first cell
+of the notebook that needs them, as dvc.yaml orders the stages (and as `make notebooks`,
+runner.refresh_notebooks, does)."""
 from __future__ import annotations
 
-_done = False
+_done: set[str] = set()
 
 
 def pytest_runtest_setup(item):
-    global _done
-    if not _done and item.path.name == "02_train.ipynb":
-        from varmix.pipeline import runner
+    from varmix.pipeline import runner
 
-        runner.train_adversarial_vae_for_nbval()
-        _done = True
+    needs = {"02_train.ipynb": runner.train_vaes_for_nbval, "08_regime.ipynb": runner.train_regime_for_nbval}
+    name = item.path.name
+    if name in needs and name not in _done:
+        needs[name]()
+        _done.add(name)

@@ -63,6 +63,9 @@ def make(dst: Path, arms: list[str], seeds: list[int]) -> Path:
     text = re.sub(r"^comparisons:\n(  .*\n)+", "comparisons: {}\n", text, count=1, flags=re.M)
     text = re.sub(r"^rival_arms: \[[^\]]*\]", "rival_arms: []", text, count=1, flags=re.M)
     text = re.sub(r"^rival_seeds: \[[^\]]*\]", f"rival_seeds: [{', '.join(map(str, seeds))}]", text, count=1, flags=re.M)
+    # the regime chapter: its smallest run, the first arm over two seeds (its intervals need two)
+    text = re.sub(r"^regime_arms: \[[^\]]*\]", f"regime_arms: [{arms[0]}]", text, count=1, flags=re.M)
+    text = re.sub(r"^regime_seeds: \[[^\]]*\]", "regime_seeds: [0, 1]", text, count=1, flags=re.M)
     (dst / "params.yaml").write_text(text)
     got = yaml.safe_load(text)
     assert (got["profile"], got["arms"], got["seeds"], got["rival_arms"], got["rival_seeds"]) == (

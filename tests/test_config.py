@@ -66,6 +66,52 @@ def test_rival_arms_are_trained_with_their_own_seeds():
     assert q.rival_arms == () and q.arms == p.arms[:9] and len(q.runs) == 45
 
 
+def test_each_seed_mixes_with_one_vae_seed():
+    """Classifier seed s uses VAE seed vae_seeds[s % len(vae_seeds)] (every arm of s the same VAE), by the
+    seed's value, so a run's VAE does not move when seeds are added or left out."""
+    p = config.load_params(ROOT / "params.yaml")
+    assert p.vae_seeds == (0, 1, 2)
+    assert [p.vae_seed_of(s) for s in p.seeds] == [0, 1, 2, 0, 1]
+    q = config.Params.from_dict({**copy.deepcopy(RAW), "vae_seeds": [7, 3], "seeds": [3, 4], "rival_seeds": [3]})
+    assert [q.vae_seed_of(s) for s in q.seeds] == [3, 7] and q.vae_seed_of(3) == names.vae_seed_of(3, [7, 3])
+    raw = copy.deepcopy(RAW)
+    del raw["vae_seeds"]  # without vae_seeds: one VAE, seed 0, for every seed
+    assert config.Params.from_dict(raw).vae_seeds == (0,)
+    with pytest.raises(ValueError, match=r"vae_seeds is empty"):
+        names.vae_seed_of(0, [])
+    with pytest.raises(ValueError, match=r"seed = -1 is invalid"):
+        names.vae_seed_of(-1, [0])
+    assert names.vae_name("plain", 2) == "vae/s2" and names.vae_name("adversarial") == "vae_adversarial"
+    with pytest.raises(ValueError, match=r"vae seed = None is invalid"):
+        names.vae_name("plain")
+    with pytest.raises(ValueError, match=r"vae seed = 1 for the adversarial VAE"):
+        names.vae_name("adversarial", 1)
+
+
+def test_the_regime_chapter_trains_its_arms_longer(tmp_path):
+    """regime_arms x regime_seeds with the profile's regime budget (every arm the same epochs), the recipe
+    otherwise the study's; its pairs are the report's comparisons among them."""
+    p = config.load_params(ROOT / "params.yaml")
+    assert p.regime_arms == ("erm", "mixup", "mixup_half", "varmixup") and len(p.regime_seeds) >= 3
+    assert p.regime_pairs == (("varmixup", "mixup"), ("varmixup", "mixup_half"), ("varmixup", "erm"))
+    budget, study = p.regime, p.run_settings("varmixup")
+    r = p.regime_run_settings("varmixup")
+    assert (r.epochs, r.train.train_subset) == (budget.epochs, budget.train_subset)
+    assert budget.epochs * budget.train_subset >= 5 * study.epochs * study.train.train_subset  # >= 5x the study's
+    assert (r.method, r.mix_prob, r.alpha, r.train.lr, r.train.arch) == (
+        study.method, study.mix_prob, study.alpha, study.train.lr, study.train.arch)
+    with pytest.raises(ValueError, match=r"arm = 'cutmix' is not in params.yaml's regime_arms"):
+        p.regime_run_settings("cutmix")
+    raw = copy.deepcopy(RAW)
+    del raw["profiles"]["smoke"]["regime"]
+    with pytest.raises(errors.ConfigError, match=r"profiles.smoke.regime is not set, but regime_arms lists erm"):
+        load(tmp_path, {**raw, "profile": "smoke"})
+    raw = copy.deepcopy(RAW)
+    del raw["regime_arms"]
+    with pytest.raises(errors.ConfigError, match=r"regime_arms"):
+        load(tmp_path, raw)
+
+
 def test_arms_resolve_to_a_method_and_its_settings():
     p = config.load_params(ROOT / "params.yaml")
     assert len(p.arms) >= 9 and len(p.seeds) >= 5  # the deciding study (issue 11)
@@ -82,7 +128,7 @@ def test_arms_resolve_to_a_method_and_its_settings():
     # the other settings are the profile's, whatever the arm
     assert p.run_settings("mixup_half").train == p.train
     # an arm named after a method needs no declaration (the old per-method names)
-    raw = edit(RAW, ("arms",), ["erm", "mixup"])
+    raw = edit(edit(RAW, ("arms",), ["erm", "mixup"]), ("regime_arms",), ["erm", "mixup"])
     for key in ("arm_settings", "comparisons", "rival_arms"):
         raw.pop(key)
     q = config.Params.from_dict(raw)
@@ -152,6 +198,15 @@ def edit(raw, path, value):
     (("rival_seeds",), [0, 7], "rival_seeds = [0, 7] is invalid: expected seeds among seeds [0, 1, 2, 3, 4]"),
     (("rival_seeds",), [0, 0], "rival_seeds = [0, 0] is invalid: expected each seed at most once"),
     (("rival_seeds",), [], "rival_seeds = [] is invalid: expected a non-empty list"),
+    (("vae_seeds",), [], "vae_seeds = [] is invalid: expected a non-empty list"),
+    (("vae_seeds",), 0, "vae_seeds = 0 is invalid: expected a non-empty list"),
+    (("vae_seeds",), [0, 0], "vae_seeds = [0, 0] is invalid: expected each VAE seed at most once"),
+    (("vae_seeds",), [0, -1], "vae_seeds[1] = -1 is invalid: expected an integer"),
+    (("regime_arms",), [], "regime_arms = [] is invalid: expected a non-empty list"),
+    (("regime_arms",), ["erm", "bogus"], "regime_arms[1] = 'bogus' is invalid: expected an arm declared in arm_settings"),
+    (("regime_seeds",), [0], "regime_seeds = [0] is invalid: expected at least 2 seeds"),
+    (("profiles", "smoke", "regime", "epochs"), 0, "profiles.smoke.regime.epochs = 0 is invalid"),
+    (("profiles", "smoke", "regime", "train_subset"), 0, "profiles.smoke.regime.train_subset = 0 is invalid"),
     (("profiles", "smoke", "train", "schedule"), "linear",
      "profiles.smoke.train.schedule = 'linear' is invalid: expected one of constant, step, cosine"),
     (("profiles", "smoke", "train", "milestones"), [1],

@@ -46,7 +46,7 @@ def cross(tmp_path_factory):
     d = s.load_data()
     v = s.load_vae_data(d)  # refused before: another image size
     vae = train_vae(VAEConfig(latent_dim=4, width=4, epochs=2, batch_size=4), v.train_x, v.test_x,
-                    s.layout.vae_dir, seed=0, device="cpu", progress=False)
+                    s.layout.vae_folder("plain", s.vae_seed()), seed=0, device="cpu", progress=False)
     return s, d, v, vae
 
 

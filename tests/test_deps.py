@@ -71,7 +71,7 @@ def test_an_edit_to_a_module_rewrites_exactly_the_records_of_the_stages_that_run
     with open(root / "varmix/evaluate/corruptions.py", "a") as fh:
         fh.write("\n# an edit\n")
     written = deps.write_records(root, text)
-    assert written == ["calibration", "corruptions", "landscape", "perturbations", "report", "site"]
+    assert written == ["calibration", "corruptions", "landscape", "perturbations", "regime", "report", "site"]
     after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (root / "code-records").iterdir()}
     assert sorted(n[:-4] for n in after if after[n] != before[n]) == written  # the others keep bytes and mtime
     assert deps.write_records(root, text) == []
@@ -80,7 +80,7 @@ def test_an_edit_to_a_module_rewrites_exactly_the_records_of_the_stages_that_run
 def test_an_edit_to_an_evaluation_module_reruns_no_training():
     runs = sorted(s for s in deps.stage_code_deps(ROOT, (ROOT / "dvc.yaml").read_text())
                   if "varmix/evaluate/corruptions.py" in deps.recorded_files(ROOT, s))
-    assert runs == ["calibration", "corruptions", "landscape", "perturbations", "report", "site"]
+    assert runs == ["calibration", "corruptions", "landscape", "perturbations", "regime", "report", "site"]
 
 
 def _package(tmp_path: Path, files: dict[str, str]) -> Path:

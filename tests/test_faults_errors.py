@@ -132,11 +132,11 @@ def test_missing_vae_names_folder_and_stage(project):
     r = varmix(project, "notebook", "02_train", "--profile", "smoke", "--method", "varmixup", "--seed", "0")
     assert r.returncode == 1
     first, second = short_error(r.stderr, most=2)
-    vae = project / "runs" / "fashion-mnist" / "smoke" / "vae" / "vae.pt"
+    vae = project / "runs" / "fashion-mnist" / "smoke" / "vae" / "s0" / "vae.pt"  # seed 0's VAE seed: vae_seeds[0]
     assert first.startswith("error in notebook 02_train (arm varmixup, seed 0): FileNotFoundError: "
                             f"the VAE {vae} is missing (the arms of mixup_r, varmixup with vae: plain need it): train it "
-                            "first with `dvc repro vae`"), first
-    assert "`dvc repro vae`" in first
+                            "first with `dvc repro vae@0`"), first
+    assert "--vae-seed 0`" in first
     assert second == f"full traceback: {smoke_out(project) / 'notebooks' / '02_train-varmixup-s0.failed.ipynb'}"
 
 
@@ -199,7 +199,7 @@ def long_run(project: Path, cmd: list[str] = NOTEBOOK_CMD):
     proc = subprocess.Popen(cmd, cwd=project, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     family: list[psutil.Process] = []
     try:
-        vae_dir = project / "runs" / "fashion-mnist" / "smoke" / "vae"
+        vae_dir = project / "runs" / "fashion-mnist" / "smoke" / "vae" / "s0"  # 01_vae's default: the first VAE seed
         deadline = time.monotonic() + 240
         while not (vae_dir / "history.json").exists():  # the first epoch is done: the kernel is working
             assert proc.poll() is None, proc.communicate()

@@ -373,7 +373,7 @@ def test_an_edit_to_the_code_a_stage_runs_re_runs_that_stage_and_no_other(clone)
         assert ran == ["Running stage 'check':", "Running stage 'corruptions':"], out.stdout
         changed = sorted(line[3:] for line in _git_clean(clone).splitlines() if "code-records/" in line)
         assert changed == [f"code-records/{s}.md5" for s in ("calibration", "corruptions", "landscape",
-                                                             "perturbations", "report", "site")]
+                                                             "perturbations", "regime", "report", "site")]
     finally:
         _run(clone, "git", "reset", "-q", "--hard", "HEAD", check=True)
         _run(clone, "git", "clean", "-qfd", "--", "results", check=True)

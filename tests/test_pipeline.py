@@ -32,6 +32,7 @@ def _dvc_stages(profile: str = "default", dataset: str = "fashion-mnist") -> dic
     def fill(obj, item=None):
         if isinstance(obj, str):
             obj = re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m[1]]), obj)
+            obj = re.sub(r"\$\{(\w+)\[(\d+)\]\}", lambda m: str(params[m[1]][int(m[2])]), obj)
             return re.sub(r"\$\{(\w+)\}", lambda m: str(params[m[1]]), obj)
         if isinstance(obj, list):
             return [fill(v, item) for v in obj]
@@ -41,7 +42,11 @@ def _dvc_stages(profile: str = "default", dataset: str = "fashion-mnist") -> dic
 
     out = {}
     for name, st in stages.items():
-        if "matrix" in st:
+        if "matrix" in st and list(st["matrix"]) == ["vae_seed"]:  # the vae stage: one per VAE seed
+            body = {k: v for k, v in st.items() if k != "matrix"}
+            for vae_seed in params[st["matrix"]["vae_seed"].strip("${}")]:
+                out[f"{name}@{vae_seed}"] = fill(body, {"vae_seed": vae_seed})
+        elif "matrix" in st:
             body = {k: v for k, v in st.items() if k != "matrix"}
             arms_key, seeds_key = (st["matrix"][k].strip("${}") for k in ("arm", "seed"))
             for arm in params[arms_key]:
@@ -68,9 +73,14 @@ def _rel(p: Path) -> str:
 def test_dvc_outputs_are_the_layouts_paths(layout):
     stages = _dvc_stages()
     params = config.load_params(ROOT / "params.yaml")
-    assert _rel(layout.vae_dir) in _paths(stages["vae"]["outs"])
-    assert _rel(layout.notebook("01_vae")) in _paths(stages["vae"]["outs"])
-    assert _rel(layout.metrics("vae")) in _paths(stages["vae"]["outs"])
+    assert [n for n in stages if n.startswith("vae@")] == [f"vae@{k}" for k in params.vae_seeds]
+    for k in params.vae_seeds:  # one VAE per VAE seed: its folder, notebook, metrics and history
+        st = stages[f"vae@{k}"]
+        assert _paths(st["outs"]) == [_rel(layout.vae_folder("plain", k)), _rel(layout.notebook(f"01_vae-s{k}")),
+                                      _rel(layout.metrics(names.vae_name("plain", k)))]
+        assert _paths(st["plots"]) == [_rel(layout.plot_data(f"{names.vae_name('plain', k)}_history"))]
+        assert st["cmd"].endswith(f"--vae-seed {k}")
+        assert _rel(layout.metrics(names.vae_name("plain", k)).parent) in stages["report"]["deps"]
     trained = [name.partition("@")[2] for name in stages if name.startswith(("train@", "train_rivals@"))]
     assert trained == [f"{m}-{sd}" for m, sd in params.runs]  # the two matrices train every run, once
     for m, sd in params.runs:
@@ -81,6 +91,16 @@ def test_dvc_outputs_are_the_layouts_paths(layout):
         assert _paths(st["plots"]) == [_rel(layout.plot_data(f"train-{name}"))]
         assert f"--arm {m} --seed {sd}" in st["cmd"]
         assert f"arm_settings.{m}" in st["params"]  # an arm's stage depends on its own settings only
+    for m, sd in params.regime_runs:  # the regime chapter's runs: apart from models/, named regime_<arm>-s<seed>
+        st, name = stages[f"train_regime@{m}-{sd}"], names.regime_run_name(m, sd)
+        assert _paths(st["outs"]) == [_rel(layout.regime_model_dir(m, sd)), _rel(layout.notebook(f"02_train-{name}")),
+                                      _rel(layout.metrics(f"train-{name}"))]
+        assert _paths(st["plots"]) == [_rel(layout.plot_data(f"train-{name}"))]
+        assert st["cmd"].endswith(f"--arm {m} --seed {sd} --regime")
+        assert f"profiles.default.regime" in st["params"] and layout.regime_model_dir(m, sd).parent != layout.model_dir(m, sd).parent
+    assert _paths(stages["regime"]["outs"]) == [_rel(layout.notebook("08_regime")), _rel(layout.metrics("regime"))]
+    assert {_rel(layout.runs / "regime"), _rel(layout.metrics("report")), _rel(layout.per_image("logits"))} <= set(
+        stages["regime"]["deps"])
     assert _rel(layout.metrics("corruptions")) in _paths(stages["corruptions"]["outs"])
     assert _rel(layout.per_image("corruptions")) in _paths(stages["corruptions"]["outs"])
     assert _rel(layout.per_image("logits")) in _paths(stages["calibration"]["outs"])
@@ -174,19 +194,39 @@ def test_run_notebook_checks_arguments_before_any_kernel():
         runner.run_notebook("02_train", "smoke", arm="erm", seed=0, vae="adversarial")
     with pytest.raises(ValueError, match="vae = 'robust' goes only with 01_vae and is one of plain, adversarial"):
         runner.run_notebook("01_vae", "smoke", vae="robust")
+    with pytest.raises(ValueError, match=r"vae_seed = 9 is not among params.yaml's vae_seeds \[0, 1, 2\]"):
+        runner.run_notebook("01_vae", "smoke", vae_seed=9)
+    with pytest.raises(ValueError, match="vae_seed = 1 goes only with 01_vae's plain VAE"):
+        runner.run_notebook("01_vae", "smoke", vae="adversarial", vae_seed=1)
+    run = runner.prepare("01_vae", "smoke", vae_seed=2)
+    assert run.out.name == "01_vae-s2.ipynb" and run.parameters["vae_seed"] == 2
+    run = runner.prepare("02_train", "smoke", arm="varmixup", seed=1, regime=True)
+    assert run.out.name == "02_train-regime_varmixup-s1.ipynb" and run.parameters["regime"] is True
+    with pytest.raises(ValueError, match=r"arm = 'cutmix' is not in params.yaml's regime_arms"):
+        runner.prepare("02_train", "smoke", arm="cutmix", seed=0, regime=True)
+    with pytest.raises(ValueError, match=r"regime goes with 02_train and an arm and seed"):
+        runner.prepare("08_regime", "smoke", regime=True)
 
 
 def test_each_vae_kind_has_its_folder_metrics_and_stage(layout):
-    assert layout.vae_folder() == layout.vae_dir == layout.runs / "vae"
+    assert layout.vae_folder("plain", 2) == layout.vaes / "s2" == layout.runs / "vae" / "s2"
     assert layout.vae_folder("adversarial") == layout.runs / "vae_adversarial"
-    assert names.vae_name() == "vae" and names.vae_name("adversarial") == "vae_adversarial"
+    assert names.vae_name("plain", 0) == "vae/s0" and names.vae_name("adversarial") == "vae_adversarial"
     with pytest.raises(ValueError, match="vae kind = 'robust': expected one of plain, adversarial"):
         layout.vae_folder("robust")
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    with pytest.raises(ValueError, match="vae seed = None is invalid"):
+        layout.vae_folder("plain")
+    stages = _dvc_stages()
+    params = config.load_params(ROOT / "params.yaml")
     adv = stages["vae_adversarial"]
-    assert adv["cmd"].endswith("--vae adversarial") and "runs/${dataset}/${profile}/vae" in adv["deps"]
-    assert "runs/${dataset}/${profile}/vae_adversarial" in _paths(adv["outs"])
-    assert "runs/${dataset}/${profile}/vae_adversarial" in stages["train"]["deps"]
+    # its FID/KID features are the first VAE seed's: it depends on that VAE's folder, not on the others
+    first = _rel(layout.vae_folder("plain", params.vae_seeds[0]))
+    assert adv["cmd"].endswith("--vae adversarial") and first in adv["deps"]
+    assert _rel(layout.vae_folder("adversarial")) in _paths(adv["outs"])
+    for name in ("train@varmixup-0", "train_rivals@adv_varmixup-0"):
+        # a matrix cannot name one VAE seed's folder per seed (dvc.yaml's comment): every VAE's folder
+        assert {_rel(layout.vaes), _rel(layout.vae_folder("adversarial"))} <= set(stages[name]["deps"])
+        assert "vae_seeds" in stages[name]["params"]
 
 
 def test_cli_reports_bad_notebook_arguments(capsys):

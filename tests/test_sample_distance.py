@@ -278,7 +278,7 @@ def test_a_vae_trains_on_its_own_dataset_and_mixes_the_classifiers_images(tmp_pa
     assert v.name == "cifar100" and v.train_x.shape == (8, 3, 32, 32)
     assert len(d.train_x) == 40 and v.num_classes == 100  # cifar10's fixture: 5 batches of 8
     cfg = VAEConfig(latent_dim=4, width=4, epochs=1, batch_size=4)
-    vae = train_vae(cfg, v.train_x, v.test_x, s.layout.vae_dir, seed=0, device="cpu", progress=False)
+    vae = train_vae(cfg, v.train_x, v.test_x, s.layout.vae_folder("plain", s.vae_seed()), seed=0, device="cpu", progress=False)
     assert s.load_vae().image_shape == (3, 32, 32)  # the stage's vae.pt, checked against cifar10's shape
     mixed = varmixup(to_float(d.train_x[:4]), d.train_y[:4], torch.Generator().manual_seed(0), num_classes=10,
                      vae=vae)
@@ -307,7 +307,7 @@ def test_a_vae_for_other_images_is_refused_when_loaded(tmp_path):
     from varmix.learn.vae import save_vae
 
     s = _session(tmp_path, "cifar10", None)
-    save_vae(s.layout.vae_dir / "vae.pt", ConvVAE(1, 28, latent_dim=4, width=4), VAEConfig(latent_dim=4, width=4))
+    save_vae(s.layout.vae_folder("plain", s.vae_seed()) / "vae.pt", ConvVAE(1, 28, latent_dim=4, width=4), VAEConfig(latent_dim=4, width=4))
     with pytest.raises(ValueError, match=r"vae.pt is for images of shape \(1, 28, 28\), the dataset 'cifar10' "
                                          r"has \(3, 32, 32\): retrain it"):
         s.load_vae()

@@ -48,6 +48,7 @@ from varmix.core.names import (
     VAE_KINDS,
     VAE_METHODS,
     check_vae_kind,
+    vae_seed_of,
 )
 
 # Upper bounds: far above any setting that makes sense on today's hardware, low enough that a typo (an
@@ -290,6 +291,19 @@ class EvalConfig(_Section):
 
 
 @dataclass(frozen=True)
+class RegimeConfig(_Section):
+    """The regime chapter's longer training (08_regime; params.yaml's ``regime_arms`` x ``regime_seeds``): the
+    profile's ``train`` section with ``train_subset`` images (null: all) and ``epochs`` for every arm, so the
+    chapter asks whether the study's differences move with training (descriptive, outside the report's
+    family)."""
+
+    _required = ("train_subset", "epochs")
+
+    train_subset: Optional[int_in(1, MAX_SUBSET)] = None
+    epochs: int_in(1, MAX_EPOCHS) = 1
+
+
+@dataclass(frozen=True)
 class Profile(_Section):
     vae: VAEConfig
     train: TrainConfig
@@ -305,6 +319,8 @@ class Profile(_Section):
     # adv-VarMixup's VAE (the vae_adversarial stage): the profile's vae trained with this PGD
     # (AdversarialVAEConfig; None: the profile has no adversarial VAE, and no arm may ask for one)
     vae_adversarial: Optional[AdversarialVAEConfig] = None
+    # the regime chapter's budget (RegimeConfig; None: the profile has none, and regime_arms must be empty)
+    regime: Optional[RegimeConfig] = None
 
     @model_validator(mode="after")
     def _one_place_per_vae(self) -> "Profile":
@@ -420,6 +436,10 @@ class Params(_Section):
     # then its rival_arms (the train_rivals matrix, x rival_seeds); seeds_of(arm) gives an arm's seeds
     arms: list_of(ARM, each="arm")
     seeds: _SEEDS
+    # the regime chapter (08_regime; dvc.yaml's train_regime matrix): these declared arms, these seeds (at
+    # least 2: its intervals are paired over seeds), trained with the selected profile's ``regime`` budget
+    regime_arms: list_of(ARM, each="arm")
+    regime_seeds: _SEEDS
     profiles: Annotated[dict[one_of(PROFILES), Profile], mapping_of("a mapping of profile name -> settings", False)]
     arm_settings: _ARMS = field(default_factory=dict)  # every declared arm, by name
     # the report's family of comparisons, fixed before looking: arm -> its rivals
@@ -427,6 +447,9 @@ class Params(_Section):
                            mapping_of("a mapping of arm -> list of rival arms")] = field(default_factory=dict)
     rival_arms: list_of(ARM, each="arm", empty_ok=True) = ()  # the arms of ``arms`` trained with rival_seeds only
     rival_seeds: _SEEDS = ()     # a subset of seeds holding seeds[0]
+    # the plain VAE's seeds (dvc.yaml's vae matrix: one VAE per seed); classifier seed s mixes with the VAE
+    # of vae_seed_of(s) = vae_seeds[s % len(vae_seeds)], so the intervals carry the VAE's variance
+    vae_seeds: list_of(int_in(0, MAX_SEED), each="VAE seed") = (0,)
     report: ReportConfig = field(default_factory=ReportConfig)
 
     def seeds_of(self, arm: str) -> tuple[int, ...]:
@@ -434,6 +457,39 @@ class Params(_Section):
         if arm not in self.arms:
             raise ValueError(f"arm = {arm!r} is not in params.yaml's arms or rival_arms ({', '.join(self.arms)})")
         return self.rival_seeds if arm in self.rival_arms else self.seeds
+
+    def vae_seed_of(self, seed: int) -> int:
+        """The VAE seed classifier seed ``seed`` mixes with (:func:`varmix.core.names.vae_seed_of` over
+        ``vae_seeds``): every arm of one seed shares one VAE, the seeds spread over the VAE seeds."""
+        return vae_seed_of(seed, self.vae_seeds)
+
+    @property
+    def regime(self) -> "RegimeConfig":
+        """The selected profile's regime budget (a ConfigError when it has none)."""
+        if self.selected.regime is None:
+            raise ConfigError(f"params: profiles.{self.profile}.regime is not set: the regime chapter (regime_arms "
+                              f"{list(self.regime_arms)}) needs its train_subset and epochs there")
+        return self.selected.regime
+
+    @property
+    def regime_runs(self) -> tuple[tuple[str, int], ...]:
+        """Every (arm, seed) of the regime chapter, arm by arm in ``regime_arms``' order."""
+        return tuple((a, sd) for a in self.regime_arms for sd in self.regime_seeds)
+
+    @property
+    def regime_pairs(self) -> tuple[tuple[str, str], ...]:
+        """The report's comparisons whose two arms the regime chapter trains, in the family's order."""
+        return tuple((a, r) for a, rivals in self.comparisons.items() if a in self.regime_arms
+                     for r in rivals if r in self.regime_arms)
+
+    def regime_run_settings(self, name: str) -> RunSettings:
+        """Arm ``name``'s run settings (:meth:`run_settings`) with the profile's regime budget: its
+        ``train_subset`` images and ``epochs`` for every arm (the recipe otherwise the study's)."""
+        if name not in self.regime_arms:
+            raise ValueError(f"arm = {name!r} is not in params.yaml's regime_arms ({', '.join(self.regime_arms)})")
+        r, budget = self.run_settings(name), self.regime
+        return dataclasses.replace(r, epochs=budget.epochs,
+                                   train=dataclasses.replace(r.train, train_subset=budget.train_subset))
 
     @property
     def runs(self) -> tuple[tuple[str, int], ...]:
@@ -505,7 +561,7 @@ class Params(_Section):
     @classmethod
     def _check_keys(cls, d: Any) -> Any:  # instead of _Section's: the top level words its errors its own way
         top = ("profile", "dataset", "data_dir", "raw_dir", "arms", "arm_settings", "comparisons", "seeds",
-               "rival_arms", "rival_seeds", "report", "profiles")
+               "rival_arms", "rival_seeds", "vae_seeds", "regime_arms", "regime_seeds", "report", "profiles")
         if not isinstance(d, Mapping):
             raise worded(f"expected a mapping at the top level, got {type(d).__name__}")
         if "methods" in d:
@@ -515,7 +571,7 @@ class Params(_Section):
         if unknown:
             raise worded(f"unknown key {unknown[0]}; allowed top-level keys: {', '.join(top)}")
         optional = {"data_dir": "data", "raw_dir": None, "arm_settings": {}, "comparisons": {}, "rival_arms": [],
-                    "rival_seeds": d.get("seeds"), "report": {}}  # null: these defaults
+                    "rival_seeds": d.get("seeds"), "vae_seeds": [0], "report": {}}  # null: these defaults
         return {**d, **{k: v for k, v in optional.items() if d.get(k) is None and (k != "data_dir" or k not in d)}}
 
     @model_validator(mode="after")
@@ -543,9 +599,19 @@ class Params(_Section):
         if not set(self.rival_seeds) <= set(self.seeds) or self.seeds[0] not in self.rival_seeds:
             raise bad_value(list(self.rival_seeds), f"seeds among seeds {list(self.seeds)}, holding its first, "
                        f"{self.seeds[0]}", "rival_seeds")
+        for i, a in enumerate(self.regime_arms):
+            if a not in settings:
+                raise bad_value(a, f"an arm declared in arm_settings or named after a method ({declared})",
+                                "regime_arms", i)
+        if len(self.regime_seeds) < 2:
+            raise bad_value(list(self.regime_seeds), "at least 2 seeds (the chapter's intervals are paired over "
+                            "seeds; the issue asks for 3)", "regime_seeds")
         present = tuple(p for p in PROFILES if p in self.profiles)
         if self.profile not in present:
             raise bad_value(self.profile, "one of " + ", ".join(present), "profile")
+        if self.profiles[self.profile].regime is None:
+            raise worded(f"profiles.{self.profile}.regime is not set, but regime_arms lists "
+                         f"{', '.join(self.regime_arms)}: give it the regime's train_subset and epochs")
         arms = self.arms + self.rival_arms
         needs_adv = [a for a in arms if settings[a].vae == "adversarial"]
         if needs_adv and self.profiles[self.profile].vae_adversarial is None:

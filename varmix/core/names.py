@@ -74,15 +74,48 @@ def check_vae_kind(kind: Any) -> str:
     return kind
 
 
-def vae_name(kind: str = "plain") -> str:
-    """The name of a VAE's metrics, plot data and executed notebook suffix: ``vae`` (plain) or
-    ``vae_adversarial``."""
-    return "vae" if check_vae_kind(kind) == "plain" else f"vae_{kind}"
+def vae_name(kind: str = "plain", seed: int | None = None) -> str:
+    """The name of a VAE's metrics, plot data and timings: ``vae/s<seed>`` (the plain VAE of VAE seed
+    ``seed``, one per params.yaml ``vae_seeds``: files in a folder ``vae/`` that the report depends on as a
+    whole, since dvc.yaml cannot list one file per VAE seed) or ``vae_adversarial`` (one, no seed)."""
+    if check_vae_kind(kind) != "plain":
+        if seed is not None:
+            raise ValueError(f"vae seed = {seed!r} for the {kind} VAE: it has one model, trained with seed 0; "
+                             f"expected None")
+        return f"vae_{kind}"
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"vae seed = {seed!r} is invalid: expected an integer >= 0 (one of params.yaml's vae_seeds)")
+    return f"vae/s{seed}"
+
+
+def vae_seed_of(seed: int, vae_seeds: tuple[int, ...] | list[int]) -> int:
+    """The VAE seed whose VAE classifier seed ``seed`` mixes with: ``vae_seeds[seed % len(vae_seeds)]``.
+
+    Every arm of seed ``seed`` uses the same VAE, so the arms of a pair stay paired (their difference
+    does not carry the VAE's variance twice), and the seeds spread over the VAE seeds, so that the
+    seeds' spread carries the VAE's variance and the report can split it off
+    (varmix.study.crossed.vae_components). A function of the seed's value, not of its place in ``seeds``:
+    a run's VAE does not change when other seeds are added or left out (``dvc exp run -S seeds=[3]``)."""
+    if not vae_seeds:
+        raise ValueError("vae_seeds is empty: expected at least one VAE seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed = {seed!r} is invalid: expected an integer >= 0")
+    return int(vae_seeds[seed % len(vae_seeds)])
 
 
 def run_name(arm: str, seed: int) -> str:
     """The name of one trained model: ``<arm>-s<seed>`` (model folder, metrics, plot data)."""
     return f"{arm}-s{seed}"
+
+
+# the regime chapter's runs (08_regime: the primary pair's arms trained longer) are named after their arm with
+# this prefix, so their notebooks, metrics and plot data sit beside the study's runs without meeting them
+REGIME_PREFIX = "regime_"
+
+
+def regime_run_name(arm: str, seed: int) -> str:
+    """The name of one run of the regime chapter: ``regime_<arm>-s<seed>`` (metrics, plot data, notebook)."""
+    return run_name(f"{REGIME_PREFIX}{arm}", seed)
 
 
 RUN_NAME = re.compile(r"^(?P<arm>[a-z][a-z0-9_]*)-s(?P<seed>\d+)$")

@@ -5,7 +5,7 @@ run names); ``runner`` executes a chapter's notebook with papermill (a dvc stage
 The notebooks' interface, importable as ``from varmix import pipeline``: ``pipeline.start(profile, dataset)``
 and the run names."""
 
-from varmix.core.names import run_name, vae_name
+from varmix.core.names import regime_run_name, run_name, vae_name
 from varmix.pipeline.session import Session, environment, start
 
-__all__ = ["Session", "environment", "run_name", "start", "vae_name"]
+__all__ = ["Session", "environment", "regime_run_name", "run_name", "start", "vae_name"]

@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="02_train only: the arm to train (params.yaml's arms; --method is the old name)")
     nb.add_argument("--seed", type=int, default=None, help="02_train only: the seed")
     nb.add_argument("--vae", default=None, help="01_vae only: plain (default) | adversarial (adv-VarMixup's VAE)")
+    nb.add_argument("--vae-seed", type=int, default=None,
+                    help="01_vae's plain VAE only: its seed, one of params.yaml's vae_seeds (default: the first)")
+    nb.add_argument("--regime", action="store_true",
+                    help="02_train only: train the run with the profile's regime budget (regime_arms x regime_seeds)")
     ref = sub.add_parser("refresh-notebooks", help="re-execute notebooks/ in place (smoke): nbval's reference outputs")
     ref.add_argument("names", nargs="*", help="notebook names (default: all, in order)")
     site = sub.add_parser("site", help="build the static HTML results site from results/<dataset>/<profile>/ "
@@ -139,7 +143,8 @@ def _run(args: argparse.Namespace) -> int:
             from varmix.pipeline import preflight
 
             run = preflight.guard(project_root(), lambda: runner.prepare(args.name, args.profile, args.dataset,
-                                                                          args.arm, args.seed, args.vae),
+                                                                          args.arm, args.seed, args.vae,
+                                                                          args.vae_seed, args.regime),
                                   data_of=lambda run: run.params)
             print(f"wrote {runner.execute(run)}")
         else:
@@ -196,7 +201,7 @@ def _run(args: argparse.Namespace) -> int:
     params = config.load_params(args.params)
     if args.command == "check-params":
         print(f"params OK: profile={params.profile} dataset={params.dataset} arms={','.join(params.arms)}"
-              f" seeds={','.join(map(str, params.seeds))}"
+              f" seeds={','.join(map(str, params.seeds))} vae_seeds={','.join(map(str, params.vae_seeds))}"
               + (f" (rival_arms {','.join(params.rival_arms)}: seeds={','.join(map(str, params.rival_seeds))})"
                  if params.rival_arms else ""))
         return 0

@@ -23,7 +23,7 @@ from varmix.core.names import run_name
 from varmix.pipeline.session import DVC_STAGE_ENV, WORKDIR_ENV, Session, resolve, workdir_ignored
 
 NOTEBOOKS = ("01_vae", "02_train", "03_corruptions", "04_calibration", "05_landscape", "06_perturbations",
-             "07_report")
+             "07_report", "08_regime")
 KERNEL = "python3"  # registered by `make install` (ipykernel install --sys-prefix --name python3)
 # ipykernel logs a warning about its localhost TCP transport on every start; the kernel's own errors still show
 _KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
@@ -241,17 +241,21 @@ class NotebookRun:
 
 
 def run_notebook(name: str, profile: str | None = None, dataset: str | None = None,
-                 arm: str | None = None, seed: int | None = None, vae: str | None = None) -> Path:
+                 arm: str | None = None, seed: int | None = None, vae: str | None = None,
+                 vae_seed: int | None = None, regime: bool = False) -> Path:
     """Execute ``notebooks/<name>.ipynb`` with papermill (a dvc.yaml stage) and write it, cleaned, to
     ``results/<dataset>/<profile>/notebooks/<name>[-<arm>-s<seed>].ipynb`` (01_vae with ``vae`` =
-    adversarial: ``01_vae-adversarial.ipynb``, the vae_adversarial stage). Parameters are checked
+    adversarial: ``01_vae-adversarial.ipynb``, the vae_adversarial stage; with ``vae_seed`` = k:
+    ``01_vae-s<k>.ipynb``, the vae@k stage; 02_train with ``regime``: ``02_train-regime_<arm>-s<seed>.ipynb``, the
+    train_regime stage). Parameters are checked
     before the kernel starts (``prepare``); a cell that raises fails the run, writes nothing to the output and
     leaves the executed notebook at ``failed_path(out)`` (see ``_execute``)."""
-    return execute(prepare(name, profile, dataset, arm, seed, vae))
+    return execute(prepare(name, profile, dataset, arm, seed, vae, vae_seed, regime))
 
 
 def prepare(name: str, profile: str | None = None, dataset: str | None = None,
-            arm: str | None = None, seed: int | None = None, vae: str | None = None) -> NotebookRun:
+            arm: str | None = None, seed: int | None = None, vae: str | None = None,
+            vae_seed: int | None = None, regime: bool = False) -> NotebookRun:
     """Every check ``run_notebook`` makes before the kernel starts (the notebook, its arguments, params.yaml,
     writable output folders), writing nothing; the command line runs it inside ``preflight.guard``."""
     if name not in NOTEBOOKS:
@@ -262,21 +266,32 @@ def prepare(name: str, profile: str | None = None, dataset: str | None = None,
     if vae is not None and (name != "01_vae" or vae not in names.VAE_KINDS):
         raise ValueError(f"vae = {vae!r} goes only with 01_vae and is one of {', '.join(names.VAE_KINDS)} (got "
                          f"it for {name})")
+    if vae_seed is not None and (name != "01_vae" or vae not in (None, "plain")):
+        raise ValueError(f"vae_seed = {vae_seed!r} goes only with 01_vae's plain VAE (got it for {name}"
+                         f"{'' if vae in (None, 'plain') else ' with vae ' + vae})")
+    if regime and arm is None:
+        raise ValueError(f"regime goes with 02_train and an arm and seed (got it for {name} without them)")
     params, layout = resolve(profile, dataset)  # validates params.yaml with these overrides
-    if arm is not None:
-        Session(params, layout, None).runs(arm, seed)  # names must be among params.yaml's lists
+    if arm is not None:  # names must be among params.yaml's lists
+        (Session(params, layout, None).regime_runs if regime else Session(params, layout, None).runs)(arm, seed)
+    if vae_seed is not None:
+        Session(params, layout, None).vae_seed(vae_seed)  # one of params.yaml's vae_seeds
     parameters: dict[str, Any] = {"profile": params.profile, "dataset": params.dataset}
     out_name = name
     if arm is not None:
-        parameters.update(arm=arm, seed=seed)
-        out_name = f"{name}-{run_name(arm, seed)}"
+        parameters.update(arm=arm, seed=seed, **({"regime": True} if regime else {}))
+        out_name = f"{name}-{(names.regime_run_name if regime else run_name)(arm, seed)}"
     if vae not in (None, "plain"):
         parameters["vae_kind"] = vae
         out_name = f"{name}-{vae}"
+    if vae_seed is not None:
+        parameters["vae_seed"] = vae_seed
+        out_name = f"{name}-s{vae_seed}"
     for folder in (layout.results, layout.runs):
         _check_writable(folder)
-    label = name if arm is None else f"{name} (arm {arm}, seed {seed})"
+    label = name if arm is None else f"{name} (arm {arm}, seed {seed}{', regime' if regime else ''})"
     label += "" if vae in (None, "plain") else f" (vae {vae})"
+    label += "" if vae_seed is None else f" (vae seed {vae_seed})"
     lock = layout.root / "runs" / "tmp" / "locks" / f"{params.dataset}-{params.profile}-{out_name}.lock"
     return NotebookRun(name, layout.notebook(out_name), parameters, label, lock, params)
 
@@ -327,12 +342,27 @@ def _check_writable(folder: Path) -> None:
                                f"{WORKDIR_ENV} to write runs/ and results/ elsewhere") from None
 
 
-def train_adversarial_vae_for_nbval() -> Path:
-    """The smoke profile's adversarial VAE (the vae_adversarial stage: 01_vae with ``vae = adversarial``),
-    which 02_train's adv_varmixup arm needs, written where the notebooks' runs go (VARMIX_WORKDIR). nbval
-    and ``refresh_notebooks`` run notebooks/ with their defaults, i.e. the plain VAE only, so both call this
-    after 01_vae (notebooks/conftest.py for nbval), as dvc.yaml orders the stages."""
-    return run_notebook("01_vae", "smoke", vae="adversarial")
+def train_vaes_for_nbval() -> list[Path]:
+    """The smoke profile's VAEs that 02_train needs beyond the one 01_vae's defaults train (the first of
+    vae_seeds): the plain VAE of every other VAE seed (the vae@<k> stages) and the adversarial VAE (the
+    vae_adversarial stage, adv_varmixup's), written where the notebooks' runs go (VARMIX_WORKDIR). nbval
+    runs each notebook once with its defaults, so they are trained here, after 01_vae (notebooks/conftest.py
+    for nbval), as dvc.yaml orders the stages."""
+    params, _ = resolve("smoke", None)
+    return [*(run_notebook("01_vae", "smoke", vae_seed=k) for k in params.vae_seeds[1:]),
+            run_notebook("01_vae", "smoke", vae="adversarial")]
+
+
+def train_regime_for_nbval() -> Path:
+    """The smoke profile's regime runs (02_train with ``regime``, every regime arm and seed in one notebook),
+    which 08_regime needs and no notebook's defaults produce: trained before 08_regime (notebooks/conftest.py
+    for nbval, ``refresh_notebooks``), as dvc.yaml's train_regime stages precede the regime stage. Its executed
+    notebook goes where the notebooks' runs go (VARMIX_WORKDIR), as ``02_train-regime.ipynb``."""
+    params, layout = resolve("smoke", None)
+    out = layout.notebook("02_train-regime")
+    _execute(project_root() / "notebooks" / "02_train.ipynb", out,
+             {"profile": "smoke", "dataset": params.dataset, "regime": True}, "02_train (regime)")
+    return out
 
 
 def refresh_notebooks(names: tuple[str, ...] = NOTEBOOKS) -> None:
@@ -350,7 +380,9 @@ def refresh_notebooks(names: tuple[str, ...] = NOTEBOOKS) -> None:
                 print(f"executing {path.relative_to(root)}", flush=True)
                 _execute(path, path, None)
                 if name == "01_vae":
-                    train_adversarial_vae_for_nbval()
+                    train_vaes_for_nbval()
+                if name == "02_train":
+                    train_regime_for_nbval()
         finally:
             if old is None:
                 os.environ.pop(WORKDIR_ENV, None)

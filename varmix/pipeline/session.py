@@ -53,16 +53,25 @@ class Layout:
         return self.root / "results" / self.dataset / self.profile
 
     @property
-    def vae_dir(self) -> Path:
+    def vaes(self) -> Path:
+        """The plain VAEs, one folder per VAE seed (``vae_folder``): what the stages that read any of them
+        depend on."""
         return self.runs / "vae"
 
-    def vae_folder(self, kind: str = "plain") -> Path:
-        """The trained VAE of ``kind`` (names.VAE_KINDS): the vae stage's (plain) or the
-        vae_adversarial stage's (adversarial, adv-VarMixup's)."""
-        return self.vae_dir if kind == "plain" else self.runs / f"vae_{names.check_vae_kind(kind)}"
+    def vae_folder(self, kind: str = "plain", seed: int | None = None) -> Path:
+        """The trained VAE of ``kind`` (names.VAE_KINDS): the vae stage's of VAE seed ``seed`` (plain:
+        ``runs/.../vae/s<seed>``, the ``vae@<seed>`` stage), or the vae_adversarial stage's (adversarial,
+        adv-VarMixup's: one, no seed)."""
+        names.vae_name(kind, seed)  # checks kind, and that a plain VAE has a seed and the adversarial one none
+        return self.vaes / f"s{seed}" if kind == "plain" else self.runs / f"vae_{kind}"
 
     def model_dir(self, arm: str, seed: int) -> Path:
         return self.runs / "models" / run_name(arm, seed)
+
+    def regime_model_dir(self, arm: str, seed: int) -> Path:
+        """A run of the regime chapter (08_regime): apart from ``models/``, which the study's chapters depend
+        on as a whole, so the longer runs never re-run them."""
+        return self.runs / "regime" / run_name(arm, seed)
 
     def notebook(self, name: str) -> Path:
         return self.results / "notebooks" / f"{name}.ipynb"
@@ -137,17 +146,28 @@ class Session:
         ``vae_adversarial`` block as the VAE's adversarial training (adv-VarMixup's recipe)."""
         return self.params.vae_of(kind)
 
-    def load_vae(self, kind: str = "plain") -> torch.nn.Module:
-        """The VAE the ``vae`` stage (01_vae) trained, or for ``kind = "adversarial"`` the
-        ``vae_adversarial`` stage, frozen, on the device (its channels checked against the classifier's
-        dataset; its image size may differ, see ``check_vae_dataset``)."""
+    def vae_seed(self, vae_seed: int | None = None) -> int:
+        """``vae_seed`` checked against params.yaml's ``vae_seeds`` (None: their first)."""
+        seeds = self.params.vae_seeds
+        if vae_seed is None:
+            return seeds[0]
+        if vae_seed not in seeds:
+            raise ValueError(f"vae_seed = {vae_seed!r} is not among params.yaml's vae_seeds {list(seeds)}")
+        return vae_seed
+
+    def load_vae(self, kind: str = "plain", vae_seed: int | None = None) -> torch.nn.Module:
+        """The VAE the ``vae@<vae_seed>`` stage (01_vae) trained (None: the first of ``vae_seeds``), or for
+        ``kind = "adversarial"`` the ``vae_adversarial`` stage's, frozen, on the device (its channels checked
+        against the classifier's dataset; its image size may differ, see ``check_vae_dataset``). A run of
+        classifier seed s uses VAE seed ``params.vae_seed_of(s)`` (:meth:`vae_for`)."""
         from varmix.learn import data
         from varmix.learn.vae import load_vae
 
-        path = self.layout.vae_folder(kind) / "vae.pt"
-        stage = vae_name(kind)
+        seed = self.vae_seed(vae_seed) if kind == "plain" else None
+        path = self.layout.vae_folder(kind, seed) / "vae.pt"
+        stage = "vae@" + str(seed) if kind == "plain" else vae_name(kind)
         if not path.is_file():
-            flag = "" if kind == "plain" else f" --vae {kind}"
+            flag = f" --vae-seed {seed}" if kind == "plain" else f" --vae {kind}"
             raise FileNotFoundError(
                 f"the VAE {path} is missing (the arms of {', '.join(names.VAE_METHODS)} with vae: {kind} need "
                 f"it): train it first with `dvc repro {stage}` (or `python -m varmix notebook 01_vae --profile "
@@ -159,6 +179,15 @@ class Session:
                              f"(`dvc repro {stage}`); the channels must match")
         return vae
 
+    def vae_for(self, arm: str, seed: int) -> tuple[str, int | None] | None:
+        """Which VAE run (``arm``, ``seed``) mixes with, as (kind, VAE seed) for ``load_vae``: the arm's
+        kind (arm_settings' vae), the plain one of VAE seed ``params.vae_seed_of(seed)``; None for an arm
+        whose method uses no VAE."""
+        a = self.params.arm(arm)
+        if a.method not in names.VAE_METHODS:
+            return None
+        return (a.vae, self.params.vae_seed_of(seed) if a.vae == "plain" else None)
+
     def runs(self, arm: str = "all", seed: int | str = "all") -> list[tuple[str, int]]:
         """The (arm, seed) pairs a notebook works on: ``"all"`` expands to params.yaml's arms and rival_arms,
         each with its seeds (``Params.seeds_of``: seeds, or rival_seeds for a rival arm); a named arm or seed
@@ -169,6 +198,16 @@ class Session:
             if seed != "all" and seed not in seeds[a]:
                 raise ValueError(f"seed = {seed!r} is not among params.yaml's seeds for arm {a!r} {list(seeds[a])}")
         return [(a, sd) for a in arms for sd in (seeds[a] if seed == "all" else (seed,))]
+
+    def regime_runs(self, arm: str = "all", seed: int | str = "all") -> list[tuple[str, int]]:
+        """The (arm, seed) pairs of the regime chapter a notebook works on: ``"all"`` expands to params.yaml's
+        regime_arms and regime_seeds; a named arm or seed must be one of them."""
+        p = self.params
+        if arm != "all" and arm not in p.regime_arms:
+            raise ValueError(f"arm = {arm!r} is not in params.yaml's regime_arms ({', '.join(p.regime_arms)})")
+        if seed != "all" and seed not in p.regime_seeds:
+            raise ValueError(f"seed = {seed!r} is not among params.yaml's regime_seeds {list(p.regime_seeds)}")
+        return [(a, sd) for a, sd in p.regime_runs if arm in ("all", a) and seed in ("all", sd)]
 
     def load_models(self, seed: int) -> dict[str, torch.nn.Module]:
         """The trained classifier for ``seed`` of every arm trained with it, in params.yaml's order, on the

@@ -135,9 +135,22 @@ def formatted_comparisons(table: pd.DataFrame) -> pd.DataFrame:
             "bootstrap p (Holm)": f"{r.boot_p_holm:.3g}" if tested else "–",
             "MDE": f"{r.mde * k:.3g}{unit}" if tested else "–",
             "equivalence p (Holm: t, bootstrap)": f"{r.tost_p_holm:.3g}, {r.boot_tost_p_holm:.3g}" if equivalence else "–",
+            "VAE share (seed, mean)": vae_share(r) if tested else "–",
             "verdict": r.verdict if tested else f"not tested ({r.reason})",
         })
     return pd.DataFrame(rows)
+
+
+def vae_share(row) -> str:
+    """How much of a comparison's variance the VAE seed carries, for reading: ``vae_share`` (of one seed's
+    difference) and ``vae_share_of_mean`` (of the mean difference's variance) as percentages, with the
+    number of VAE seeds and "nested" when the tests treated the seeds as nested in them; "–" where it was
+    not estimated (no VAE seeds given, or one VAE seed among the shared seeds, or none used by two)."""
+    share = getattr(row, "vae_share", np.nan)
+    if pd.isna(share):
+        return "–"
+    nested = " nested" if bool(getattr(row, "boot_nested", False)) else ""
+    return f"{share:.0%}, {row.vae_share_of_mean:.0%} ({int(row.n_vae_seeds)} VAE seeds{nested})"
 
 
 def formatted_power(power: pd.DataFrame) -> pd.DataFrame:
@@ -259,20 +272,26 @@ def verdict_lines(table: pd.DataFrame, secondary: pd.DataFrame, runs: pd.DataFra
     return lines
 
 
-def report_json(table: pd.DataFrame, secondary: pd.DataFrame, vae: Mapping[str, object],
+def report_json(table: pd.DataFrame, secondary: pd.DataFrame, vaes: Mapping[int, Mapping[str, object]],
                 vae_adversarial: Mapping[str, object], seeds: Sequence[int], params, environment: Mapping[str, str],
                 plan=None, provenance: Mapping[str, object] | None = None, power: pd.DataFrame | None = None) -> dict:
     """report.json: the verdict per claim and pair, every comparison of both families (``stats.compare``'s
-    rows without their display columns), the two VAEs' gate numbers, the settings that made them, and the
-    analysis plan they were decided by (its version, commit and whether it precedes these results) with
-    the power analysis (:func:`power_table`)."""
+    rows without their display columns, with the VAE seed's share of each difference's variance), the
+    gate numbers of the VAE of each VAE seed (``vaes``: VAE seed -> its metrics) and of the adversarial one,
+    which VAE seed each classifier seed used, the settings that made them, and the analysis plan they were
+    decided by (its version, commit and whether it precedes these results) with the power analysis
+    (:func:`power_table`). ``vae_seeds_sampled``: whether the seeds spread over more than one VAE seed, so
+    that the intervals carry the VAE's variance (else they are conditional on the one VAE)."""
     def rows(t: pd.DataFrame) -> list[dict]:
         return t.drop(columns=["label", "unit", "scale"]).to_dict(orient="records")
     gate = ("psnr", "recon_probe_accuracy")
+    pairing = {int(sd): params.vae_seed_of(sd) for sd in seeds}
     return {"claims": {f"{r.claim} | {r.arm} vs {r.rival}": r.verdict for r in table.itertuples()},
             "comparisons": rows(table), "secondary": rows(secondary),
-            "vae": {k: vae.get(k) for k in gate}, "vae_adversarial": {k: vae_adversarial.get(k) for k in gate},
-            "vae_seeds_sampled": False,
+            "vae": {str(k): {g: m.get(g) for g in gate} for k, m in vaes.items()},
+            "vae_adversarial": {k: vae_adversarial.get(k) for k in gate},
+            "vae_seeds": list(params.vae_seeds), "vae_seed_of": {str(k): v for k, v in pairing.items()},
+            "vae_seeds_sampled": len(set(pairing.values())) > 1,
             "n_boot": params.report.n_boot, "seeds": list(seeds),
             "rival_arms": list(params.rival_arms), "rival_seeds": list(params.rival_seeds),
             "environment": dict(environment),

@@ -178,12 +178,14 @@ def _bootstrap_inputs(per_image: Mapping[tuple[str, int], Any], arm: str, rival:
 
 def crossed_bootstrap(per_image: Mapping[tuple[str, int], Any], arm: str, rival: str,
                       statistic: Callable[[np.ndarray], float] | None, sign: int, n_boot: int,
-                      seed: int, level: float = 0.95, seeds: Sequence[int] | None = None) -> dict[str, Any]:
+                      seed: int, level: float = 0.95, seeds: Sequence[int] | None = None,
+                      vae_seed_of: Callable[[int], int] | None = None) -> dict[str, Any]:
     """The pigeonhole bootstrap (:func:`varmix.study.crossed.crossed_bootstrap`) of ``sign * (statistic(arm)
     - statistic(rival))`` over ``per_image[(arm, seed)]`` arrays (images on the first axis, the same images in
     the same order for every run), over ``seeds`` (default: every seed both arms have). ``statistic``: None
     for the mean of 1-D values, an object with ``batch`` (e.g. :class:`ECE`), or a callable; all three
-    draw the same random numbers from ``np.random.default_rng(seed)``, so they agree."""
+    draw the same random numbers from ``np.random.default_rng(seed)``, so they agree. ``vae_seed_of``: the
+    VAE seed each seed used (params' ``vae_seed_of``): seeds nested in VAE seeds (crossed module docstring)."""
     level = _check_level(level)
     sign = _check_sign(sign)
     n_boot = _check_n_boot(n_boot)
@@ -191,21 +193,29 @@ def crossed_bootstrap(per_image: Mapping[tuple[str, int], Any], arm: str, rival:
         raise ValueError(f"statistic = {statistic!r} is invalid: expected None (the mean) or a callable")
     seeds, arrays, _ = _bootstrap_inputs(per_image, arm, rival, seeds, statistic is None)
     return crossed.crossed_bootstrap([arrays[(arm, s)] for s in seeds], [arrays[(rival, s)] for s in seeds],
-                                     statistic, sign, n_boot, seed, level)
+                                     statistic, sign, n_boot, seed, level, _groups(seeds, vae_seed_of))
+
+
+def _groups(seeds: Sequence[int], vae_seed_of: Callable[[int], int] | None) -> list[int] | None:
+    return None if vae_seed_of is None else [int(vae_seed_of(s)) for s in seeds]
 
 
 def crossed_tests(per_image: Mapping[tuple[str, int], Any], arm: str, rival: str,
                   statistic: Callable[[np.ndarray], float] | None, sign: int, n_boot: int, seed: int,
-                  level: float = 0.95, seeds: Sequence[int] | None = None) -> tuple[dict, dict]:
-    """(the crossed t, the pigeonhole bootstrap) of one comparison (module docstring)."""
-    boot = crossed_bootstrap(per_image, arm, rival, statistic, sign, n_boot, seed, level, seeds)
+                  level: float = 0.95, seeds: Sequence[int] | None = None,
+                  vae_seed_of: Callable[[int], int] | None = None) -> tuple[dict, dict]:
+    """(the crossed t, the pigeonhole bootstrap) of one comparison (module docstring); with ``vae_seed_of``
+    both treat the seeds as nested in VAE seeds, and the t's result holds the VAE split
+    (:func:`varmix.study.crossed.vae_components`)."""
+    boot = crossed_bootstrap(per_image, arm, rival, statistic, sign, n_boot, seed, level, seeds, vae_seed_of)
     seeds, arrays, _ = _bootstrap_inputs(per_image, arm, rival, seeds, statistic is None)
+    groups = _groups(seeds, vae_seed_of)
     if statistic is None:
         d = np.stack([sign * (arrays[(arm, s)].astype(np.float64) - arrays[(rival, s)].astype(np.float64))
                       for s in seeds])
-        return crossed.crossed_t(d, level), boot
+        return crossed.crossed_t(d, level, groups), boot
     per_seed = [sign * (statistic(arrays[(arm, s)]) - statistic(arrays[(rival, s)])) for s in seeds]
-    return crossed.augmented_t(per_seed, boot["image_var"], level), boot
+    return crossed.augmented_t(per_seed, boot["image_var"], level, groups), boot
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,13 +280,14 @@ class Claim:
 
 COLUMNS = ["claim", "metric", "arm", "rival", "n_seeds", "n_images", "diff", "t_se", "t_df", "t_lo", "t_hi", "t_p",
            "t_p_holm", "boot_diff", "boot_lo", "boot_hi", "boot_p", "boot_p_holm", "mde", "sesoi", "tost_p",
-           "tost_p_holm", "boot_tost_p", "boot_tost_p_holm", "verdict", "reason", "label", "unit", "scale"]
+           "tost_p_holm", "boot_tost_p", "boot_tost_p_holm", "n_vae_seeds", "vae_var", "vae_within_var", "vae_share",
+           "vae_share_of_mean", "boot_nested", "verdict", "reason", "label", "unit", "scale"]
 
 
 def compare(runs: pd.DataFrame, per_image: Mapping[str, Mapping[tuple[str, int], Any]],
             family: Sequence[tuple[str, str]], claims: Sequence[Claim], n_boot: int, seed: int,
             alpha: float = 0.05, level: float = 0.95, sesoi: Mapping[str, float] | None = None,
-            power: float = 0.8) -> pd.DataFrame:
+            power: float = 0.8, vae_seed_of: Callable[[int], int] | None = None) -> pd.DataFrame:
     """Every claim × (arm, rival) pair: the crossed t and the pigeonhole bootstrap over seeds × images
     (from ``per_image[claim.metric][(arm, seed)]``), Holm over all tested rows (separately for each test),
     the equivalence tests against ``sesoi[claim.metric]`` (Δ, in the metric's own units; a claim without
@@ -286,6 +297,13 @@ def compare(runs: pd.DataFrame, per_image: Mapping[str, Mapping[tuple[str, int],
     A pair is "not tested" (with a ``reason``) when an arm has no runs or the arms share fewer than 2
     seeds (``runs``: one row per run, columns arm and seed). Both tests use the seeds both arms ran. Every
     row's bootstrap uses ``seed``, so a row's numbers do not depend on the other rows.
+
+    ``vae_seed_of`` (params' ``vae_seed_of``: the VAE seed each classifier seed mixed with): both tests treat
+    the seeds as nested in VAE seeds (varmix.study.crossed), and each row says how much of the difference's
+    variance the VAE seed carries: ``vae_var`` and ``vae_within_var`` (σ²_vae and the seeds' within a VAE
+    seed, of one seed's difference), ``vae_share`` (σ²_vae's share of the two) and ``vae_share_of_mean``
+    (the VAE term's share of the mean difference's variance, the image term included); NaN where it cannot
+    be estimated (one VAE seed among the shared seeds, or no VAE seed with two of them).
     """
     n_boot = _check_n_boot(n_boot)
     alpha = _check_level(alpha, "alpha")
@@ -331,7 +349,11 @@ def compare(runs: pd.DataFrame, per_image: Mapping[str, Mapping[tuple[str, int],
                 row["reason"] = f"{len(shared)} shared seed(s); a paired test needs at least 2"
             else:
                 t, b = crossed_tests(per_image[c.metric], arm, rival, c.statistic, c.sign, n_boot, seed, level,
-                                     seeds=shared)
+                                     seeds=shared, vae_seed_of=vae_seed_of)
+                if vae_seed_of is not None:
+                    row.update(n_vae_seeds=t["n_vae_seeds"], vae_var=t["var_vae"], vae_within_var=t["var_within"],
+                               vae_share=t["vae_share"], vae_share_of_mean=t["vae_share_of_mean"],
+                               boot_nested=b["nested"])
                 row.update(n_images=len(np.asarray(per_image[c.metric][(arm, shared[0])])), diff=t["mean"],
                            t_se=t["se"], t_df=t["df"], t_lo=t["lo"], t_hi=t["hi"], t_p=t["p"],
                            boot_diff=b["mean"], boot_lo=b["lo"], boot_hi=b["hi"], boot_p=b["p"], verdict="")
