@@ -98,7 +98,9 @@ def phases(events: list[Event], command: str) -> dict[str, float]:
 def trace_stage(stage: str, dvc: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "trace"
-        cmd = ["strace", "-f", "-tt", "-q", "--seccomp-bpf", "-e", "trace=execve", "-e", "signal=none",
+        # signal=SIGKILL, not none: none also hides "+++ killed by SIGKILL +++", the end of a kernel that
+        # nbclient kills (varmix's runner shuts it down immediately; a graceful shutdown that times out)
+        cmd = ["strace", "-f", "-tt", "-q", "--seccomp-bpf", "-e", "trace=execve", "-e", "signal=SIGKILL",
                "-s", "200", "-o", str(out), dvc, "repro", "-f", "-s", stage]
         run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if run.returncode != 0:

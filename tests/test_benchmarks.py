@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -185,6 +186,23 @@ def test_trace_splits_the_stage_at_its_processes(stage_overhead):
     assert site["kernel"] == 0 and site["command before kernel"] == pytest.approx(18.0)
     with pytest.raises(ValueError, match="lacks an expected process"):
         stage_overhead.phases(events, "site")
+    # the runner kills its kernel after the last cell (shutdown_kernel="immediate"): strace ends it with
+    # "killed by", which it prints only when the trace keeps SIGKILL among its signals
+    killed = stage_overhead.parse_trace(TRACE.replace("102  10:00:20.700000 +++ exited with 0 +++",
+                                                      "102  10:00:20.700000 +++ killed by SIGKILL +++"))
+    assert stage_overhead.phases(killed, "notebook") == pytest.approx(want)
+
+
+def test_the_trace_keeps_sigkill_so_a_killed_kernel_ends_in_it(stage_overhead, monkeypatch, tmp_path):
+    seen = {}
+
+    def run(cmd, **kw):
+        seen["cmd"] = cmd
+        Path(cmd[cmd.index("-o") + 1]).write_text(TRACE)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    monkeypatch.setattr(stage_overhead.subprocess, "run", run)
+    assert stage_overhead.trace_stage("report", "dvc")["kernel"] == pytest.approx(16.0)
+    assert "signal=SIGKILL" in seen["cmd"] and "signal=none" not in seen["cmd"]
 
 
 def test_table_gives_the_overhead_beside_the_own_wall(stage_overhead):

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from varmix.core import config, io
-from varmix.pipeline import session
+from varmix.pipeline import deps, session
 from varmix.pipeline.cli import main
 from varmix.study import site
 from varmix.study import site_search as search
@@ -205,7 +205,8 @@ def test_the_site_stage_renders_the_report_stage_results():
     assert st["cmd"] == "python -m varmix site --profile ${profile} --dataset ${dataset}"
     results = "results/${dataset}/${profile}"
     assert f"{results}/notebooks" in st["deps"] and f"{results}/metrics" in st["deps"]  # report.json, train-*.json
-    assert "varmix/study/site.py" in st["deps"] and "varmix/study/site_templates" in st["deps"]
+    assert "varmix/study/site_templates" in st["deps"] and "code-records/site.md5" in st["deps"]
+    assert "varmix/study/site.py" in deps.recorded_files(ROOT, "site")  # its code, through its code record
     assert st["outs"] == [{f"{results}/site": {"cache": False}}]
     assert list(stages)[-1] == "site"
 
