@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     dep = sub.add_parser("deps", help="write each dvc.yaml stage's code dep, code-records/<stage>.md5 (its import "
                                       "closure with md5s), and drop dvc.lock's entries of stages dvc.yaml no longer "
                                       "has (varmix.pipeline.deps)")
-    dep.add_argument("--check", action="store_true", help="only say whether dvc.yaml's deps and code/ are the "
+    dep.add_argument("--check", action="store_true", help="only say whether dvc.yaml's deps and code-records/ are the "
                                                           "generated ones and dvc.lock holds no stage dvc.yaml lacks")
     args = parser.parse_args(argv)
     try:
@@ -112,6 +112,8 @@ def _deps(deps, check: bool) -> int:
         if stale:
             raise errors.UserError(f"dvc.lock holds {len(stale)} stages dvc.yaml does not have ({', '.join(stale[:3])}"
                                    f"{', ...' if len(stale) > 3 else ''}); run python -m varmix deps")
+        print("dvc.yaml: every stage depends on its code record; every code record up to date")
+        return 0
     if new != text:
         with io.atomic_path(path) as tmp:
             tmp.write_text(new)

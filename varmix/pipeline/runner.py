@@ -83,9 +83,6 @@ def _execute(src: Path, out: Path, parameters: dict[str, Any] | None, label: str
     from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
-    # shutdown_kernel="immediate": once the last cell has replied the kernel has nothing left to do, and
-    # nbclient's graceful shutdown (a shutdown request, then a wait for the process) took 4 s in 1 run of 6
-    # (benchmarks/stage_overhead.py); the kernel is killed instead, as jupyter_client does after that wait.
     label = label or src.stem
     check_kernel()
     # papermill's logger (nbclient's too) has no handler, so Python prints its records to stderr, e.g.
@@ -97,6 +94,9 @@ def _execute(src: Path, out: Path, parameters: dict[str, Any] | None, label: str
     failed = failed_path(out)
     with io.atomic_path(out, suffix=".ipynb") as tmp, _stop_kernel_on_signals(label):
         try:
+            # shutdown_kernel="immediate": once the last cell has replied the kernel has nothing left to do, and
+            # nbclient's graceful shutdown (a shutdown request, then a wait for the process) took 4 s in 1 run of 6
+            # (benchmarks/stage_overhead.py); the kernel is killed instead, as jupyter_client does after that wait.
             pm.execute_notebook(str(src), str(tmp), parameters=parameters or None, kernel_name=KERNEL,
                                 cwd=str(src.parent), progress_bar=False, language="python",
                                 kernel_manager_class=_kernel_manager_class(), extra_arguments=_KERNEL_ARGS,
