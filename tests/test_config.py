@@ -52,10 +52,11 @@ def test_departure_switches_default_to_the_earlier_behaviour():
 
 def test_rival_arms_are_trained_with_their_own_seeds():
     p = config.load_params(ROOT / "params.yaml")
-    assert p.arms[-len(p.rival_arms):] == p.rival_arms == ("at", "trades", "iat", "adv_varmixup")
-    assert p.seeds_of("at") == p.rival_seeds == (0, 1) and p.seeds_of("varmixup") == p.seeds == (0, 1, 2, 3, 4)
-    assert p.runs[:5] == tuple(("erm", sd) for sd in range(5)) and p.runs[-2:] == (("adv_varmixup", 0), ("adv_varmixup", 1))
-    assert len(p.runs) == 9 * 5 + 4 * 2
+    assert p.arms[-len(p.rival_arms):] == p.rival_arms == ("manifold_mixup", "cutmix", "at", "trades", "iat",
+                                                          "adv_varmixup")
+    assert p.seeds_of("at") == p.rival_seeds == (0, 1) and p.seeds_of("varmixup") == p.seeds == (0, 1, 2, 3, 4, 5)
+    assert p.runs[:6] == tuple(("erm", sd) for sd in range(6)) and p.runs[-2:] == (("adv_varmixup", 0), ("adv_varmixup", 1))
+    assert len(p.runs) == 7 * 6 + 6 * 2
     with pytest.raises(ValueError, match=r"arm = 'xyz' is not in params.yaml's arms or rival_arms"):
         p.seeds_of("xyz")
     raw = copy.deepcopy(RAW)
@@ -63,7 +64,7 @@ def test_rival_arms_are_trained_with_their_own_seeds():
     assert config.Params.from_dict(raw).seeds_of("at") == p.seeds
     del raw["rival_arms"]
     q = config.Params.from_dict(raw)
-    assert q.rival_arms == () and q.arms == p.arms[:9] and len(q.runs) == 45
+    assert q.rival_arms == () and q.arms == p.arms[:7] and len(q.runs) == 42
 
 
 def test_each_seed_mixes_with_one_vae_seed():
@@ -71,7 +72,7 @@ def test_each_seed_mixes_with_one_vae_seed():
     seed's value, so a run's VAE does not move when seeds are added or left out."""
     p = config.load_params(ROOT / "params.yaml")
     assert p.vae_seeds == (0, 1, 2)
-    assert [p.vae_seed_of(s) for s in p.seeds] == [0, 1, 2, 0, 1]
+    assert [p.vae_seed_of(s) for s in p.seeds] == [0, 1, 2, 0, 1, 2]
     q = config.Params.from_dict({**copy.deepcopy(RAW), "vae_seeds": [7, 3], "seeds": [3, 4], "rival_seeds": [3]})
     assert [q.vae_seed_of(s) for s in q.seeds] == [3, 7] and q.vae_seed_of(3) == names.vae_seed_of(3, [7, 3])
     raw = copy.deepcopy(RAW)
@@ -182,20 +183,20 @@ def edit(raw, path, value):
     (("arm_settings", "Mixup-2"), {"method": "mixup"},
      "arm_settings = 'Mixup-2' is invalid: expected an arm name of lower-case letters"),
     (("comparisons", "varmixup"), ["mixup", "cutmixx"],
-     "comparisons.varmixup[1] = 'cutmixx' is invalid: expected one of the other arms (cutmix, erm, "),
+     "comparisons.varmixup[1] = 'cutmixx' is invalid: expected one of the other arms (erm, mixup, "),
     (("comparisons", "varmixup"), ["varmixup"],
-     "comparisons.varmixup[0] = 'varmixup' is invalid: expected one of the other arms (cutmix, "
-     "erm, manifold_mixup, mixup, mixup_half, mixup_r, mixup_r_full, varmixup_full)"),
-    # the rivals, trained with fewer seeds, are not in the paired family (they lack seeds 2..4)
+     "comparisons.varmixup[0] = 'varmixup' is invalid: expected one of the other arms (erm, mixup, "
+     "mixup_half, mixup_r, mixup_r_full, varmixup_full)"),
+    # the descriptive arms, trained with fewer seeds, are not in the paired family (they lack seeds 2..5)
     (("comparisons", "varmixup"), ["at"],
-     "comparisons.varmixup[0] = 'at' is invalid: expected one of the other arms (cutmix, erm, "),
+     "comparisons.varmixup[0] = 'at' is invalid: expected one of the other arms (erm, mixup, "),
     (("rival_arms",), ["at", "erm"], "rival_arms = ['at', 'erm'] is invalid: expected arms not in arms "
                                      "(given in both: erm)"),
     (("rival_arms",), ["at", "att"], "rival_arms[1] = 'att' is invalid: expected an arm declared in arm_settings"),
     (("rival_arms",), ["at", "at"], "rival_arms = ['at', 'at'] is invalid: expected each arm at most once"),
-    (("rival_seeds",), [1, 2], "rival_seeds = [1, 2] is invalid: expected seeds among seeds [0, 1, 2, 3, 4], "
+    (("rival_seeds",), [1, 2], "rival_seeds = [1, 2] is invalid: expected seeds among seeds [0, 1, 2, 3, 4, 5], "
                                "holding its first, 0"),
-    (("rival_seeds",), [0, 7], "rival_seeds = [0, 7] is invalid: expected seeds among seeds [0, 1, 2, 3, 4]"),
+    (("rival_seeds",), [0, 7], "rival_seeds = [0, 7] is invalid: expected seeds among seeds [0, 1, 2, 3, 4, 5]"),
     (("rival_seeds",), [0, 0], "rival_seeds = [0, 0] is invalid: expected each seed at most once"),
     (("rival_seeds",), [], "rival_seeds = [] is invalid: expected a non-empty list"),
     (("vae_seeds",), [], "vae_seeds = [] is invalid: expected a non-empty list"),
@@ -421,7 +422,7 @@ def test_an_arm_picks_its_vae_and_only_vae_methods_may():
 def test_perturbation_settings_are_validated():
     p = config.load_params(ROOT / "params.yaml")
     ev = p.profiles["default"].eval
-    assert ev.perturbation_eps == (1, 2, 4, 8) and ev.perturbation_steps >= 20 and ev.perturbation_restarts >= 2
+    assert ev.perturbation_eps == (2, 8) and ev.perturbation_steps >= 20 and ev.perturbation_restarts >= 2
     for key, value, allowed in (("perturbation_eps", [0], "a number > 0 and <= 255"), ("perturbation_steps", 0, "1"),
                                 ("perturbation_restarts", 0, "1"), ("autoattack_version", "plus", "standard, rand, apgd"),
                                 ("autoattack_eps", -1, "255")):

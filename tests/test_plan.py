@@ -32,7 +32,7 @@ def test_the_committed_plan_is_valid_and_its_family_is_params_yamls():
     (lambda d: d["sesoi"].update(ece=0), "sesoi.ece = 0 is invalid: expected a finite number > 0"),
     (lambda d: d["sizes"]["images"].pop("ece"), "sizes.images = .* is invalid: expected one size per claim"),
     (lambda d: d["sizes"].update(seeds=0), "sizes.seeds = 0 is invalid: expected an integer >= 1"),
-    (lambda d: d.update(version=3), "changes = \\[1, 2\\] is invalid: expected one entry per version 1..3"),
+    (lambda d: d.update(version=4), "changes = \\[1, 2, 3\\] is invalid: expected one entry per version 1..4"),
     (lambda d: d["pilot"].update(commit="abc"), "pilot = .* is invalid: expected a mapping with commit"),
 ])
 def test_a_bad_plan_is_one_line_naming_the_key(edit, message):
