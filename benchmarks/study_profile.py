@@ -7,7 +7,7 @@ arm and all, 03 corruptions, 04 calibration, 05 landscape, 06 perturbations, 07 
 - wall seconds: the stage's own wall time as committed in results/<dataset>/<profile>/timings/*.json
   (``wall_seconds``; check and site record none);
 - share of the study: that over the study's ``dvc repro`` wall time (``--study-seconds``, by default the
-  4,874 s docs/pipeline.md records);
+  3,704 s docs/pipeline.md records);
 - GFLOP: the stage's counted work. torch.utils.flop_counter.FlopCounterMode counts, on the study's own
   models built from params.yaml's profile, the FLOPs per image of a classifier forward, a training step
   (forward + backward), an attack step (forward + backward to the input), the VAE's encode + decode, its
@@ -22,7 +22,7 @@ The walls of stages without a timings file (check, site) are part of that line.
 
     python benchmarks/study_profile.py                                   # ~30 s, most of it the peak
     python benchmarks/study_profile.py --out auto   # benchmarks/results/study-profile-cpu-<cpu>-<avx>-2threads.md
-    python benchmarks/study_profile.py --peak 160 --study-seconds 4874   # no measurement
+    python benchmarks/study_profile.py --peak 160 --study-seconds 3704   # no measurement
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from varmix.core import config  # noqa: E402
 from varmix.learn.models import build_model  # noqa: E402
 from varmix.learn.vae import ConvVAE, vae_loss  # noqa: E402
 
-STUDY_SECONDS = 4874.0   # docs/pipeline.md: the default profile's measured `dvc repro`, 2-core EPYC (AVX2)
+STUDY_SECONDS = 3704.0   # docs/pipeline.md: the default profile's measured `dvc repro`, 2-core EPYC (AVX-512)
 TIMINGS = ROOT / "results" / "fashion-mnist" / "default" / "timings"
 # Fashion-MNIST as data/fashion-mnist/meta.json records it (read from there when present)
 SHAPE, NUM_CLASSES, TRAIN_IMAGES, TEST_IMAGES = (1, 28, 28), 10, 60_000, 10_000
@@ -63,14 +63,14 @@ SAMPLE_METHODS = {"plain": 4, "adversarial": 2}  # sample_distance's mixers per 
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # dvc.lock is ~13k lines: libyaml's parser if present
 STAGE_FILES = {"vae": "vae", "vae_adversarial": "vae_adversarial", "corruptions": "corruptions",
                "calibration": "calibration", "landscape": "linearity", "perturbations": "perturbations",
-               "report": "report"}
+               "report": "report", "regime": "regime"}
 
 
 # ----------------------------------------------------------------------------------------------
 # the stages: dvc.yaml expanded, dvc.lock's record of them
 def expanded_stages(root: Path = ROOT) -> list[str]:
-    """dvc.yaml's stage names with each ``matrix`` expanded over params.yaml's lists (``name@arm-seed``, as
-    dvc names them), in dvc.yaml's order."""
+    """dvc.yaml's stage names with each ``matrix`` expanded over params.yaml's lists (``name@arm-seed``, or
+    ``name@value`` for a one-key matrix such as the VAE seeds', as dvc names them), in dvc.yaml's order."""
     params = yaml.safe_load((root / "params.yaml").read_text())
     out = []
     for name, st in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].items():
@@ -78,6 +78,9 @@ def expanded_stages(root: Path = ROOT) -> list[str]:
             out.append(name)
             continue
         keys = {k: v.strip("${}") for k, v in st["matrix"].items()}
+        if len(keys) == 1:
+            out += [f"{name}@{value}" for value in params[next(iter(keys.values()))]]
+            continue
         if set(keys) != {"arm", "seed"}:
             raise ValueError(f"dvc.yaml stage {name}: matrix keys {sorted(keys)}: expected arm and seed")
         out += [f"{name}@{arm}-{seed}" for arm in params[keys["arm"]] for seed in params[keys["seed"]]]
@@ -192,12 +195,15 @@ class Work:
     kind: str = "exact"
 
 
-def train_flops(params: config.Params, arm: str, f: dict[str, float]) -> float:
+def train_flops(params: config.Params, arm: str, f: dict[str, float], train_subset: int | None = None,
+                epochs: int | None = None) -> float:
     """One classifier run of ``arm``: epochs x train_subset steps (an adversarial method's PGD steps added,
-    a VAE mixer's encode + decode on the mixed share of batches), and the per-epoch test evaluation."""
+    a VAE mixer's encode + decode on the mixed share of batches), and the per-epoch test evaluation.
+    ``train_subset`` and ``epochs``: the regime chapter's budget instead of the arm's."""
     run = params.run_settings(arm)
     method, cfg = run.method, run.train
-    epochs, n_train = run.epochs, cfg.train_subset or TRAIN_IMAGES
+    epochs = epochs or run.epochs
+    n_train = min(train_subset or cfg.train_subset or TRAIN_IMAGES, TRAIN_IMAGES)
     steps = cfg.adversarial.steps
     step = {"at": steps * f["attack"] + f["train"],
             "trades": f["fwd"] + steps * f["attack"] + 2 * f["train"],   # p(x) once; clean + adversarial passes
@@ -207,17 +213,21 @@ def train_flops(params: config.Params, arm: str, f: dict[str, float]) -> float:
     return epochs * (n_train * step + (cfg.test_subset or TEST_IMAGES) * f["fwd"])
 
 
-def vae_flops(params: config.Params, kind: str, f: dict[str, float], n_test: int) -> float:
+def vae_flops(params: config.Params, kind: str, f: dict[str, float], n_test: int, sample_distance: bool = True
+              ) -> float:
     """01_vae for ``kind``: VAE training (the adversarial one with its attack) and its per-epoch test
     reconstructions; the notebook's quality metrics; the gate's probe (reconstructions, then an ERM small
-    CNN); the FID feature classifier (trained in the plain run, reused by the adversarial one); the
-    mixers' FID/KID sets (each image's features taken as one classifier forward)."""
+    CNN); with ``sample_distance`` (the adversarial VAE's and the first VAE seed's chapters) the FID feature
+    classifier (trained in the plain run, reused by the adversarial one) and the mixers' FID/KID sets (each
+    image's features taken as one classifier forward)."""
     v = params.vae
     n_vae = min(v.train_subset or TRAIN_IMAGES, TRAIN_IMAGES)
     step = f["vae_train"] + (f["vae_attack"] if kind == "adversarial" else 0.0)
     total = v.epochs * (n_vae * step + n_test * f["vae_fwd"])
     total += n_test * f["vae_fwd"] + min(LATENT_METRICS_IMAGES, n_test) * f["vae_enc"]
     total += v.probe_subset * f["vae_fwd"] + v.probe_epochs * (v.probe_subset * f["train"] + n_test * f["fwd"])
+    if not sample_distance:
+        return total
     if kind == "plain":
         total += v.probe_epochs * (v.probe_subset * f["train"] + v.fid_samples * f["fwd"])
     n, mixers = v.fid_samples, SAMPLE_METHODS[kind]
@@ -230,11 +240,16 @@ def stage_work(params: config.Params, f: dict[str, float], n_test: int = TEST_IM
     """Counted FLOPs of every stage (named as dvc names them) from params.yaml's default profile."""
     ev, runs = params.eval, params.runs
     arms_seed0 = [a for a, sd in runs if sd == params.seeds[0]]
-    work = {"check": Work(0.0), "vae": Work(vae_flops(params, "plain", f, n_test), "estimate"),
-            "vae_adversarial": Work(vae_flops(params, "adversarial", f, n_test), "estimate")}
+    work = {"check": Work(0.0), "vae_adversarial": Work(vae_flops(params, "adversarial", f, n_test), "estimate")}
+    for i, vae_seed in enumerate(params.vae_seeds):  # FID/KID in the first VAE seed's chapter only
+        work[f"vae@{vae_seed}"] = Work(vae_flops(params, "plain", f, n_test, sample_distance=i == 0), "estimate")
     for arm, seed in runs:
         stage = "train_rivals" if arm in params.rival_arms else "train"
         work[f"{stage}@{arm}-{seed}"] = Work(train_flops(params, arm, f))
+    if params.regime_arms:
+        budget = params.regime
+        for arm, seed in params.regime_runs:
+            work[f"train_regime@{arm}-{seed}"] = Work(train_flops(params, arm, f, budget.train_subset, budget.epochs))
     n_corrupt = ev.test_subset or n_test
     work["corruptions"] = Work(len(runs) * n_corrupt * (1 + len(ev.corruptions) * len(ev.severities)) * f["fwd"])
     work["calibration"] = Work(0.0)  # reads the logits the training runs stored
@@ -249,6 +264,11 @@ def stage_work(params: config.Params, f: dict[str, float], n_test: int = TEST_IM
     work["perturbations"] = Work(len(runs) * pgd + len(arms_seed0) * autoattack_flops(params, f, n_test),
                                  "upper bound")
     work["report"] = Work(0.0)
+    # 08_regime: each regime run's corruption grid, γ at 8/255 alone, and PGD as 06 attacks (study.regime)
+    gamma_8 = ev.linearity_images * ev.linearity_restarts * ((ev.linearity_steps + 1) * f["attack"] + f["fwd"])
+    regime_runs = len(params.regime_runs) if params.regime_arms else 0
+    work["regime"] = Work(regime_runs * (n_corrupt * (1 + len(ev.corruptions) * len(ev.severities)) * f["fwd"]
+                                         + gamma_8 + pgd), "upper bound")
     work["site"] = Work(0.0)
     return work
 
@@ -271,6 +291,11 @@ def stage_walls(params: config.Params, timings: Path = TIMINGS) -> dict[str, flo
     for arm, seed in params.runs:
         stage = "train_rivals" if arm in params.rival_arms else "train"
         files[f"{stage}@{arm}-{seed}"] = f"train-{arm}-s{seed}"
+    for vae_seed in params.vae_seeds:
+        files[f"vae@{vae_seed}"] = f"vae/s{vae_seed}"
+    if params.regime_arms:
+        for arm, seed in params.regime_runs:
+            files[f"train_regime@{arm}-{seed}"] = f"train-regime_{arm}-s{seed}"
     walls = {}
     for stage, name in files.items():
         path = timings / f"{name}.json"
@@ -286,9 +311,13 @@ def chapter_of(stage: str) -> str:
     """The chapter a stage belongs to (02_train per arm)."""
     if stage.startswith(("train@", "train_rivals@")):
         return "02_train " + stage.partition("@")[2].rsplit("-", 1)[0]
+    if stage.startswith("vae@"):
+        return "01_vae plain"
+    if stage.startswith("train_regime@"):
+        return "08 regime training"
     chapters = {"check": "check", "vae": "01_vae plain", "vae_adversarial": "01_vae adversarial",
                 "corruptions": "03 corruptions", "calibration": "04 calibration", "landscape": "05 landscape",
-                "perturbations": "06 perturbations", "report": "07 report", "site": "site"}
+                "perturbations": "06 perturbations", "report": "07 report", "regime": "08 regime", "site": "site"}
     if stage not in chapters:
         raise ValueError(f"stage {stage!r} has no chapter: dvc.yaml has a stage this script does not know "
                          f"(add it to chapter_of and stage_work)")
@@ -418,7 +447,7 @@ def notes(f: dict[str, float], params: config.Params, peak_line: str, study: flo
     aa_gflop = len([a for a, sd in params.runs if sd == params.seeds[0]]) * autoattack_flops(params, f) / 1e9
     return [
         f"- Peak: {peak_line}. 'of peak' = GFLOP / wall s / that peak. The walls are the committed study's, "
-        f"measured on this project's 2-core AMD EPYC with AVX2 only (docs/pipeline.md): on another machine the "
+        f"measured on this project's 2-core AMD EPYC with AVX-512 (docs/pipeline.md): on another machine the "
         f"share compares them with that machine's peak.",
         f"- Study wall: {study:,.0f} s (`--study-seconds`; docs/pipeline.md's measured `dvc repro`). Walls: each "
         f"stage's own `wall_seconds` in results/fashion-mnist/default/timings/; check and site record none, so "

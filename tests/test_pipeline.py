@@ -331,7 +331,7 @@ def test_session_writes_to_workdir_and_lists_runs(tmp_path, monkeypatch):
     assert s.layout.results == tmp_path / "results" / "fashion-mnist" / "smoke"
     assert s.runs() == list(s.params.runs) == [(a, sd) for a in s.params.arms for sd in s.params.seeds_of(a)]
     assert s.runs("cutmix", 0) == [("cutmix", 0)]
-    assert s.runs("at") == [("at", 0), ("at", 1)] and s.params.seeds_of("erm") == (0, 1, 2, 3, 4)
+    assert s.runs("at") == [("at", 0), ("at", 1)] and s.params.seeds_of("erm") == (0, 1, 2, 3, 4, 5)
     with pytest.raises(ValueError, match=r"seed = 3 is not among params.yaml's seeds for arm 'at' \[0, 1\]"):
         s.runs("at", 3)
     path = s.save_metrics("x", {"erm-s0": {"acc": pd.Series([0.25]).iloc[0], "n": pd.Series([3]).iloc[0]}})

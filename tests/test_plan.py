@@ -25,6 +25,17 @@ def test_the_committed_plan_is_valid_and_its_family_is_params_yamls():
     assert set(p.sesoi) == set(p.images) == {"corruption_accuracy", "ece", "gamma_8", "pgd_accuracy"}
 
 
+def test_the_deciding_profile_runs_the_plans_sizes():
+    """params.yaml's default profile (the committed study) trains and scores at the sizes the plan fixed: its
+    family's seeds, and per claim the test images the chapter scores."""
+    p = plan.load_plan(ROOT)
+    params = config.load_params(ROOT / "params.yaml")
+    default = params.profiles["default"]
+    assert len(params.seeds) == p.seeds
+    assert {"corruption_accuracy": default.eval.test_subset, "ece": default.train.test_subset,
+            "gamma_8": default.eval.linearity_images, "pgd_accuracy": default.eval.perturbation_images} == p.images
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d.pop("sesoi"), "missing key sesoi"),
     (lambda d: d.update(extra=1), "unknown key extra"),

@@ -67,14 +67,17 @@ def test_walls_and_overhead_add_up_to_the_study(study_profile, params, table):
     # shares: the stages' and the overhead's make the whole study (each rounded to 0.1%)
     shares = [_num(rows[s][2]) for s in stages if _num(rows[s][2]) is not None] + [_num(overhead[2])]
     assert sum(shares) == pytest.approx(100.0, abs=0.05 * len(shares))
-    assert rows["**02_train all**"][1] == f"{sum(w for s, w in zip(stages, walls) if s.startswith('train')):,.1f}"
+    train = sum(w for s, w in zip(stages, walls) if s.startswith(("train@", "train_rivals@")))
+    assert rows["**02_train all**"][1] == f"{train:,.1f}"
 
 
 def test_stage_count_is_dvc_yamls_expanded_matrix(study_profile, params, table):
     import yaml
 
     plain = [n for n, st in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items() if "matrix" not in st]
-    expected = len(plain) + len(params.runs)  # train: arms x seeds, train_rivals: rival_arms x rival_seeds
+    # train: arms x seeds, train_rivals: rival_arms x rival_seeds, vae: one per VAE seed, train_regime: regime_arms x
+    # regime_seeds
+    expected = len(plain) + len(params.runs) + len(params.vae_seeds) + len(params.regime_runs)
     assert len(study_profile.expanded_stages()) == expected
     assert len(study_profile.locked_stages()) == expected  # dvc.lock records every one (its stale ones not counted)
     assert f"× {expected} stages" in table
