@@ -186,7 +186,7 @@ def test_run_notebook_checks_arguments_before_any_kernel():
         runner.run_notebook("03_corruptions", "smoke", arm="erm", seed=0)
     with pytest.raises(ValueError, match="arm = 'bogus' is not in params.yaml's arms"):
         runner.run_notebook("02_train", "smoke", arm="bogus", seed=0)
-    with pytest.raises(ValueError, match=r"seed = 77 is not among params.yaml's seeds for arm 'erm' \[0, 1, 2, 3, 4\]"):
+    with pytest.raises(ValueError, match=r"seed = 77 is not among params.yaml's seeds for arm 'erm' \[0, 1, 2, 3, 4, 5\]"):
         runner.run_notebook("02_train", "smoke", arm="erm", seed=77)
     with pytest.raises(errors.ConfigError, match="profile"):
         runner.run_notebook("01_vae", "huge")

@@ -4,7 +4,8 @@ Two experiments (seed 0 and seed 1 of the smoke profile's ERM arm) are queued wi
 `dvc exp run --queue -S seeds=[N] -S rival_seeds=[N] train data.dvc`, run by `dvc queue start -j 1` (DVC's own workers, in
 temporary workspaces under .dvc/tmp/exps), and both must come back: listed by `dvc exp show`, marked
 Success by `dvc queue status`, and each one's training metrics present after `dvc exp apply`.
-Each experiment trains the two smoke VAEs and one classifier in its own copy of the project: about
+Each experiment trains the two smoke VAEs, one classifier and the regime chapter's two smoke runs in its own
+copy of the project: about
 6 to 13 minutes in all on a shared, busy 2-core CPU (2026-11-26), the queue's two runs one after the other.
 """
 
@@ -31,8 +32,12 @@ def queued(tmp_path_factory):
     for seed in (0, 1):
         # with targets, a workspace checks out only the targets and their upstream stages, and no stage lists
         # data/ (dvc.yaml's check stage says why): data.dvc is named so that data/ is checked out too
+        # train_regime too: `dvc exp apply` checks out every stage's cached outputs and fails on a stage the
+        # experiment never ran ("Checkout failed"), and the regime chapter's runs are the smoke clone's only
+        # other cached outputs (its two smoke runs, seconds each)
         smoke_clone.dvc(clone, "exp", "run", "--queue", "--name", f"seed-{seed}", "-S", f"seeds=[{seed}]",
-                        "-S", f"rival_seeds=[{seed}]", "train", "data.dvc", check=True)  # rival_seeds: within seeds
+                        "-S", f"rival_seeds=[{seed}]", "train", "train_regime", "data.dvc",
+                        check=True)  # rival_seeds: within seeds
     smoke_clone.dvc(clone, "queue", "start", "-j", "1", check=True, capture=False, timeout=120)
     deadline = time.monotonic() + QUEUE_TIMEOUT_S
     try:

@@ -162,8 +162,8 @@ def test_bad_input_stops_before_anything_is_written(small, tmp_path):
         site.build_site(tmp_path / "nowhere", out)
     bad = tmp_path / "bad" / "fashion-mnist" / "default"
     shutil.copytree(results, bad)
-    shutil.copy(bad / "notebooks" / "01_vae.ipynb", bad / "notebooks" / "09_stale_report.ipynb")
-    shutil.copy(bad / "notebooks" / "01_vae.ipynb", bad / "notebooks" / "09_other.ipynb")
+    shutil.copy(bad / "notebooks" / "01_vae-s0.ipynb", bad / "notebooks" / "09_stale_report.ipynb")
+    shutil.copy(bad / "notebooks" / "01_vae-s0.ipynb", bad / "notebooks" / "09_other.ipynb")
     with pytest.raises(ValueError, match=r"holds two chapters numbered 09 \(09_other, 09_stale_report\): one is "
                                          r"left over from an older layout"):
         site.build_site(bad, out)
@@ -173,12 +173,12 @@ def test_bad_input_stops_before_anything_is_written(small, tmp_path):
     with pytest.raises(ValueError, match=r"Notes.ipynb is not named like an executed notebook"):
         site.build_site(bad, out)
     (bad / "notebooks" / "Notes.ipynb").unlink()
-    good = (bad / "notebooks" / "01_vae.ipynb").read_bytes()
-    (bad / "notebooks" / "01_vae.ipynb").write_bytes(good[: len(good) // 2])
-    with pytest.raises(ValueError, match=r"01_vae.ipynb is not a readable notebook \(.*\): run its stage again"):
+    good = (bad / "notebooks" / "01_vae-s0.ipynb").read_bytes()
+    (bad / "notebooks" / "01_vae-s0.ipynb").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=r"01_vae-s0.ipynb is not a readable notebook \(.*\): run its stage again"):
         site.build_site(bad, out)
-    (bad / "notebooks" / "01_vae.ipynb").write_bytes(good)
-    (bad / "notebooks" / ".01_vae.ipynb.x1.tmp.ipynb").write_text("{}")  # a killed write's temporary: ignored
+    (bad / "notebooks" / "01_vae-s0.ipynb").write_bytes(good)
+    (bad / "notebooks" / ".01_vae-s0.ipynb.x1.tmp.ipynb").write_text("{}")  # a killed write's temporary: ignored
     (bad / "notebooks" / "03_x.failed.ipynb").write_text("{}")  # a failed run's traceback: ignored
     io.write_json(bad / "metrics" / "report.json", {"claims": {"1. corruptions": "holds"}})
     with pytest.raises(ValueError, match=r"claims \['1. corruptions'\] are not '<claim> \| <arm> vs <rival>'"):
