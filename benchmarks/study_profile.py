@@ -61,7 +61,7 @@ LATENT_METRICS_IMAGES = 2000  # varmix.learn.vae.latent_metrics' default n (01_v
 AUTOATTACK_STEPS = 10
 SAMPLE_METHODS = {"plain": 4, "adversarial": 2}  # sample_distance's mixers per VAE kind (01_vae's cells)
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # dvc.lock is ~13k lines: libyaml's parser if present
-STAGE_FILES = {"vae": "vae", "vae_adversarial": "vae_adversarial", "corruptions": "corruptions",
+STAGE_FILES = {"vae_adversarial": "vae_adversarial", "corruptions": "corruptions",
                "calibration": "calibration", "landscape": "linearity", "perturbations": "perturbations",
                "report": "report", "regime": "regime"}
 
@@ -315,7 +315,7 @@ def chapter_of(stage: str) -> str:
         return "01_vae plain"
     if stage.startswith("train_regime@"):
         return "08 regime training"
-    chapters = {"check": "check", "vae": "01_vae plain", "vae_adversarial": "01_vae adversarial",
+    chapters = {"check": "check", "vae_adversarial": "01_vae adversarial",
                 "corruptions": "03 corruptions", "calibration": "04 calibration", "landscape": "05 landscape",
                 "perturbations": "06 perturbations", "report": "07 report", "regime": "08 regime", "site": "site"}
     if stage not in chapters:
