@@ -195,15 +195,14 @@ class Work:
     kind: str = "exact"
 
 
-def train_flops(params: config.Params, arm: str, f: dict[str, float], train_subset: int | None = None,
-                epochs: int | None = None) -> float:
+def train_flops(params: config.Params, arm: str, f: dict[str, float], regime: bool = False) -> float:
     """One classifier run of ``arm``: epochs x train_subset steps (an adversarial method's PGD steps added,
     a VAE mixer's encode + decode on the mixed share of batches), and the per-epoch test evaluation.
-    ``train_subset`` and ``epochs``: the regime chapter's budget instead of the arm's."""
-    run = params.run_settings(arm)
+    ``regime``: the regime chapter's run (its budget's images and epochs; train_subset null = every image)."""
+    run = params.regime_run_settings(arm) if regime else params.run_settings(arm)
     method, cfg = run.method, run.train
-    epochs = epochs or run.epochs
-    n_train = min(train_subset or cfg.train_subset or TRAIN_IMAGES, TRAIN_IMAGES)
+    epochs = run.epochs
+    n_train = min(cfg.train_subset or TRAIN_IMAGES, TRAIN_IMAGES)
     steps = cfg.adversarial.steps
     step = {"at": steps * f["attack"] + f["train"],
             "trades": f["fwd"] + steps * f["attack"] + 2 * f["train"],   # p(x) once; clean + adversarial passes
@@ -247,9 +246,8 @@ def stage_work(params: config.Params, f: dict[str, float], n_test: int = TEST_IM
         stage = "train_rivals" if arm in params.rival_arms else "train"
         work[f"{stage}@{arm}-{seed}"] = Work(train_flops(params, arm, f))
     if params.regime_arms:
-        budget = params.regime
         for arm, seed in params.regime_runs:
-            work[f"train_regime@{arm}-{seed}"] = Work(train_flops(params, arm, f, budget.train_subset, budget.epochs))
+            work[f"train_regime@{arm}-{seed}"] = Work(train_flops(params, arm, f, regime=True))
     n_corrupt = ev.test_subset or n_test
     work["corruptions"] = Work(len(runs) * n_corrupt * (1 + len(ev.corruptions) * len(ev.severities)) * f["fwd"])
     work["calibration"] = Work(0.0)  # reads the logits the training runs stored

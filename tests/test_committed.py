@@ -1,6 +1,6 @@
 """The committed study's numbers can be recomputed from what is committed (issue 11): every run's clean
-test logits (float16, results/<dataset>/<profile>/per_image/logits.npz) give the committed calibration
-numbers exactly, and the whole study's logits stay within 10 MB."""
+test logits (float16, results/<dataset>/<profile>/per_image/logits.npz; the regime chapter's runs':
+regime_logits.npz) give the committed calibration numbers exactly, and the whole study's logits stay within 10 MB."""
 
 import os
 import subprocess
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from varmix.core import config, io
@@ -19,6 +20,8 @@ from varmix.pipeline.session import Layout, json_ready
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = config.load_params(ROOT / "params.yaml")
 LAYOUT = Layout(ROOT, PARAMS.dataset, PARAMS.profile)
+# per_image_inputs needs a γ table; these tests read only the logits' metrics
+_NO_GAMMA = pd.DataFrame({"method": ["-"], "seed": [0], "eps_255": [8.0], "image": [0], "gamma": [0.0]})
 
 
 def test_committed_logits_give_the_committed_calibration_numbers():
@@ -37,6 +40,23 @@ def test_committed_logits_give_the_committed_calibration_numbers():
         scaled = calibration.temperature_scaled_metrics(logits, labels, bins)
         assert json_ready(scaled["ece_temperature_scaled"]) == committed[name]["ece_temperature_scaled"], name
         assert calibration.regime(again["overconfidence"]) == committed[name]["regime"]
+
+
+def test_committed_regime_logits_give_the_regime_chapters_clean_numbers():
+    """The regime chapter's runs (08_regime) commit their clean test logits too: each run's accuracy and ECE in
+    metrics/regime.json recompute exactly from results/<dataset>/<profile>/per_image/regime_logits.npz."""
+    from varmix.study import regime, report
+
+    path = LAYOUT.per_image("regime_logits")
+    assert path.is_file(), f"{path} is not committed: run `dvc repro regime` and commit results/"
+    stored = io.read_logits(path)
+    assert set(stored) == {run_name(a, sd) for a in PARAMS.regime_arms for sd in PARAMS.regime_seeds}
+    again = regime.run_means(report.per_image_inputs({}, stored, _NO_GAMMA), ["accuracy", "ece"])
+    committed = {(r["arm"], r["seed"]): r for r in io.read_json(LAYOUT.metrics("regime"))["runs"]}
+    assert len(committed) == len(stored)
+    for row in again.to_dict(orient="records"):
+        for key in ("accuracy", "ece"):
+            assert json_ready(row[key]) == committed[(row["arm"], row["seed"])][key], (row["arm"], row["seed"], key)
 
 
 # The committed study was made on one machine; on any x86-64 CPU with AVX2 at the pinned torch, a run

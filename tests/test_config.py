@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from varmix.core import config, errors, names
+from varmix.learn.data import SPECS
 from varmix.pipeline.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +99,8 @@ def test_the_regime_chapter_trains_its_arms_longer(tmp_path):
     budget, study = p.regime, p.run_settings("varmixup")
     r = p.regime_run_settings("varmixup")
     assert (r.epochs, r.train.train_subset) == (budget.epochs, budget.train_subset)
-    assert budget.epochs * budget.train_subset >= 5 * study.epochs * study.train.train_subset  # >= 5x the study's
+    n_train = budget.train_subset or SPECS[p.dataset].train_size  # null: every training image
+    assert budget.epochs * n_train >= 5 * study.epochs * study.train.train_subset  # >= 5x the study's
     assert (r.method, r.mix_prob, r.alpha, r.train.lr, r.train.arch) == (
         study.method, study.mix_prob, study.alpha, study.train.lr, study.train.arch)
     with pytest.raises(ValueError, match=r"arm = 'cutmix' is not in params.yaml's regime_arms"):

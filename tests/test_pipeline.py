@@ -98,7 +98,8 @@ def test_dvc_outputs_are_the_layouts_paths(layout):
         assert _paths(st["plots"]) == [_rel(layout.plot_data(f"train-{name}"))]
         assert st["cmd"].endswith(f"--arm {m} --seed {sd} --regime")
         assert f"profiles.default.regime" in st["params"] and layout.regime_model_dir(m, sd).parent != layout.model_dir(m, sd).parent
-    assert _paths(stages["regime"]["outs"]) == [_rel(layout.notebook("08_regime")), _rel(layout.metrics("regime"))]
+    assert _paths(stages["regime"]["outs"]) == [_rel(layout.notebook("08_regime")), _rel(layout.per_image("regime_logits")),
+                                                _rel(layout.metrics("regime"))]
     assert {_rel(layout.runs / "regime"), _rel(layout.metrics("report")), _rel(layout.per_image("logits"))} <= set(
         stages["regime"]["deps"])
     assert _rel(layout.metrics("corruptions")) in _paths(stages["corruptions"]["outs"])

@@ -50,6 +50,18 @@ def test_block_states_each_verdict_of_the_report():
             assert f"**{verdict.capitalize()}** (" in block and f"; {n} of {len(report['comparisons'])})" in block
 
 
+def test_block_says_how_many_inconclusive_intervals_exclude_zero():
+    """The table prints each comparison's own t interval beside the family's Holm verdict: the block says so
+    and counts the inconclusive rows whose interval excludes 0 (the ones a reader would misread)."""
+    base = dict(_report()["comparisons"][0], verdict="inconclusive")
+    rows = [dict(base, rival="a", t_lo=0.01, t_hi=0.02), dict(base, rival="b", t_lo=-0.03, t_hi=-0.01),
+            dict(base, rival="c", t_lo=-0.01, t_hi=0.02), dict(base, rival="d", t_lo=0.01, t_hi=0.02, verdict="holds")]
+    block = readme.results_block({"comparisons": rows})
+    assert "not adjusted for the family" in block and "(2 of the 4 tested here)" in block
+    block = readme.results_block({"comparisons": rows[2:]})
+    assert "(0 of the 2 tested here)" in block
+
+
 def test_scale_matches_the_report_claims():
     """The block's rule (accuracies in points) is the report's own scale for every claim it decides."""
     from varmix.study import report as study_report
@@ -171,3 +183,21 @@ def test_no_project_history_in_readme_or_new_docs():
     for page in pages:
         hits = re.findall(r"\b[Ii]ssue \d+", page.read_text(encoding="utf-8"))
         assert not hits, f"{page.relative_to(ROOT)} records project history: {hits}"
+
+
+def test_stated_study_time_is_the_profiled_one():
+    """The study's `dvc repro` time the README and docs/pipeline.md state is the one the committed profile
+    table (benchmarks/study_profile.py --study-seconds, linked from docs/pipeline.md) was made with."""
+    pipeline_md = (ROOT / "docs" / "pipeline.md").read_text(encoding="utf-8")
+    linked = re.findall(r"\((\.\./benchmarks/results/study-profile-[^)\s]+\.md)\)", pipeline_md)
+    assert linked, "docs/pipeline.md links no study profile table (benchmarks/results/study-profile-*.md)"
+    table = (ROOT / "docs" / linked[0]).read_text(encoding="utf-8")
+    m = re.search(r"\*\*the study\*\* \(dvc repro\) \| ([\d,.]+) \|", table)
+    assert m, f"{linked[0]} has no 'the study (dvc repro)' row"
+    seconds = float(m.group(1).replace(",", ""))
+    for page in (README, ROOT / "docs" / "pipeline.md"):
+        stated = re.findall(r"\*\*([\d.]+) min\*\* \(([\d,]+) s\)", page.read_text(encoding="utf-8"))
+        assert stated, f"{page.name} states no study time as '**M min** (S s)'"
+        for minutes, secs in stated:
+            assert (minutes, int(secs.replace(",", ""))) == (f"{seconds / 60:.1f}", round(seconds)), (
+                f"{page.name} states {minutes} min ({secs} s); the profile table says {seconds:g} s")

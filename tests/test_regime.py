@@ -45,3 +45,27 @@ def test_run_means_and_clean_accuracy():
     acc = regime.clean_accuracy(logits, ["a", "b"])
     assert acc.to_dict(orient="records") == [{"arm": "a", "seed": 0, "accuracy": 0.5}, {"arm": "b", "seed": 3, "accuracy": 1.0}]
     assert regime.clean_accuracy(logits, ["c"]).empty
+
+
+def test_per_image_refuses_runs_without_logits_before_any_work(tmp_path):
+    """Every run scored needs its clean test logits (the committed file's): a missing one is named at once,
+    before a model is loaded (the folders here hold none)."""
+    import pytest
+
+    folders = {("erm", 0): tmp_path / "erm-s0", ("mixup", 0): tmp_path / "mixup-s0"}
+    logits = {"erm-s0": (np.zeros((2, 10), np.float32), np.zeros(2, np.int64))}
+    with pytest.raises(ValueError, match=r"no clean test logits for the runs \['mixup-s0'\]"):
+        regime.per_image(folders, logits, data=None, ev=None)
+
+
+def test_stored_logits_reads_each_runs_saved_logits(tmp_path):
+    folders = {}
+    for arm, sd, value in (("erm", 0, 1.0), ("varmixup", 2, -2.0)):
+        f = tmp_path / f"{arm}-s{sd}"
+        f.mkdir()
+        np.save(f / "test_logits.npy", np.full((3, 10), value, np.float32))
+        np.save(f / "test_labels.npy", np.arange(3, dtype=np.int64))
+        folders[(arm, sd)] = f
+    got = regime.stored_logits(folders)
+    assert list(got) == ["erm-s0", "varmixup-s2"]
+    assert got["varmixup-s2"][0].tolist() == [[-2.0] * 10] * 3 and got["erm-s0"][1].tolist() == [0, 1, 2]

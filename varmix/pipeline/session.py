@@ -84,7 +84,8 @@ class Layout:
 
     def per_image(self, name: str) -> Path:
         """Per-image arrays of every run (compressed .npz, committed): the clean test logits
-        (``logits``), corruption correctness (``corruptions``); what the report's bootstrap resamples."""
+        (``logits``; the regime chapter's runs: ``regime_logits``), corruption correctness (``corruptions``);
+        what the report's bootstrap resamples."""
         return self.results / "per_image" / f"{name}.npz"
 
     def timings(self, name: str) -> Path:

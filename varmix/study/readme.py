@@ -117,6 +117,14 @@ def results_block(report: Mapping[str, Any]) -> str:
         lines.append(f"| `{arm}` vs `{rival}` | "
                      + " | ".join(cell.get((arm, rival, c), "–") for c in claims) + " |")
     lines.append("")
+    # the printed interval is each comparison's own, the verdict is the family's: say so, with how many rows
+    # it matters for, so nobody reads an interval that excludes 0 as a finding
+    tested = [r for r in rows if r["verdict"] != "not tested"]
+    apart = sum(1 for r in tested if r["verdict"] == "inconclusive" and (r["t_lo"] > 0 or r["t_hi"] < 0))
+    lines += [f"Each interval is the comparison's own, not adjusted for the family; a verdict needs both tests "
+              f"(the crossed t and the pigeonhole bootstrap) to reject after Holm's correction over the "
+              f"{len(rows)}, so an interval that excludes 0 can still be inconclusive ({apart} of the {len(tested)} "
+              f"tested here).", ""]
     for verdict in VERDICTS:
         these = [r for r in rows if r["verdict"] == verdict]
         if these:

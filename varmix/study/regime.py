@@ -24,13 +24,15 @@ from varmix.core.names import run_name
 _SIDE = ("diff", "t_lo", "t_hi", "boot_lo", "boot_hi", "n_seeds")
 
 
-def per_image(folders: Mapping[tuple[str, int], Path], data, ev, device: str | torch.device | None = None
-              ) -> dict[str, dict[tuple[str, int], np.ndarray]]:
+def per_image(folders: Mapping[tuple[str, int], Path], logits: Mapping[str, tuple[Any, Any]], data, ev,
+              device: str | torch.device | None = None) -> dict[str, dict[tuple[str, int], np.ndarray]]:
     """The four claims' per-image arrays of the trained runs in ``folders`` ((arm, seed) -> a
     ``train_classifier`` folder), keyed metric -> (arm, seed) as ``stats.compare`` takes them
     (``report.per_image_inputs``), made by the chapters' own functions with the profile's ``eval`` settings
     ``ev`` on the chapters' test images: the corruption grid (03; the first ``test_subset`` images, seed 0),
-    the stored clean test logits (04), γ at 8/255 (05; the first ``linearity_images``) and PGD at every
+    the clean test ``logits`` (04; run name -> (logits, labels) as ``io.read_logits`` returns the committed
+    file the chapter writes :func:`stored_logits` to, so every number recomputes from it), γ at 8/255 (05;
+    the first ``linearity_images``) and PGD at every
     ``perturbation_eps`` (06; the first ``perturbation_images``, generator seed 0). Also ``accuracy`` (clean,
     from the logits), so the chapter can show how far the longer training got."""
     from varmix.evaluate import perturbation, robustness
@@ -41,6 +43,10 @@ def per_image(folders: Mapping[tuple[str, int], Path], data, ev, device: str | t
 
     if not folders:
         raise ValueError("no runs: expected at least one (arm, seed) -> model folder")
+    missing = sorted({run_name(a, sd) for a, sd in folders} - set(logits))
+    if missing:
+        raise ValueError(f"no clean test logits for the runs {missing}: expected one (logits, labels) pair per "
+                         f"run of folders (stored_logits)")
     models = {key: load_classifier(folder, device) for key, folder in folders.items()}
     n = ev.test_subset
     x, y = data.test_x[:n], data.test_y[:n]
@@ -50,8 +56,6 @@ def per_image(folders: Mapping[tuple[str, int], Path], data, ev, device: str | t
                                                ev.corruptions, ev.severities, seed=0, batch_size=ev.batch_size,
                                                device=device, n_bins=ev.ece_bins, per_image=True)
         corrupted.update({run_name(a, sd): v for a, v in images.items()})
-    logits = {run_name(a, sd): (np.load(f / "test_logits.npy"), np.load(f / "test_labels.npy"))
-              for (a, sd), f in folders.items()}
     k = ev.linearity_images
     xl, yl = to_float(data.test_x[:k]), data.test_y[:k]
     gammas = pd.concat([linearity_table(m, xl, yl, [8], steps=ev.linearity_steps, gen_seed=0,
@@ -65,7 +69,16 @@ def per_image(folders: Mapping[tuple[str, int], Path], data, ev, device: str | t
         restarts=ev.perturbation_restarts, step_factor=ev.perturbation_step_factor,
         gen=torch.Generator().manual_seed(0), batch_size=ev.batch_size, device=device)
         for (a, sd), m in models.items()}
-    return per_image_inputs(corrupted, logits, gammas, 8, perturbations=masks)
+    return per_image_inputs(corrupted, {run_name(a, sd): logits[run_name(a, sd)] for a, sd in folders}, gammas, 8,
+                            perturbations=masks)
+
+
+def stored_logits(folders: Mapping[tuple[str, int], Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Run name -> (clean test logits, labels) of the trained runs in ``folders``, as each run stored them
+    (``test_logits.npy``, ``test_labels.npy``): what the chapter writes to its committed logits file
+    (``io.write_logits``), like 04_calibration's for the study's runs."""
+    return {run_name(a, sd): (np.load(f / "test_logits.npy"), np.load(f / "test_labels.npy"))
+            for (a, sd), f in folders.items()}
 
 
 def run_means(per_image: Mapping[str, Mapping[tuple[str, int], Any]], metrics: Sequence[str]) -> pd.DataFrame:
