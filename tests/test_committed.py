@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from varmix.core import config, io
@@ -20,8 +19,6 @@ from varmix.pipeline.session import Layout, json_ready
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = config.load_params(ROOT / "params.yaml")
 LAYOUT = Layout(ROOT, PARAMS.dataset, PARAMS.profile)
-# per_image_inputs needs a γ table; these tests read only the logits' metrics
-_NO_GAMMA = pd.DataFrame({"method": ["-"], "seed": [0], "eps_255": [8.0], "image": [0], "gamma": [0.0]})
 
 
 def test_committed_logits_give_the_committed_calibration_numbers():
@@ -45,13 +42,16 @@ def test_committed_logits_give_the_committed_calibration_numbers():
 def test_committed_regime_logits_give_the_regime_chapters_clean_numbers():
     """The regime chapter's runs (08_regime) commit their clean test logits too: each run's accuracy and ECE in
     metrics/regime.json recompute exactly from results/<dataset>/<profile>/per_image/regime_logits.npz."""
-    from varmix.study import regime, report
+    from varmix.core.names import run_key
+    from varmix.study import regime
 
     path = LAYOUT.per_image("regime_logits")
     assert path.is_file(), f"{path} is not committed: run `dvc repro regime` and commit results/"
     stored = io.read_logits(path)
     assert set(stored) == {run_name(a, sd) for a in PARAMS.regime_arms for sd in PARAMS.regime_seeds}
-    again = regime.run_means(report.per_image_inputs({}, stored, _NO_GAMMA), ["accuracy", "ece"])
+    # each run's (confidence, correct) rows, as report.per_image_inputs makes them for the chapter
+    rows = {run_key(name): calibration.conf_correct(t, y) for name, (t, y) in stored.items()}
+    again = regime.run_means({"accuracy": {k: r[:, 1] for k, r in rows.items()}, "ece": rows}, ["accuracy", "ece"])
     committed = {(r["arm"], r["seed"]): r for r in io.read_json(LAYOUT.metrics("regime"))["runs"]}
     assert len(committed) == len(stored)
     for row in again.to_dict(orient="records"):
