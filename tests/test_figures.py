@@ -195,3 +195,44 @@ def test_reliability_grid_titles_are_display_names():
     fig = calibration.reliability_grid({a: rng.normal(size=(50, 3)) for a in ("varmixup", "mixup_r_full")}, labels, 5)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ["VarMixup (half)", "Mixup-R (full)"]
+
+
+def _rc_after(theme_call) -> tuple[dict, dict]:
+    """matplotlib's rcParams and one-letter colours after ``theme_call``, from defaults plus what the inline
+    backend sets (so a key the theme resets to matplotlib's default is checked too), then restored."""
+    import matplotlib as mpl
+
+    codes = dict(mpl.colors.colorConverter.colors)
+    with mpl.rc_context():
+        mpl.rcdefaults()
+        mpl.rcParams.update({"figure.facecolor": (1, 1, 1, 0), "font.size": 10, "axes.spines.top": False})
+        theme_call()
+        rc = {k: v for k, v in mpl.rcParams.items() if k != "image.cmap"}
+        after = {c: mpl.colors.colorConverter.colors[c] for c in "bgrmyck"}
+    for c, v in codes.items():
+        mpl.colors.colorConverter.colors[c] = v
+    return rc, after
+
+
+def test_theme_draws_as_seaborns_set_theme():
+    """figures applies seaborn's theme without importing seaborn (issue 26: scipy.stats at every kernel start);
+    the settings it applies must stay exactly seaborn's, every rcParam and one-letter colour (but the colour
+    map default, which needs seaborn's import and which no figure uses), whatever seaborn version is locked."""
+    import seaborn as sns
+
+    ours = _rc_after(figures.apply_theme)
+    theirs = _rc_after(lambda: sns.set_theme(context="notebook", style="whitegrid"))
+    assert ours[1] == theirs[1]
+    diff = {k: (ours[0][k], theirs[0][k]) for k in theirs[0] if ours[0][k] != theirs[0][k]}
+    assert not diff, f"figures.THEME differs from sns.set_theme: {diff}"
+    assert set(sns.axes_style("whitegrid")) - {"image.cmap"} <= set(figures.THEME)
+
+
+def test_importing_figures_does_not_import_seaborn():
+    """The chapters that draw with matplotlib alone must not pay seaborn's (and scipy.stats') import."""
+    import subprocess
+    import sys
+
+    code = "import sys, varmix.study.figures; print('seaborn' in sys.modules, 'scipy.stats' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["False", "False"]

@@ -14,10 +14,12 @@ from __future__ import annotations
 import zlib
 from typing import Mapping, Sequence
 
+import matplotlib as mpl
 import numpy as np
 import pandas as pd
-import seaborn as sns
 import torch
+from matplotlib import cycler
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -42,7 +44,42 @@ SPARE_COLOURS = ("#6b6ecf", "#b5cf6b", "#bd9e39", "#ad494a", "#a55194", "#7b4173
 # page's width, not half of it.
 FULL_WIDTH = 11.0
 
-sns.set_theme(context="notebook", style="whitegrid")
+# seaborn's theme, sns.set_theme(context="notebook", style="whitegrid"), as the matplotlib settings it makes,
+# applied without importing seaborn: seaborn's import pulls in scipy.stats, ~0.9 s of the kernel start of
+# every chapter that draws with matplotlib alone (the training stages among them; issue 26). The three
+# figures drawn with seaborn (heat maps, box plots, bar plots) import it where they draw. Left out: the
+# theme's default colour map (image.cmap "rocket"), which only seaborn's import registers; every figure here
+# names its colour map. tests/test_figures.py checks that apply_theme leaves matplotlib as set_theme does.
+_DEEP = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD")
+THEME = {
+    "axes.axisbelow": True, "axes.edgecolor": ".8", "axes.facecolor": "white", "axes.grid": True,
+    "axes.labelcolor": ".15", "axes.labelsize": 12, "axes.linewidth": 1.25, "axes.spines.bottom": True,
+    "axes.spines.left": True, "axes.spines.right": True, "axes.spines.top": True, "axes.titlesize": 12,
+    "figure.facecolor": "white", "font.family": "sans-serif",
+    "font.sans-serif": ["Arial", "DejaVu Sans", "Liberation Sans", "Bitstream Vera Sans", "sans-serif"],
+    "font.size": 12, "grid.color": ".8", "grid.linestyle": "-", "grid.linewidth": 1, "legend.fontsize": 11,
+    "legend.title_fontsize": 12, "lines.linewidth": 1.5, "lines.markersize": 6, "lines.solid_capstyle": "round",
+    "patch.edgecolor": "w", "patch.force_edgecolor": True, "patch.linewidth": 1, "text.color": ".15",
+    "xtick.bottom": False, "xtick.color": ".15", "xtick.direction": "out", "xtick.labelsize": 11,
+    "xtick.major.size": 6, "xtick.major.width": 1.25, "xtick.minor.size": 4, "xtick.minor.width": 1,
+    "xtick.top": False, "ytick.color": ".15", "ytick.direction": "out", "ytick.labelsize": 11,
+    "ytick.left": False, "ytick.major.size": 6, "ytick.major.width": 1.25, "ytick.minor.size": 4,
+    "ytick.minor.width": 1, "ytick.right": False,
+    "axes.prop_cycle": cycler("color", [to_rgb(c) for c in _DEEP]),
+}
+# set_theme's colour codes: matplotlib's one-letter colours ("b", "g", ...) as seaborn's deep palette
+COLOUR_CODES = dict(zip("bgrmyck", [to_rgb(c) for c in _DEEP[0:1] + _DEEP[2:5] + _DEEP[8:10]] + [(0.1, 0.1, 0.1)]))
+
+
+def apply_theme() -> None:
+    """Make matplotlib draw as after ``sns.set_theme(context="notebook", style="whitegrid")`` (``THEME``,
+    ``COLOUR_CODES``); done once, at import, as seaborn's call was."""
+    mpl.rcParams.update(THEME)
+    for code, rgb in COLOUR_CODES.items():
+        mpl.colors.colorConverter.colors[code] = rgb
+
+
+apply_theme()
 
 
 def arm_colour(arm: str) -> str:
@@ -184,6 +221,8 @@ def learning_curves(history: pd.DataFrame):
 def corruption_heatmaps(grid: pd.DataFrame, metric: str = "accuracy"):
     """``metric`` for every corruption × severity, one heat map per arm (mean over seeds), titled with the
     arm's display name, the numbers printed in each cell and one labelled colour bar for every map."""
+    import seaborn as sns  # imported where it draws (THEME says why)
+
     _need(grid, ["method", "corruption", "severity", metric], "corruption_heatmaps")
     rows = grid[grid["corruption"] != "clean"]
     arms = _arms(rows, "method")
@@ -248,6 +287,8 @@ def ece_by_severity(table: pd.DataFrame, metric: str = "ECE"):
 def linearity_plot(long: pd.DataFrame):
     """γ(ε) of Qin et al.: left, the mean per arm against ε (± its standard error over images and seeds);
     right, the distribution over images as boxes, one per arm at each ε."""
+    import seaborn as sns  # imported where it draws (THEME says why)
+
     _need(long, ["method", "eps_255", "gamma"], "linearity_plot")
     arms = _arms(long, "method")
     fig, axes = _subplots(1, 2, figsize=(FULL_WIDTH, 4.2), gridspec_kw={"width_ratios": (1, 1.6)})
@@ -400,6 +441,8 @@ def sample_distances(table: pd.DataFrame):
     """``varmix.evaluate.sample_distance.mixer_distances``'s table as bars: FID and KID (mean, with the spread
     over KID's subsets as error bars) of each set of images against the training images. A mixer's images are
     named and coloured as its method (an arm of the same name has that colour); other sets are grey."""
+    import seaborn as sns  # imported where it draws (THEME says why)
+
     need = ["samples", "fid", "kid_mean", "kid_std"]
     missing = [c for c in need if c not in table.columns]
     if missing or table.empty:
