@@ -256,3 +256,26 @@ def test_roofline_layers_and_relu_after_pool(roofline):
 def test_results_are_named_for_the_machine():
     study_profile = _load("study_profile")
     assert study_profile.results_path("AMD EPYC", True, 2, "roofline").name == "roofline-cpu-amd-epyc-avx512-2threads.md"
+
+
+def test_conv_backward_checks_the_bits_of_each_arrangement(capsys):
+    """benchmarks/conv_backward.py: the per-image GEMMs summed in order are ATen's weight gradient bit for bit,
+    the whole-batch GEMM is not, and the two-call training step ends with the same parameters; its own
+    settings (portable kernels, threads) do not leak into the calling process."""
+    import torch
+
+    conv_backward = _load("conv_backward")
+    before = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    assert conv_backward.main(["--batch-size", "4", "--rounds", "1", "--threads", "1"]) == 0
+    assert (torch.get_num_threads(), torch.backends.mkldnn.enabled) == before
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| stages") or line.startswith("| small CNN")]
+    bits = {(r[0], r[1]): r[-1] for r in rows}
+    for layer in ("stages.0.0", "stages.1.0", "stages.2.0"):
+        assert bits[(layer, "weight gradient: unfold, GEMM per image summed in order")] == "yes"
+        assert bits[(layer, "weight gradient: unfold, one whole-batch GEMM")] in ("yes", "no")
+    assert bits[("small CNN", "training step, two-call convolution backward")] == "yes"
+    assert ("stages.0.0", "ATen, input gradient alone") not in bits  # the image needs no gradient
+    with pytest.raises(SystemExit):
+        conv_backward.main(["--rounds", "0"])
+    assert "--rounds = 0: expected a whole number >= 1" in capsys.readouterr().err
