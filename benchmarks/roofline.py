@@ -392,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     calls = (1, 1, 1) if args.quick else (3, 5, 10)
 
     cpu = torch.device("cpu")
+    load_start = os.getloadavg()[0]  # how busy the machine was: the table says it
     peak_before = matmul_peak(cpu, torch.float32)
     bw = bandwidth()
     op_s = op_seconds()
@@ -451,9 +452,10 @@ def main(argv: list[str] | None = None) -> int:
         "# The study's CPU work against the machine's peak (profile default, portable kernels)", "",
         f"`{command}`", "",
         f"Machine: {machine}; torch {torch.__version__}; ATEN_CPU_CAPABILITY={os.environ['ATEN_CPU_CAPABILITY']}, "
-        f"MKL_CBWR={os.environ['MKL_CBWR']}. The machine was shared with other work while this ran: rates "
-        f"are medians of {args.rounds} interleaved rounds, and the range column shows how far single rounds "
-        f"strayed.", "",
+        f"MKL_CBWR={os.environ['MKL_CBWR']}. The 1-minute load average was {load_start:.1f} when the run "
+        f"started and {os.getloadavg()[0]:.1f} at its end, on {os.cpu_count()} CPUs (above the threads used: "
+        f"other work shared the machine). Rates are medians of {args.rounds} interleaved rounds, and the range "
+        f"column shows how far single rounds strayed.", "",
         f"- peak: a 4096² fp32 matmul, {peak:,.0f} GFLOP/s (best of 10; {peak_before:,.0f} before the rows, "
         f"the higher kept)",
         f"- memory bandwidth: a copy between two 256 MiB buffers, {bw:,.1f} GB/s (read + write); ridge point "
