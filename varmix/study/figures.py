@@ -45,11 +45,12 @@ SPARE_COLOURS = ("#6b6ecf", "#b5cf6b", "#bd9e39", "#ad494a", "#a55194", "#7b4173
 FULL_WIDTH = 11.0
 
 # seaborn's theme, sns.set_theme(context="notebook", style="whitegrid"), as the matplotlib settings it makes,
-# applied without importing seaborn: seaborn's import pulls in scipy.stats, ~0.9 s of the kernel start of
-# every chapter that draws with matplotlib alone (the training stages among them; issue 26). The three
-# figures drawn with seaborn (heat maps, box plots, bar plots) import it where they draw. Left out: the
-# theme's default colour map (image.cmap "rocket"), which only seaborn's import registers; every figure here
-# names its colour map. tests/test_figures.py checks that apply_theme leaves matplotlib as set_theme does.
+# applied without importing seaborn: seaborn's import pulls in scipy.stats, which the kernel start of every
+# chapter that draws with matplotlib alone paid for (the training stages among them; issue 26,
+# docs/benchmarks.md has the measurement). The three figures drawn with seaborn (heat maps, box plots, bar
+# plots) import it where they draw. Left out: the theme's default colour map (image.cmap "rocket"), which
+# only seaborn's import registers; every figure here names its colour map. tests/test_figures.py checks
+# that apply_theme leaves matplotlib as set_theme does.
 _DEEP = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD")
 THEME = {
     "axes.axisbelow": True, "axes.edgecolor": ".8", "axes.facecolor": "white", "axes.grid": True,
