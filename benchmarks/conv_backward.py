@@ -64,6 +64,12 @@ def conv_layers(batch: int) -> list[tuple[str, torch.nn.Conv2d, tuple[int, ...]]
     return out
 
 
+def gradient_flop(conv: torch.nn.Conv2d, shape: tuple[int, ...]) -> float:
+    """FLOPs of one of the layer's gradients (input or weight) at input ``shape``: as many as its forward."""
+    b, cin, h = shape[0], shape[1], shape[2]
+    return 2.0 * b * conv.out_channels * cin * conv.kernel_size[0] * conv.kernel_size[1] * h * h
+
+
 def cases(conv: torch.nn.Conv2d, shape: tuple[int, ...], gen: torch.Generator):
     """The timed closures for one layer, its weight gradient's FLOPs, and the bits check of the per-image sum."""
     x = torch.randn(shape, generator=gen)
@@ -93,7 +99,7 @@ def cases(conv: torch.nn.Conv2d, shape: tuple[int, ...], gen: torch.Generator):
         c = unfold()
         return go2.permute(1, 0, 2).reshape(cout, -1) @ c.permute(0, 2, 1).reshape(-1, c.shape[1])
 
-    flop = 2.0 * b * cout * shape[1] * conv.kernel_size[0] * conv.kernel_size[1] * h * h  # per gradient
+    flop = gradient_flop(conv, shape)
     reference = torch.ops.aten.convolution_backward(*args, [False, True, False])[1].reshape(cout, -1)
     same = {"per image": torch.equal(per_image(), reference), "whole batch": torch.equal(whole_batch(), reference)}
     rows = [("ATen backward, as in training", aten([needs_input, True, False]), flop * (2 if needs_input else 1), "—"),
@@ -127,7 +133,7 @@ class TwoCallConv(torch.autograd.Function):
         return gi, gw, None
 
 
-def step_cases(batch: int, gen: torch.Generator):
+def step_cases(batch: int, layers, gen: torch.Generator):
     """The ERM training step as autograd runs it and with two-call convolution backwards, each on its own
     copy of one model and Adam; whether the two give the same parameters after one step."""
     x = torch.rand((batch, 1, 28, 28), generator=gen)
@@ -152,8 +158,7 @@ def step_cases(batch: int, gen: torch.Generator):
     s0()
     s1()
     same = all(torch.equal(a, b) for a, b in zip(m0.state_dict().values(), m1.state_dict().values()))
-    flop = 3 * sum(2.0 * batch * c.out_channels * shape[1] * 9 * shape[2] ** 2  # fwd + 2 gradients, convs only
-                   for _, c, shape in conv_layers(batch))
+    flop = 3 * sum(gradient_flop(c, shape) for _, c, shape in layers)  # forward + 2 gradients, convs only
     return [("training step, as autograd runs it", s0, flop, "—"),
             ("training step, two-call convolution backward", s1, flop, "yes" if same else "no")]
 
@@ -186,9 +191,10 @@ def _measure(args) -> str:
     dev = torch.device("cpu")
     peak = matmul_peak(dev, torch.float32)  # GFLOP/s
     gen = torch.Generator().manual_seed(0)
-    table = [(name, label, fn, flop, bits) for name, conv, shape in conv_layers(args.batch_size)
+    layers = conv_layers(args.batch_size)
+    table = [(name, label, fn, flop, bits) for name, conv, shape in layers
              for label, fn, flop, bits in cases(conv, shape, gen)]
-    table += [("small CNN", label, fn, flop, bits) for label, fn, flop, bits in step_cases(args.batch_size, gen)]
+    table += [("small CNN", label, fn, flop, bits) for label, fn, flop, bits in step_cases(args.batch_size, layers, gen)]
     times: list[list[float]] = [[] for _ in table]
     for _ in range(args.rounds + 1):  # the first round warms up and is dropped
         for i, (_, _, fn, _, _) in enumerate(table):
