@@ -5,7 +5,7 @@ For every stage of dvc.yaml (its matrices expanded) and every chapter (01_vae pl
 arm and all, 03 corruptions, 04 calibration, 05 landscape, 06 perturbations, 07 report, site) the table gives
 
 - wall seconds: the stage's own wall time as committed in results/<dataset>/<profile>/timings/*.json
-  (``wall_seconds``; check and site record none);
+  (``wall_seconds``; the site's build is timed by its command, check records none);
 - share of the study: that over the study's ``dvc repro`` wall time (``--study-seconds``, by default the
   3,704 s docs/pipeline.md records);
 - GFLOP: the stage's counted work. torch.utils.flop_counter.FlopCounterMode counts, on the study's own
@@ -18,7 +18,8 @@ arm and all, 03 corruptions, 04 calibration, 05 landscape, 06 perturbations, 07 
 
 The overhead line is the study's wall time minus the sum of the stages' walls, divided by the number of
 stages dvc.lock records for the current dvc.yaml (lock entries of stages no longer in dvc.yaml do not count).
-The walls of stages without a timings file (check, site) are part of that line.
+The wall of the stage without a timings file (check: DVC's and its command's start, the data's check) is part
+of that line.
 
     python benchmarks/study_profile.py                                   # ~30 s, most of it the peak
     python benchmarks/study_profile.py --out auto   # benchmarks/results/study-profile-cpu-<cpu>-<avx>-2threads.md
@@ -63,7 +64,7 @@ SAMPLE_METHODS = {"plain": 4, "adversarial": 2}  # sample_distance's mixers per 
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # dvc.lock is ~13k lines: libyaml's parser if present
 STAGE_FILES = {"vae_adversarial": "vae_adversarial", "corruptions": "corruptions",
                "calibration": "calibration", "landscape": "linearity", "perturbations": "perturbations",
-               "report": "report", "regime": "regime"}
+               "report": "report", "regime": "regime", "site": "site"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -448,8 +449,8 @@ def notes(f: dict[str, float], params: config.Params, peak_line: str, study: flo
         f"measured on this project's 2-core AMD EPYC with AVX-512 (docs/pipeline.md): on another machine the "
         f"share compares them with that machine's peak.",
         f"- Study wall: {study:,.0f} s (`--study-seconds`; docs/pipeline.md's measured `dvc repro`). Walls: each "
-        f"stage's own `wall_seconds` in results/fashion-mnist/default/timings/; check and site record none, so "
-        f"their time is in the overhead line.",
+        f"stage's own `wall_seconds` in results/fashion-mnist/default/timings/ (the site's: its build, timed by "
+        f"its command); check records none, so its time is in the overhead line.",
         "- FLOPs per image counted by torch.utils.flop_counter.FlopCounterMode (convolutions and matmuls, 2 per "
         "multiply-add; batch norm, activations, augmentation, mixing, corruptions and the optimiser are not "
         "counted) on the profile's small CNN (1×28×28, 10 classes) and ConvVAE: "

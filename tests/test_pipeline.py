@@ -325,6 +325,20 @@ def test_the_kernel_imports_the_varmix_that_runs_the_notebook(tmp_path, monkeypa
     assert runner.kernel_env({"PYTHONPATH": "/a"})["PYTHONPATH"] == os.pathsep.join([str(ROOT), "/a"])
 
 
+def test_the_kernel_keeps_no_input_history(tmp_path, monkeypatch):
+    # a stage's kernel writes nothing outside the project: IPython's history database is off
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    book = nbformat.v4.new_notebook()
+    book.cells = [nbformat.v4.new_code_cell("x = 1"),
+                  nbformat.v4.new_code_cell("print(get_ipython().history_manager.enabled)")]
+    src, out = tmp_path / "nb" / "probe.ipynb", tmp_path / "out" / "probe.ipynb"
+    src.parent.mkdir()
+    nbformat.write(book, src)
+    runner._execute(src, out, None)
+    assert nbformat.read(out, as_version=4).cells[1].outputs[0]["text"].strip() == "False"
+    assert not list((tmp_path / "ipython").rglob("history.sqlite"))
+
+
 @pytest.mark.filterwarnings("ignore:torch uses AVX512")  # this process chose its kernels long before
 def test_session_writes_to_workdir_and_lists_runs(tmp_path, monkeypatch):
     monkeypatch.setenv(session.WORKDIR_ENV, str(tmp_path))

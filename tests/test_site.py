@@ -6,6 +6,7 @@ opens the whole site in chromium."""
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 from html.parser import HTMLParser
@@ -195,6 +196,13 @@ def test_the_command_line_builds_the_site_of_the_selected_study(small, tmp_path,
     assert main(["site", "--profile", PARAMS.profile, "--dataset", PARAMS.dataset, "--out", str(tmp_path / "s")]) == 0
     assert capsys.readouterr().out == f"wrote {tmp_path / 's'}/index.html\n"
     assert _files(tmp_path / "s") == _files(built)
+    timing = results / "timings" / "site.json"
+    assert not timing.exists()  # a site built elsewhere (--out) is not the stage: no wall recorded
+    before = _files(built)
+    assert main(["site", "--profile", PARAMS.profile, "--dataset", PARAMS.dataset]) == 0  # the stage's own site
+    assert built == results / "site" and _files(built) == before
+    # its build's wall, where the study profile reads a stage's own wall (the imports and checks are overhead)
+    assert json.loads(timing.read_text())["wall_seconds"] >= 0 and not (results / "site" / "site.json").exists()
     assert main(["site", "--profile", "huge"]) == 2
     assert "profile" in capsys.readouterr().err
 

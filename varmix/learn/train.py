@@ -71,6 +71,7 @@ from tqdm import tqdm
 from varmix.core import config, errors, io, names
 from varmix.learn import attacks, distributed, mixing
 from varmix.learn.data import ImageData, to_float
+from varmix.learn.inference import inference_copy
 from varmix.learn.models import build_model, mix_hidden
 
 CHECKPOINT_FORMAT = "varmix-classifier-checkpoint-2"  # 2: three generators (order, augmentation, mixing)
@@ -666,7 +667,13 @@ def _launch(nproc: int, out: Path, timings_path: Path | None, state: dict | None
 
 
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: torch.device):
-    logits = predict_logits(model, x, EVAL_BATCH_SIZE, dev)
+    """The test pass after each epoch, on an eval-mode ``inference_copy`` of ``model``: its max-pooling gives
+    ``nn.MaxPool2d``'s bits faster (docs/benchmarks.md), so the logits and the history are those of ``model``
+    itself; ``model`` keeps its mode."""
+    was_training = model.training
+    copy = inference_copy(model.eval())
+    model.train(was_training)
+    logits = predict_logits(copy, x, EVAL_BATCH_SIZE, dev)
     loss = F.cross_entropy(logits, y).item()
     acc = (logits.argmax(1) == y).float().mean().item()
     return logits, loss, acc

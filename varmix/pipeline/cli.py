@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
 
 from varmix.core import config, errors, io
@@ -165,7 +166,11 @@ def _run(args: argparse.Namespace) -> int:
 
         # params.yaml validated, VARMIX_WORKDIR followed; under DVC, the checks before the stage's work
         _, layout = preflight.guard(project_root(), lambda: session.resolve(args.profile, args.dataset))
+        started = time.perf_counter()
         out = site.build_site(layout.results, args.out)
+        if args.out is None:  # the stage's own wall, as a notebook's save_metrics records it: the build, imports
+            # and checks excluded (the study profile counts those with DVC's as the stage's overhead)
+            io.write_json(layout.timings("site"), {"wall_seconds": round(time.perf_counter() - started, 1)})
         print(f"wrote {out}/index.html")
         return 0
 
