@@ -129,7 +129,7 @@ def markdown(rows: dict[str, tuple[dict[str, float], float | None]], repeat: int
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for stage, (p, wall) in rows.items():
         total = sum(p.values())
-        kernel_over = p["kernel"] - wall if wall is not None else None
+        kernel_over = p["kernel"] - wall if wall is not None and p["kernel"] > 0 else None  # site: no kernel
         overhead = total - (wall or 0.0)
         cells = [stage, *(f"{p[k]:.2f}" for k in PHASES), "—" if wall is None else f"{wall:.2f}",
                  "—" if kernel_over is None else f"{kernel_over:.2f}", f"{total:.2f}", f"{overhead:.2f}"]
@@ -137,8 +137,8 @@ def markdown(rows: dict[str, tuple[dict[str, float], float | None]], repeat: int
     return (f"Seconds, median of {repeat} forced runs (`dvc repro -f -s STAGE` under strace) on the {profile} "
             f"profile, {cpu_name()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
             f"{datetime.now():%Y-%m-%d}. Own wall: the stage's `wall_seconds` (timings/); kernel overhead: the "
-            "kernel's time minus it; overhead: total minus own wall (site times nothing of its own: its build is "
-            "its command).\n\n" + "\n".join(lines) + "\n")
+            "kernel's time minus it; overhead: total minus own wall (site starts no kernel: its build, which it times "
+            "itself, is part of its command).\n\n" + "\n".join(lines) + "\n")
 
 
 def cpu_name() -> str:

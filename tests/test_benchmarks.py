@@ -212,6 +212,10 @@ def test_table_gives_the_overhead_beside_the_own_wall(stage_overhead):
     row = next(line for line in table.splitlines() if line.startswith("| report"))
     assert row == "| report | 3.20 | 1.50 | 16.00 | 0.50 | 3.80 | 9.70 | 6.30 | 25.00 | 15.30 |"
     assert "| site | 3.20 | 1.50 | 16.00 | 0.50 | 3.80 | — | — | 25.00 | 25.00 |" in table
+    # the site starts no kernel: its own wall (its build) lies in its command, and no kernel overhead is made up
+    site = {**p, "command before kernel": 12.0, "kernel": 0.0, "command after kernel": 0.0}
+    table = stage_overhead.markdown({"site": (site, 9.9)}, 1)
+    assert "| site | 3.20 | 12.00 | 0.00 | 0.00 | 3.80 | 9.90 | — | 19.00 | 9.10 |" in table
 
 
 @pytest.fixture(scope="module")

@@ -185,16 +185,50 @@ def test_no_project_history_in_readme_or_new_docs():
         assert not hits, f"{page.relative_to(ROOT)} records project history: {hits}"
 
 
+def _profile_table(link: str) -> str:
+    return (ROOT / "docs" / link if link.startswith("..") else ROOT / link).read_text(encoding="utf-8")
+
+
+def _study_seconds(table: str) -> float:
+    m = re.search(r"\*\*the study\*\* \(dvc repro\) \| ([\d,.]+) \|", table)
+    assert m, "a study profile table without its 'the study (dvc repro)' row"
+    return float(m.group(1).replace(",", ""))
+
+
+def test_the_readme_states_the_study_time_before_with_its_profile_table():
+    """The README gives the study's time before and after the last overhead cuts, each from a full `dvc repro`
+    whose committed profile table holds it: the time before is the linked table's study row, not typed."""
+    before = re.findall(r"([\d.]+) min \(([\d,]+) s; \[[^\]]+\]\((benchmarks/results/study-profile-[^)]+\.md)\)\)",
+                        README.read_text(encoding="utf-8"))
+    assert before, "README.md states no earlier study time as 'M min (S s; [..](benchmarks/results/study-profile-*.md))'"
+    for minutes, secs, link in before:
+        seconds = _study_seconds(_profile_table(link))
+        assert (minutes, int(secs.replace(",", ""))) == (f"{seconds / 60:.1f}", round(seconds)), (
+            f"README.md states {minutes} min ({secs} s) for {link}, whose study row says {seconds:g} s")
+
+
+def test_stated_regime_share_is_the_profiled_one():
+    """The regime chapter's share of the study that the README and docs/pipeline.md state is the committed
+    profile table's ("08 regime training" over the study's wall), rounded to a whole percent."""
+    pipeline_md = (ROOT / "docs" / "pipeline.md").read_text(encoding="utf-8")
+    link = re.findall(r"\((\.\./benchmarks/results/study-profile-[^)\s]+\.md)\)", pipeline_md)[0]
+    table = _profile_table(link)
+    m = re.search(r"\*\*08 regime training\*\* \| ([\d,.]+) \|", table)
+    assert m, f"{link} has no '08 regime training' row"
+    share = 100 * float(m.group(1).replace(",", "")) / _study_seconds(table)  # the walls, not the rounded share
+    for page in (README, ROOT / "docs" / "pipeline.md"):
+        stated = re.findall(r"(\d+)% of it", page.read_text(encoding="utf-8"))
+        assert stated, f"{page.name} states no share of the study as 'N% of it'"
+        assert set(stated) == {f"{share:.0f}"}, f"{page.name} states {stated}% of the study; the table gives {share:.2f}%"
+
+
 def test_stated_study_time_is_the_profiled_one():
     """The study's `dvc repro` time the README and docs/pipeline.md state is the one the committed profile
     table (benchmarks/study_profile.py --study-seconds, linked from docs/pipeline.md) was made with."""
     pipeline_md = (ROOT / "docs" / "pipeline.md").read_text(encoding="utf-8")
     linked = re.findall(r"\((\.\./benchmarks/results/study-profile-[^)\s]+\.md)\)", pipeline_md)
     assert linked, "docs/pipeline.md links no study profile table (benchmarks/results/study-profile-*.md)"
-    table = (ROOT / "docs" / linked[0]).read_text(encoding="utf-8")
-    m = re.search(r"\*\*the study\*\* \(dvc repro\) \| ([\d,.]+) \|", table)
-    assert m, f"{linked[0]} has no 'the study (dvc repro)' row"
-    seconds = float(m.group(1).replace(",", ""))
+    seconds = _study_seconds(_profile_table(linked[0]))
     for page in (README, ROOT / "docs" / "pipeline.md"):
         stated = re.findall(r"\*\*([\d.]+) min\*\* \(([\d,]+) s\)", page.read_text(encoding="utf-8"))
         assert stated, f"{page.name} states no study time as '**M min** (S s)'"

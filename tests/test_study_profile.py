@@ -112,3 +112,41 @@ def test_results_file_is_named_like_the_others(study_profile):
     path = study_profile.results_path("AMD EPYC 7B13 64-Core Processor", False, 2)
     assert path.name == "study-profile-cpu-amd-epyc-7b13-avx2-2threads.md"
     assert study_profile.results_path("AMD EPYC", True, 2).name == "study-profile-cpu-amd-epyc-avx512-2threads.md"
+
+
+def test_docs_before_and_after_rows_are_their_profile_tables():
+    """docs/benchmarks.md's table of the two full runs (before and after the last overhead cuts) copies each
+    linked profile table: the study's wall, the stages' own walls (the study less the overhead line), the
+    overhead per stage, and that with the site's build (the site row's wall, untimed before) counted in it."""
+    docs = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (?:before|after) \(\[profile\]\(\.\./(benchmarks/results/study-profile-[^)]+\.md)\)\) \| "
+                      r"([\d,]+) s \| ([\d,]+) s \| ([\d.]+) s \| ([\d.]+) s \|$", docs, re.M)
+    assert len(rows) == 2, "docs/benchmarks.md has no before/after table of the full runs"
+    for link, study, own, per, with_site in rows:
+        table = (ROOT / link).read_text(encoding="utf-8")
+        seconds = float(re.search(r"\*\*the study\*\* \(dvc repro\) \| ([\d,.]+) \|", table).group(1).replace(",", ""))
+        m = re.search(r"\*\*overhead\*\* \(dvc repro wall − the stages' walls; ([\d.]+) s per stage × (\d+) stages\) "
+                      r"\| ([\d,.]+) \|", table)
+        site = re.search(r"^\| site \| ([\d,.]+|—) \|", table, re.M).group(1)
+        total, n = float(m.group(3).replace(",", "")), int(m.group(2))
+        site_wall = 0.0 if site == "—" else float(site)
+        assert (study, own, per, with_site) == (f"{seconds:,.0f}", f"{seconds - total:,.0f}", m.group(1),
+                                                f"{(total + site_wall) / n:.1f}"), link
+
+
+def test_docs_shares_of_the_peak_are_the_profile_tables():
+    """The shares of the peak docs/benchmarks.md weighs against the issue's bar are the committed profile
+    table's chapter rows (03 corruptions; 02_train all and 08 regime training; the two 01_vae rows)."""
+    docs = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    table = (BENCH / "results" / "study-profile-cpu-amd-epyc-avx512-2threads.md").read_text(encoding="utf-8")
+
+    def share(chapter: str) -> float:
+        return float(re.search(rf"^\| \*\*{re.escape(chapter)}\*\* \|.*\| ([\d.]+)% \|$", table, re.M).group(1))
+
+    m = re.search(r"the corruption chapter runs at ([\d.]+)% of the peak", docs)
+    assert m and float(m.group(1)) == share("03 corruptions")
+    m = re.search(r"the training chapters run at (\d+)-(\d+)% of the peak", docs)
+    assert m and sorted(int(v) for v in m.groups()) == sorted(
+        round(share(c)) for c in ("02_train all", "08 regime training"))
+    m = re.search(r"the VAEs: (\d+)% \(plain\) and (\d+)% \(adversarial\) of the peak", docs)
+    assert m and [int(v) for v in m.groups()] == [round(share("01_vae plain")), round(share("01_vae adversarial"))]
