@@ -14,10 +14,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
+
+
+def _study_seconds(table: str) -> float:
+    """A profile table's measured `dvc repro` wall (its 'the study' row)."""
+    return float(re.search(r"\*\*the study\*\* \(dvc repro\) \| ([\d,.]+) \|", table).group(1).replace(",", ""))
+
+
 # the study's measured `dvc repro` wall, as the committed profile table (and README, docs/pipeline.md) state it
-STUDY = float(re.search(r"\*\*the study\*\* \(dvc repro\) \| ([\d,.]+) \|",
-                        (BENCH / "results" / "study-profile-cpu-amd-epyc-avx512-2threads.md").read_text(encoding="utf-8")
-                        ).group(1).replace(",", ""))
+STUDY = _study_seconds((BENCH / "results" / "study-profile-cpu-amd-epyc-avx512-2threads.md").read_text(encoding="utf-8"))
 
 
 def _load(name: str):
@@ -124,7 +129,7 @@ def test_docs_before_and_after_rows_are_their_profile_tables():
     assert len(rows) == 2, "docs/benchmarks.md has no before/after table of the full runs"
     for link, study, own, per, with_site in rows:
         table = (ROOT / link).read_text(encoding="utf-8")
-        seconds = float(re.search(r"\*\*the study\*\* \(dvc repro\) \| ([\d,.]+) \|", table).group(1).replace(",", ""))
+        seconds = _study_seconds(table)
         m = re.search(r"\*\*overhead\*\* \(dvc repro wall − the stages' walls; ([\d.]+) s per stage × (\d+) stages\) "
                       r"\| ([\d,.]+) \|", table)
         site = re.search(r"^\| site \| ([\d,.]+|—) \|", table, re.M).group(1)
